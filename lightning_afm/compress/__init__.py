@@ -1,0 +1,82 @@
+"""Low-rank compression of CTR models in plain PyTorch: statistics, factors, factored modules, surgery, plans.
+
+Typical use (what ``AFMCompressionCallback`` does per stage)::
+
+    names = resolve_targets(model, DEFAULT_MLP_TARGETS, "linear")
+    stats = collect_statistics(model, names, train_loader, lambda b: model(b["categorical"], b["numeric"]))
+    plan.extend(compress_targets(model, names, stats, rank=64, method="afm", relu=True))
+
+No Lightning import here: the callbacks join this package to Lightning's loop.
+"""
+
+from lightning_afm.compress.factorize import (
+    DEFAULT_SHIFT_STD,
+    RELU_INITS,
+    EmbeddingFactors,
+    LinearFactors,
+    Spectrum,
+    afm_embedding_factors,
+    afm_factors,
+    explained_variance,
+    kept_variance,
+    principal_components,
+    svd_embedding_factors,
+    svd_factors,
+)
+from lightning_afm.compress.fold import FIRST_MLP_LINEAR, first_mlp_linear_name, fold_into_first_linear
+from lightning_afm.compress.modules import LowRankEmbedding, LowRankLinear, project_fields, stack_projections
+from lightning_afm.compress.plan import CompressionPlan, PlanEntry
+from lightning_afm.compress.statistics import OutputCovariance, OutputStatistics, collect_statistics
+from lightning_afm.compress.surgery import (
+    DEFAULT_EMBEDDING_TARGETS,
+    DEFAULT_MLP_TARGETS,
+    build_compressed_embedding,
+    build_compressed_linear,
+    compress_embedding,
+    compress_linear,
+    compress_targets,
+    get_submodule,
+    parameter_count,
+    replay_plan,
+    resolve_targets,
+    set_submodule,
+)
+
+__all__ = [
+    "CompressionPlan",
+    "DEFAULT_EMBEDDING_TARGETS",
+    "DEFAULT_MLP_TARGETS",
+    "DEFAULT_SHIFT_STD",
+    "EmbeddingFactors",
+    "FIRST_MLP_LINEAR",
+    "LinearFactors",
+    "LowRankEmbedding",
+    "LowRankLinear",
+    "OutputCovariance",
+    "OutputStatistics",
+    "PlanEntry",
+    "RELU_INITS",
+    "Spectrum",
+    "afm_embedding_factors",
+    "afm_factors",
+    "build_compressed_embedding",
+    "build_compressed_linear",
+    "collect_statistics",
+    "compress_embedding",
+    "compress_linear",
+    "compress_targets",
+    "explained_variance",
+    "first_mlp_linear_name",
+    "fold_into_first_linear",
+    "get_submodule",
+    "kept_variance",
+    "parameter_count",
+    "principal_components",
+    "project_fields",
+    "replay_plan",
+    "resolve_targets",
+    "set_submodule",
+    "stack_projections",
+    "svd_embedding_factors",
+    "svd_factors",
+]

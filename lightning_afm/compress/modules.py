@@ -1,0 +1,231 @@
+"""Factored modules that replace a Linear layer or an embedding table after compression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_afm.compress.factorize import EmbeddingFactors, LinearFactors
+
+__all__ = ["LowRankLinear", "LowRankEmbedding", "stack_projections", "project_fields"]
+
+
+class LowRankLinear(nn.Module):
+    """Two Linears ``n -> k -> m`` (optionally with a ReLU between) in place of one ``n -> m``.
+
+    Args:
+        in_features: ``n``.
+        out_features: ``m``.
+        rank: ``k``.
+        relu: put a ReLU between the factors (the paper's AFM default for MLP layers).
+        first_bias: whether ``first`` has a bias (AFM: yes; SVD: no).
+        second_bias: whether ``second`` has a bias.
+
+    Shapes:
+        ``x``: ``[..., n]`` -> ``[..., m]``; ``first.weight`` ``[k, n]``, ``second.weight`` ``[m, k]``.
+
+    Example:
+        >>> layer = LowRankLinear(8, 6, rank=2, relu=True)
+        >>> layer(torch.zeros(5, 8)).shape
+        torch.Size([5, 6])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        relu: bool = False,
+        first_bias: bool = True,
+        second_bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not 1 <= int(rank) <= min(in_features, out_features):
+            raise ValueError(
+                f"rank {rank} is out of range for a {in_features} -> {out_features} layer: "
+                f"it must be between 1 and {min(in_features, out_features)}"
+            )
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.rank = int(rank)
+        self.relu = bool(relu)
+        self.first = nn.Linear(self.in_features, self.rank, bias=first_bias, device=device, dtype=dtype)
+        self.second = nn.Linear(self.rank, self.out_features, bias=second_bias, device=device, dtype=dtype)
+
+    @classmethod
+    def from_factors(cls, factors: LinearFactors, relu: bool = False) -> "LowRankLinear":
+        """Build the module holding ``factors`` (see :class:`LinearFactors` for the shapes)."""
+        k, n = factors.first_weight.shape
+        m = factors.second_weight.shape[0]
+        if factors.second_weight.shape != (m, k):
+            raise ValueError(
+                f"second_weight must be [m, {k}] to follow a first_weight of [{k}, {n}], "
+                f"got {tuple(factors.second_weight.shape)}"
+            )
+        w = factors.first_weight
+        layer = cls(
+            n,
+            m,
+            k,
+            relu=relu,
+            first_bias=factors.first_bias is not None,
+            second_bias=factors.second_bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            layer.first.weight.copy_(factors.first_weight)
+            layer.second.weight.copy_(factors.second_weight)
+            if factors.first_bias is not None:
+                layer.first.bias.copy_(factors.first_bias)
+            if factors.second_bias is not None:
+                layer.second.bias.copy_(factors.second_bias)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.first(x)
+        if self.relu:
+            h = torch.relu(h)
+        return self.second(h)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, relu={self.relu}"
+        )
+
+
+class LowRankEmbedding(nn.Module):
+    """A ``k``-dim table plus a ``k -> t`` projection, in place of a ``t``-dim table.
+
+    Implements the factored-table protocol of
+    :class:`lightning_afm.models.layers.embedding.FieldEmbedding`: models call ``codes`` then
+    ``project``, so the MLP can read the small codes directly once the projection is folded into
+    its first Linear, while interaction layers still get ``t``-dim vectors.
+
+    Args:
+        num_embeddings: ``s``, rows.
+        embedding_dim: ``t``, the width the model expects.
+        code_dim: ``k``, the width stored.
+        projection_bias: whether the projection has a bias (AFM: yes; SVD: no).
+        padding_idx, sparse: passed to the ``k``-dim table, carried over from the replaced
+            ``nn.Embedding`` so its row stays untrained / its gradients stay sparse.
+
+    Shapes:
+        ``codes(idx)``: ``[...]`` int64 -> ``[..., k]``;
+        ``project(c)``: ``[..., k]`` -> ``[..., t]``; ``forward(idx)`` = ``project(codes(idx))``.
+        ``table.weight`` ``[s, k]``, ``projection.weight`` ``[t, k]``, ``projection.bias`` ``[t]``.
+
+    Example:
+        >>> emb = LowRankEmbedding(10, embedding_dim=16, code_dim=2)
+        >>> emb.codes(torch.tensor([1, 2])).shape, emb(torch.tensor([1, 2])).shape
+        (torch.Size([2, 2]), torch.Size([2, 16]))
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        code_dim: int,
+        projection_bias: bool = True,
+        padding_idx: int | None = None,
+        sparse: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not 1 <= int(code_dim) <= int(embedding_dim):
+            raise ValueError(
+                f"code_dim {code_dim} is out of range for embedding_dim {embedding_dim}: "
+                f"it must be between 1 and {embedding_dim}"
+            )
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.code_dim = int(code_dim)
+        self.table = nn.Embedding(
+            self.num_embeddings, self.code_dim, padding_idx=padding_idx, sparse=sparse, device=device, dtype=dtype
+        )
+        self.projection = nn.Linear(self.code_dim, self.embedding_dim, bias=projection_bias, device=device, dtype=dtype)
+
+    @classmethod
+    def from_factors(
+        cls, factors: EmbeddingFactors, padding_idx: int | None = None, sparse: bool = False
+    ) -> "LowRankEmbedding":
+        """Build the module holding ``factors`` (see :class:`EmbeddingFactors` for the shapes)."""
+        s, k = factors.table.shape
+        t = factors.projection_weight.shape[0]
+        if factors.projection_weight.shape != (t, k):
+            raise ValueError(
+                f"projection_weight must be [t, {k}] for a table of [{s}, {k}], "
+                f"got {tuple(factors.projection_weight.shape)}"
+            )
+        module = cls(
+            s,
+            t,
+            k,
+            projection_bias=factors.projection_bias is not None,
+            padding_idx=padding_idx,
+            sparse=sparse,
+            device=factors.table.device,
+            dtype=factors.table.dtype,
+        )
+        with torch.no_grad():
+            module.table.weight.copy_(factors.table)
+            module.projection.weight.copy_(factors.projection_weight)
+            if factors.projection_bias is not None:
+                module.projection.bias.copy_(factors.projection_bias)
+        return module
+
+    def codes(self, idx: Tensor) -> Tensor:
+        return self.table(idx)
+
+    def project(self, codes: Tensor) -> Tensor:
+        return self.projection(codes)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.project(self.codes(idx))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
+            f"code_dim={self.code_dim}, projection_bias={self.projection.bias is not None}"
+        )
+
+
+def stack_projections(tables: Sequence[LowRankEmbedding]) -> tuple[Tensor, Tensor | None]:
+    """The per-field projections of ``F`` factored tables stacked for one batched product.
+
+    Returns ``weight`` ``[F, t, k]`` and ``bias`` ``[F, t]`` (None if no table has a bias;
+    zeros for the tables without one). Needs every table to share ``t`` and ``k``.
+    Stacking keeps the autograd graph, so gradients reach each table's own parameters.
+    """
+    if not tables:
+        raise ValueError("stack_projections needs at least one table")
+    shapes = {(int(t.embedding_dim), int(t.code_dim)) for t in tables}
+    if len(shapes) != 1:
+        raise ValueError(f"tables must share embedding_dim and code_dim to be stacked, got {sorted(shapes)}")
+    weight = torch.stack([t.projection.weight for t in tables])
+    if all(t.projection.bias is None for t in tables):
+        return weight, None
+    bias = torch.stack(
+        [t.projection.bias if t.projection.bias is not None else weight.new_zeros(weight.shape[1]) for t in tables]
+    )
+    return weight, bias
+
+
+def project_fields(codes: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """All fields' projections in one batched product: ``[B, F, k]`` -> ``[B, F, t]``.
+
+    ``weight`` ``[F, t, k]`` and ``bias`` ``[F, t]`` as from :func:`stack_projections`; equals
+    ``stack([tables[i].project(codes[:, i]) for i in range(F)], dim=1)`` with one kernel
+    instead of ``F`` small ones.
+    """
+    # [F, B, k] @ [F, k, t] -> [F, B, t]: bmm over the field dimension
+    out = torch.bmm(codes.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
+    if bias is not None:
+        out = out + bias
+    return out

@@ -1,0 +1,120 @@
+"""A compression plan: which module was replaced, how, at which rank — enough to rebuild the structure.
+
+Each compression step (see :mod:`lightning_afm.compress.surgery` and
+:mod:`lightning_afm.compress.fold`) returns a :class:`PlanEntry`. The plan is plain JSON, is
+saved into checkpoints, and :func:`lightning_afm.compress.surgery.replay_plan` replays it on a
+fresh, uncompressed model before the state dict loads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PlanEntry", "CompressionPlan", "PLAN_VERSION"]
+
+PLAN_VERSION = 1
+KINDS = ("linear", "embedding", "fold")
+METHODS = ("afm", "svd")
+
+
+@dataclass
+class PlanEntry:
+    """One structural change.
+
+    Attributes:
+        name: dotted module name in the model (``"mlp.1.linear"``, ``"embeddings.C1"``).
+        kind: ``"linear"`` (nn.Linear -> LowRankLinear), ``"embedding"`` (nn.Embedding ->
+            LowRankEmbedding) or ``"fold"`` (the first MLP Linear widened to read codes).
+        method: ``"afm"`` or ``"svd"`` (None for ``"fold"``).
+        rank: ``k`` (None for ``"fold"``).
+        shape: the replaced module's original weight shape: ``[m, n]`` for a Linear
+            (out, in), ``[s, t]`` for a table, ``[out, in]`` of the Linear a fold replaced.
+        relu: a ReLU between the factors (``"linear"`` only).
+        flags: structure details needed to rebuild (biases, the folded width, ...) and
+            provenance (``relu_init``, kept variance); JSON values only.
+    """
+
+    name: str
+    kind: str
+    method: str | None
+    rank: int | None
+    shape: list[int]
+    relu: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"plan entry {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind != "fold":
+            if self.method not in METHODS:
+                raise ValueError(f"plan entry {self.name!r}: method must be one of {METHODS}, got {self.method!r}")
+            if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+                raise ValueError(f"plan entry {self.name!r}: rank must be a positive int, got {self.rank!r}")
+        if len(self.shape) != 2:
+            raise ValueError(f"plan entry {self.name!r}: shape must have 2 entries, got {self.shape!r}")
+        self.shape = [int(x) for x in self.shape]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "method": self.method,
+            "rank": self.rank,
+            "shape": list(self.shape),
+            "relu": bool(self.relu),
+            "flags": dict(self.flags),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PlanEntry":
+        missing = {"name", "kind", "shape"} - set(data)
+        if missing:
+            raise ValueError(f"plan entry is missing {sorted(missing)}: {data!r}")
+        return cls(
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            method=data.get("method"),
+            rank=data.get("rank"),
+            shape=list(data["shape"]),
+            relu=bool(data.get("relu", False)),
+            flags=dict(data.get("flags", {})),
+        )
+
+
+@dataclass
+class CompressionPlan:
+    """An ordered list of :class:`PlanEntry`; order matters when replaying (a fold follows its tables)."""
+
+    entries: list[PlanEntry] = field(default_factory=list)
+
+    def append(self, entry: PlanEntry) -> None:
+        self.entries.append(entry)
+
+    def extend(self, entries: Iterable[PlanEntry]) -> None:
+        self.entries.extend(entries)
+
+    def __iter__(self) -> Iterator[PlanEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": PLAN_VERSION, "entries": [e.to_dict() for e in self.entries]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CompressionPlan":
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise ValueError(f"unsupported compression plan version {version!r} (this code reads {PLAN_VERSION})")
+        return cls([PlanEntry.from_dict(e) for e in data.get("entries", [])])
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompressionPlan":
+        return cls.from_dict(json.loads(text))
