@@ -1,0 +1,370 @@
+"""``AFMCompressionCallback``: the paper's pipeline inside one ``trainer.fit``.
+
+Schedule (epochs are the trainer's)::
+
+    [baseline_epochs] -> stage 1: statistics, swap, finetune [epochs] -> stage 2: ... -> end
+
+A stage starts at the end of the epoch before it (after that epoch's validation), or at fit
+start when it begins at epoch 0 (``baseline_epochs=0``: compress an already trained model).
+Starting a stage means: a statistics pass over the training data (eval mode, no gradients,
+progress bar), the module swap, the stage's dropout, a fresh optimizer with the stage's
+settings, the stage's batch size, and an evaluation of the swapped model ("pre-train" in the
+paper's tables). When its finetune epochs end the stage is evaluated again ("fine-tune").
+
+The compression plan travels in every checkpoint (``checkpoint["afm_compression_plan"]``) and
+is replayed on the fresh model before its weights load, both when resuming a fit and in
+``load_from_checkpoint`` of our models.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from lightning_afm import compress
+from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
+from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
+from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage, MLPStage
+
+log = logging.getLogger(__name__)
+
+PLAN_KEY = PLAN_CHECKPOINT_KEY
+
+
+class AFMCompressionCallback(pl.Callback):
+    """Compress a model during ``trainer.fit`` with AFM (or SVD), stage by stage.
+
+    Args:
+        stages: the stages in order, e.g. ``[MLPStage(rank=64), EmbeddingStage(rank=2)]``.
+        baseline_epochs: epochs of plain training before the first stage; ``0`` compresses the
+            model as it comes (an already trained one) at the start of the fit.
+        eval_splits: which of ``"val"`` and ``"test"`` to score before and after each finetune
+            (from the datamodule, or the trainer's validation dataloaders).
+        statistics_batch_size: batch size of the statistics pass (default: the datamodule's).
+        forward_fn: ``forward_fn(module, batch) -> logits``; default :func:`default_forward`.
+        label_fn: ``label_fn(batch) -> labels``; default :func:`default_labels`.
+
+    Example::
+
+        trainer = Trainer(max_epochs=3, callbacks=[AFMCompressionCallback(
+            [MLPStage(rank=64, lr=1e-3, weight_decay=1e-3), EmbeddingStage(rank=2)])])
+        trainer.fit(model, datamodule=dm)
+        callback.history  # one record per stage: params, AUC/logloss before and after finetuning
+
+    The records are in ``history``; the model before the first stage in ``baseline``.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[CompressionStage],
+        baseline_epochs: int = 1,
+        eval_splits: Sequence[str] = ("val", "test"),
+        statistics_batch_size: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        label_fn: LabelFn | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.stages = list(stages)
+        if not self.stages:
+            raise ValueError("AFMCompressionCallback needs at least one stage, e.g. [MLPStage(rank=64)]")
+        for stage in self.stages:
+            if not isinstance(stage, CompressionStage):
+                raise TypeError(f"stages must be MLPStage or EmbeddingStage objects, got {type(stage).__name__}")
+        if not isinstance(baseline_epochs, int) or baseline_epochs < 0:
+            raise ValueError(f"baseline_epochs must be an integer >= 0, got {baseline_epochs!r}")
+        bad = [s for s in eval_splits if s not in ("val", "test")]
+        if bad:
+            raise ValueError(f"eval_splits may hold 'val' and 'test' only, got {bad}")
+        self.baseline_epochs = baseline_epochs
+        self.eval_splits = tuple(eval_splits)
+        self.statistics_batch_size = statistics_batch_size
+        self.forward_fn = forward_fn or default_forward
+        self.label_fn = label_fn or default_labels
+        self.progress = progress
+
+        self.history: list[dict[str, Any]] = []
+        self.baseline: dict[str, Any] | None = None
+        self.plan = compress.CompressionPlan()
+        self.stages_started = 0
+        self.stages_finished = 0
+
+    # -- schedule ------------------------------------------------------------------------
+    def start_epoch(self, index: int) -> int:
+        """The first finetune epoch of stage ``index``."""
+        return self.baseline_epochs + sum(s.epochs for s in self.stages[:index])
+
+    @property
+    def total_epochs(self) -> int:
+        return self.start_epoch(len(self.stages))
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.ckpt_path:
+            return
+        # Resuming: the checkpoint's weights have the compressed shapes, so the structure must
+        # be rebuilt before Lightning loads them (it restores right after this hook).
+        checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
+        restore_compressed_structure(pl_module, checkpoint)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_schedule(trainer)
+        self._check_stages(trainer, pl_module)
+        if self.stages_started > self.stages_finished:
+            # Resumed inside a finetune: put back what the checkpoint does not hold.
+            self._apply_training_settings(trainer, pl_module, self.stages[self.stages_started - 1], reload=False)
+        self._advance(trainer, pl_module, next_epoch=trainer.current_epoch, at_fit_start=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._advance(trainer, pl_module, next_epoch=trainer.current_epoch + 1, at_fit_start=False)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self.plan.entries:
+            checkpoint[PLAN_KEY] = self.plan.to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "baseline": self.baseline,
+            "plan": self.plan.to_dict(),
+            "stages_started": self.stages_started,
+            "stages_finished": self.stages_finished,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.baseline = state_dict.get("baseline")
+        plan = state_dict.get("plan")
+        self.plan = compress.CompressionPlan.from_dict(plan) if plan else compress.CompressionPlan()
+        self.stages_started = int(state_dict.get("stages_started", 0))
+        self.stages_finished = int(state_dict.get("stages_finished", 0))
+
+    def summary(self) -> dict[str, Any]:
+        """Entries for the run's ``summary.json``: the baseline figures and one record per stage."""
+        out: dict[str, Any] = {"stages": [dict(r) for r in self.history]}
+        for key, value in (self.baseline or {}).items():
+            if key.startswith(("test_", "val_")):
+                out[f"baseline_{key}"] = value
+        if self.baseline:
+            out["baseline_params"] = self.baseline.get("params")
+        return out
+
+    # -- the pipeline ----------------------------------------------------------------------
+    def _advance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, next_epoch: int, at_fit_start: bool) -> None:
+        """Close the stage whose finetune ends before ``next_epoch``; start the stages due by then.
+
+        "Due by" rather than "due at": a fit resumed from a checkpoint written before the end of
+        the epoch that should have started a stage (e.g. ``ModelCheckpoint`` on validation end)
+        catches up at fit start.
+        """
+        if self.stages_started > self.stages_finished:
+            index = self.stages_started - 1
+            if next_epoch >= self.start_epoch(index + 1) and not at_fit_start:
+                self._finish_stage(trainer, pl_module, index)
+        while self.stages_started < len(self.stages) and self.start_epoch(self.stages_started) <= next_epoch:
+            if self.stages_started > self.stages_finished:
+                break  # the running stage has finetune epochs left
+            index = self.stages_started
+            self._start_stage(trainer, pl_module, index, reload=not at_fit_start)
+            if self.stages[index].epochs == 0:
+                self._finish_stage(trainer, pl_module, index)
+
+    def _start_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int, reload: bool) -> None:
+        stage = self.stages[index]
+        if self.baseline is None:
+            self.baseline = {"params": compress.parameter_count(pl_module), **self._score(trainer, pl_module)}
+            self._log(trainer, {f"afm/baseline_{k}": v for k, v in self.baseline.items()})
+        record: dict[str, Any] = {
+            "name": stage.name, "kind": stage.kind, "method": stage.method, "rank": stage.rank,
+            "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
+            "params_before": compress.parameter_count(pl_module),
+        }
+        names = self._targets(pl_module, stage)
+        self._check_ranks(pl_module, stage, names)
+
+        statistics = {}
+        if stage.method == "afm":
+            log.info("AFM stage %r: statistics pass over the training data for %s", stage.name, names)
+            statistics = compress.collect_statistics(
+                pl_module, names, self._statistics_batches(trainer),
+                forward=lambda batch: self.forward_fn(pl_module, self._to_device(trainer, batch)),
+                progress=self.progress and trainer.is_global_zero,
+            )
+        # All or nothing: every replacement is built and checked before the first swap.
+        entries = compress.compress_targets(
+            pl_module, names, statistics or None, rank=stage.rank, method=stage.method,
+            relu=getattr(stage, "relu", False))
+        layers = {name: self._spectrum(stats, stage.rank) for name, stats in statistics.items()}
+        if isinstance(stage, EmbeddingStage) and self._should_fold(pl_module, stage):
+            entries.append(compress.fold_into_first_linear(pl_module))
+        self.plan.extend(entries)
+        self.stages_started = index + 1
+
+        self._rewrap_for_ddp(trainer, pl_module)
+        self._apply_training_settings(trainer, pl_module, stage, reload=reload, new_optimizer=True)
+        record["params"] = compress.parameter_count(pl_module)
+        record["layers"] = layers
+        for split, scores in self._score(trainer, pl_module).items():
+            record[f"pre_finetune_{split}"] = scores
+        self.history.append(record)
+        self._log(trainer, {f"afm/{stage.name}_params": record["params"],
+                            **{f"afm/{stage.name}_pre_finetune_{k}": v for k, v in record.items()
+                               if k.startswith(("val_", "test_"))}})
+        log.info("AFM stage %r: %s -> %s parameters", stage.name, f"{record['params_before']:,}", f"{record['params']:,}")
+
+    def _finish_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
+        record = self.history[index]
+        scores = self._score(trainer, pl_module)
+        record.update(scores)
+        self.stages_finished = index + 1
+        self._log(trainer, {f"afm/{record['name']}_{k}": v for k, v in scores.items()})
+
+    # -- pieces ----------------------------------------------------------------------------
+    @staticmethod
+    def _spectrum(stats: compress.OutputStatistics, rank: int) -> dict[str, Any]:
+        """Variance kept at ``rank`` and the components needed for 90/95/99 % (the paper's Table 11)."""
+        return {"kept_variance": compress.kept_variance(stats.cov, rank),
+                **compress.explained_variance(stats.cov).to_dict()}
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """``{"val_auc", "val_logloss", "test_auc", "test_logloss"}`` for the configured splits that exist."""
+        out: dict[str, float] = {}
+        for split in self.eval_splits:
+            loader = self._eval_loader(trainer, split)
+            if loader is None:
+                continue
+            scores = evaluate(pl_module, loader, self.forward_fn, self.label_fn,
+                              to_device=lambda b: self._to_device(trainer, b))
+            out[f"{split}_auc"] = scores["auc"]
+            out[f"{split}_logloss"] = scores["logloss"]
+        return out
+
+    @staticmethod
+    def _eval_loader(trainer: pl.Trainer, split: str):
+        dm = trainer.datamodule
+        if dm is not None:
+            method = getattr(dm, f"{split}_dataloader", None)
+            if method is not None:
+                try:
+                    loader = method()
+                except (NotImplementedError, MisconfigurationException):
+                    return None
+                return loader if loader is not None and _has_batches(loader) else None
+            return None
+        if split == "val":
+            loaders = trainer.val_dataloaders
+            if isinstance(loaders, (list, tuple)):
+                loaders = loaders[0] if loaders else None
+            return loaders
+        return None
+
+    def _statistics_batches(self, trainer: pl.Trainer):
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "statistics_dataloader"):
+            return dm.statistics_dataloader(batch_size=self.statistics_batch_size)
+        loader = trainer.train_dataloader
+        if loader is None:
+            # Before the fit loop has built it (a stage at epoch 0): ask the data source.
+            loader = trainer.fit_loop._data_source.dataloader()
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0]
+        if isinstance(loader, dict):
+            loader = next(iter(loader.values()))
+        return loader
+
+    @staticmethod
+    def _to_device(trainer: pl.Trainer, batch: Any) -> Any:
+        return trainer.strategy.batch_to_device(batch)
+
+    def _targets(self, pl_module: nn.Module, stage: CompressionStage) -> list[str]:
+        types = (nn.Linear,) if stage.kind == "mlp" else (nn.Embedding,)
+        return compress.resolve_targets(pl_module, stage.target_patterns, types)
+
+    @staticmethod
+    def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
+        for name in names:
+            module = pl_module.get_submodule(name)
+            width = min(module.out_features, module.in_features) if isinstance(module, nn.Linear) else module.embedding_dim
+            if stage.rank > width:
+                raise ValueError(
+                    f"stage {stage.name!r}: rank {stage.rank} is larger than {name!r} allows "
+                    f"({type(module).__name__} of width {width}); choose a rank in 1..{width}")
+
+    def _should_fold(self, pl_module: nn.Module, stage: EmbeddingStage) -> bool:
+        can_fold = bool(getattr(type(pl_module), "MLP_READS_EMBEDDINGS", False)) and hasattr(pl_module, "embeddings")
+        if stage.fold is True and not can_fold:
+            raise ValueError(
+                f"stage {stage.name!r}: fold=True, but {type(pl_module).__name__}'s MLP does not read the "
+                "embeddings directly (an interaction layer sits in between); use fold='auto' or False")
+        return can_fold if stage.fold == "auto" else bool(stage.fold)
+
+    def _check_schedule(self, trainer: pl.Trainer) -> None:
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and max_epochs < self.total_epochs:
+            plan = " + ".join([f"{self.baseline_epochs} baseline"] + [f"{s.epochs} {s.name}" for s in self.stages])
+            raise MisconfigurationException(
+                f"AFMCompressionCallback needs {self.total_epochs} epochs ({plan}) but the trainer has "
+                f"max_epochs={max_epochs}; set Trainer(max_epochs={self.total_epochs}) "
+                f"(Hydra: trainer.max_epochs={self.total_epochs})")
+
+    def _check_stages(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
+        """What can be checked before any work: targets exist, ranks fit, the batch size can change."""
+        for stage in self.stages[self.stages_started:]:
+            self._check_ranks(pl_module, stage, self._targets(pl_module, stage))
+            if stage.batch_size is not None:
+                dm = trainer.datamodule
+                if dm is None or not hasattr(dm, "batch_size"):
+                    raise MisconfigurationException(
+                        f"stage {stage.name!r} sets batch_size={stage.batch_size}, which needs a LightningDataModule "
+                        "with a `batch_size` attribute read by train_dataloader(); set batch_size=None to keep yours")
+
+    def _apply_training_settings(self, trainer, pl_module, stage: CompressionStage, reload: bool,
+                                 new_optimizer: bool = False) -> None:
+        if stage.dropout is not None:
+            for module in pl_module.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = float(stage.dropout)
+        if new_optimizer:
+            trainer.strategy.setup_optimizers(trainer)
+            for optimizer in trainer.strategy.optimizers:
+                for group in optimizer.param_groups:
+                    if stage.lr is not None:
+                        group["lr"] = float(stage.lr)
+                        group["initial_lr"] = float(stage.lr)
+                    if stage.weight_decay is not None:
+                        group["weight_decay"] = float(stage.weight_decay)
+        if stage.batch_size is not None and trainer.datamodule is not None:
+            trainer.datamodule.batch_size = int(stage.batch_size)
+            if reload:
+                # Make the fit loop ask the datamodule for a new train dataloader at the next epoch.
+                trainer.fit_loop._combined_loader = None
+
+    @staticmethod
+    def _rewrap_for_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """DDP registers parameters when it wraps the model: wrap again so the new ones synchronise."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        strategy = trainer.strategy
+        if isinstance(getattr(strategy, "model", None), DistributedDataParallel):
+            strategy.model = strategy._setup_model(pl_module)
+            if hasattr(strategy, "_register_ddp_hooks"):
+                strategy._register_ddp_hooks()
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, metrics: dict[str, Any]) -> None:
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(float(v))}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+
+
+def _has_batches(loader: Any) -> bool:
+    try:
+        return len(loader) > 0
+    except TypeError:
+        return True

@@ -1,0 +1,100 @@
+"""How the compression callback reads a batch, runs the model on it, and scores it.
+
+The callback works on any LightningModule, so these defaults cover the common batch layouts;
+pass your own ``forward_fn`` / ``label_fn`` to the callback for anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torchmetrics.classification import BinaryAUROC
+
+from lightning_afm.data.schema import CATEGORICAL, LABEL, NUMERIC
+
+ForwardFn = Callable[[nn.Module, Any], torch.Tensor]
+LabelFn = Callable[[Any], torch.Tensor]
+
+
+def default_forward(module: nn.Module, batch: Any) -> torch.Tensor:
+    """Logits for a batch.
+
+    * a dict with ``categorical`` (and ``numeric``): ``module(categorical, numeric)`` (our zoo);
+    * any other dict: ``module(batch)``;
+    * a tuple or list ``(x1, ..., xn, y)``: ``module(x1, ..., xn)`` (the label is last);
+    * anything else: ``module(batch)``.
+    """
+    if isinstance(batch, dict):
+        if CATEGORICAL in batch:
+            return module(batch[CATEGORICAL], batch.get(NUMERIC))
+        return module(batch)
+    if isinstance(batch, (list, tuple)):
+        return module(*batch[:-1])
+    return module(batch)
+
+
+def default_labels(batch: Any) -> torch.Tensor:
+    """Labels of a batch: ``batch["label"]`` for dicts, the last item of a tuple or list."""
+    if isinstance(batch, dict):
+        if LABEL not in batch:
+            raise KeyError(f"batch dict has no {LABEL!r} key (keys: {sorted(batch)}); pass label_fn to the callback")
+        return batch[LABEL]
+    if isinstance(batch, (list, tuple)):
+        return batch[-1]
+    raise TypeError(f"cannot find labels in a {type(batch).__name__} batch; pass label_fn to the callback")
+
+
+class _Logloss:
+    """Mean binary cross-entropy of logits in float64, summed over DDP ranks when distributed."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.detach().double().cpu()
+        labels = labels.detach().double().cpu()
+        self.total += torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        self.count += labels.numel()
+
+    def compute(self) -> float:
+        total, count = self.total.clone(), self.count.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            stacked = torch.stack([total, count])
+            torch.distributed.all_reduce(stacked)
+            total, count = stacked[0], stacked[1]
+        return float(total / count) if count > 0 else float("nan")
+
+
+@torch.no_grad()
+def evaluate(
+    module: nn.Module,
+    batches: Iterable[Any],
+    forward_fn: ForwardFn = default_forward,
+    label_fn: LabelFn = default_labels,
+    to_device: Callable[[Any], Any] = lambda b: b,
+) -> dict[str, float]:
+    """AUC and logloss of ``module`` over ``batches`` in eval mode; the module's mode is restored.
+
+    Returns ``{"auc": float, "logloss": float, "samples": int}`` (``nan`` for an empty loader).
+    """
+    was_training = module.training
+    module.eval()
+    auroc = BinaryAUROC(thresholds=None)
+    logloss = _Logloss()
+    samples = 0
+    try:
+        for batch in batches:
+            batch = to_device(batch)
+            logits = forward_fn(module, batch).reshape(-1).float()
+            labels = label_fn(batch).reshape(-1)
+            auroc.update(torch.sigmoid(logits).cpu(), labels.long().cpu())
+            logloss.update(logits, labels)
+            samples += labels.numel()
+    finally:
+        module.train(was_training)
+    if samples == 0:
+        return {"auc": float("nan"), "logloss": float("nan"), "samples": 0}
+    return {"auc": float(auroc.compute()), "logloss": logloss.compute(), "samples": samples}

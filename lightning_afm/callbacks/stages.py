@@ -1,0 +1,99 @@
+"""What one compression stage does: which modules, which method and rank, and how to finetune.
+
+A stage's finetune settings (``lr``, ``weight_decay``, ``batch_size``, ``dropout``) are
+``None`` to keep what the model or the dataloader already has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Sequence
+
+METHODS = ("afm", "svd")
+
+
+@dataclass
+class CompressionStage:
+    """Settings shared by every stage. Use :class:`MLPStage` or :class:`EmbeddingStage`."""
+
+    rank: int
+    method: str = "afm"
+    targets: Sequence[str] | None = None
+    epochs: int = 1
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    dropout: float | None = None
+    name: str = ""
+
+    kind: ClassVar[str] = ""
+    default_targets: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.kind
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        self.validate()
+
+    def validate(self) -> None:
+        """Errors that need no model: raised when the stage is made, long before any work."""
+        where = f"{type(self).__name__}({self.name!r})"
+        if self.method not in METHODS:
+            raise ValueError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise ValueError(f"{where}: rank must be a positive integer, got {self.rank!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"{where}: epochs must be an integer >= 0, got {self.epochs!r}")
+        if self.batch_size is not None and int(self.batch_size) <= 0:
+            raise ValueError(f"{where}: batch_size must be positive or None, got {self.batch_size!r}")
+        if self.dropout is not None and not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"{where}: dropout must be in [0, 1) or None, got {self.dropout!r}")
+        if self.lr is not None and float(self.lr) <= 0:
+            raise ValueError(f"{where}: lr must be positive or None, got {self.lr!r}")
+        if self.weight_decay is not None and float(self.weight_decay) < 0:
+            raise ValueError(f"{where}: weight_decay must be >= 0 or None, got {self.weight_decay!r}")
+
+    @property
+    def target_patterns(self) -> list[str]:
+        return list(self.targets) if self.targets else list(self.default_targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = self.kind
+        if d["targets"] is not None:
+            d["targets"] = list(d["targets"])
+        return d
+
+
+@dataclass
+class MLPStage(CompressionStage):
+    """Factor MLP Linear layers (paper default: the 2nd and 3rd, ``mlp.1.linear`` and ``mlp.2.linear``).
+
+    ``relu`` puts a ReLU between the two factors (the paper's choice: better after finetuning).
+    """
+
+    relu: bool = True
+
+    kind: ClassVar[str] = "mlp"
+    default_targets: ClassVar[tuple[str, ...]] = ("mlp.1.linear", "mlp.2.linear")
+
+
+@dataclass
+class EmbeddingStage(CompressionStage):
+    """Factor embedding tables (default: every field, ``embeddings.*``).
+
+    ``fold``: ``"auto"`` folds the per-field projections into the first MLP Linear when the
+    model's MLP reads the embeddings directly (DeepFM, DCN, DCNv2, GDCN, AutoInt; not NFM or
+    FiBiNet); ``True`` demands it (an error where impossible); ``False`` never folds.
+    """
+
+    fold: bool | str = "auto"
+
+    kind: ClassVar[str] = "emb"
+    default_targets: ClassVar[tuple[str, ...]] = ("embeddings.*",)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.fold not in ("auto", True, False):
+            raise ValueError(f"EmbeddingStage({self.name!r}): fold must be 'auto', True or False, got {self.fold!r}")
