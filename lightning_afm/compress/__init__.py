@@ -41,12 +41,23 @@ from lightning_afm.compress.surgery import (
     resolve_targets,
     set_submodule,
 )
+from lightning_afm.compress.ttd import (
+    DEFAULT_TT_RANK,
+    TTDecomposition,
+    TTEmbedding,
+    balanced_dim_factors,
+    balanced_row_factors,
+    compress_embedding_ttd,
+    compress_embeddings_ttd,
+    tt_svd,
+)
 
 __all__ = [
     "CompressionPlan",
     "DEFAULT_EMBEDDING_TARGETS",
     "DEFAULT_MLP_TARGETS",
     "DEFAULT_SHIFT_STD",
+    "DEFAULT_TT_RANK",
     "EmbeddingFactors",
     "FIRST_MLP_LINEAR",
     "LinearFactors",
@@ -57,12 +68,18 @@ __all__ = [
     "PlanEntry",
     "RELU_INITS",
     "Spectrum",
+    "TTDecomposition",
+    "TTEmbedding",
     "afm_embedding_factors",
     "afm_factors",
+    "balanced_dim_factors",
+    "balanced_row_factors",
     "build_compressed_embedding",
     "build_compressed_linear",
     "collect_statistics",
     "compress_embedding",
+    "compress_embedding_ttd",
+    "compress_embeddings_ttd",
     "compress_linear",
     "compress_targets",
     "explained_variance",
@@ -79,4 +96,5 @@ __all__ = [
     "stack_projections",
     "svd_embedding_factors",
     "svd_factors",
+    "tt_svd",
 ]

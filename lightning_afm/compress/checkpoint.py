@@ -15,6 +15,7 @@ from torch import nn
 from lightning_afm.compress.modules import LowRankEmbedding, LowRankLinear
 from lightning_afm.compress.plan import CompressionPlan, PlanEntry
 from lightning_afm.compress.surgery import get_submodule, replay_plan
+from lightning_afm.compress.ttd import TTEmbedding
 
 PLAN_CHECKPOINT_KEY = "afm_compression_plan"
 
@@ -29,6 +30,13 @@ def entry_is_applied(model: nn.Module, entry: PlanEntry) -> bool:
         return False
     if entry.kind == "linear":
         return isinstance(module, LowRankLinear) and module.rank == entry.rank
+    if entry.kind == "tt_embedding":
+        return (
+            isinstance(module, TTEmbedding)
+            and module.tt_rank == entry.rank
+            and module.row_factors == list(entry.flags.get("row_factors", module.row_factors))
+            and module.dim_factors == list(entry.flags.get("dim_factors", module.dim_factors))
+        )
     return isinstance(module, LowRankEmbedding) and module.code_dim == entry.rank
 
 

@@ -16,8 +16,11 @@ from typing import Any
 __all__ = ["PlanEntry", "CompressionPlan", "PLAN_VERSION"]
 
 PLAN_VERSION = 1
-KINDS = ("linear", "embedding", "fold")
+KINDS = ("linear", "embedding", "fold", "tt_embedding")
 METHODS = ("afm", "svd")
+#: The methods each kind takes (``"fold"`` takes none): a TT table is only ever made by TT-SVD
+#: or a random TT-Rec initialisation, recorded as ``"ttd"`` (the ``init`` flag says which).
+KIND_METHODS = {"linear": METHODS, "embedding": METHODS, "tt_embedding": ("ttd",)}
 
 
 @dataclass
@@ -27,13 +30,15 @@ class PlanEntry:
     Attributes:
         name: dotted module name in the model (``"mlp.1.linear"``, ``"embeddings.C1"``).
         kind: ``"linear"`` (nn.Linear -> LowRankLinear), ``"embedding"`` (nn.Embedding ->
-            LowRankEmbedding) or ``"fold"`` (the first MLP Linear widened to read codes).
-        method: ``"afm"`` or ``"svd"`` (None for ``"fold"``).
-        rank: ``k`` (None for ``"fold"``).
+            LowRankEmbedding), ``"fold"`` (the first MLP Linear widened to read codes) or
+            ``"tt_embedding"`` (nn.Embedding -> TTEmbedding, see :mod:`lightning_afm.compress.ttd`).
+        method: ``"afm"`` or ``"svd"``; ``"ttd"`` for ``"tt_embedding"``; None for ``"fold"``.
+        rank: ``k``; the TT-rank ``R`` for ``"tt_embedding"``; None for ``"fold"``.
         shape: the replaced module's original weight shape: ``[m, n]`` for a Linear
             (out, in), ``[s, t]`` for a table, ``[out, in]`` of the Linear a fold replaced.
         relu: a ReLU between the factors (``"linear"`` only).
-        flags: structure details needed to rebuild (biases, the folded width, ...) and
+        flags: structure details needed to rebuild (biases, the folded width, the TT factors
+            and ranks ``row_factors``/``dim_factors``/``tt_ranks``, ...) and
             provenance (``relu_init``, kept variance); JSON values only.
     """
 
@@ -49,8 +54,9 @@ class PlanEntry:
         if self.kind not in KINDS:
             raise ValueError(f"plan entry {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind != "fold":
-            if self.method not in METHODS:
-                raise ValueError(f"plan entry {self.name!r}: method must be one of {METHODS}, got {self.method!r}")
+            methods = KIND_METHODS[self.kind]
+            if self.method not in methods:
+                raise ValueError(f"plan entry {self.name!r}: method must be one of {methods}, got {self.method!r}")
             if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
                 raise ValueError(f"plan entry {self.name!r}: rank must be a positive int, got {self.rank!r}")
         if len(self.shape) != 2:

@@ -25,6 +25,7 @@ from lightning_afm.compress.fold import replay_fold
 from lightning_afm.compress.modules import LowRankEmbedding, LowRankLinear
 from lightning_afm.compress.plan import METHODS, CompressionPlan, PlanEntry
 from lightning_afm.compress.statistics import OutputStatistics
+from lightning_afm.compress.ttd import TTEmbedding, replay_tt_embedding
 
 __all__ = [
     "DEFAULT_MLP_TARGETS",
@@ -47,7 +48,7 @@ DEFAULT_MLP_TARGETS = ("mlp.1.linear", "mlp.2.linear")
 DEFAULT_EMBEDDING_TARGETS = ("embeddings.*",)
 
 _KIND_TYPES: dict[str, type[nn.Module]] = {"linear": nn.Linear, "embedding": nn.Embedding}
-_FACTORED = (LowRankLinear, LowRankEmbedding)
+_FACTORED = (LowRankLinear, LowRankEmbedding, TTEmbedding)
 
 StatsArg = OutputStatistics | Mapping[str, OutputStatistics] | None
 
@@ -306,6 +307,9 @@ def compress_targets(
 def _replay_entry(model: nn.Module, entry: PlanEntry) -> None:
     if entry.kind == "fold":
         replay_fold(model, entry)
+        return
+    if entry.kind == "tt_embedding":
+        replay_tt_embedding(model, entry)
         return
     module = get_submodule(model, entry.name)
     expected = nn.Linear if entry.kind == "linear" else nn.Embedding
