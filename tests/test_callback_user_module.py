@@ -115,3 +115,15 @@ def test_bad_stage_settings_fail_when_made():
         EmbeddingStage(rank=2, method="pca")
     with pytest.raises(ValueError, match="at least one stage"):
         AFMCompressionCallback([])
+
+
+def test_ttd_stage_replaces_tables_with_tensor_train_cores():
+    from lightning_afm.compress import TTEmbedding
+
+    train, val = _loaders()
+    model = TinyCTR()
+    callback = AFMCompressionCallback([EmbeddingStage(rank=2, method="ttd", targets=["user"], epochs=1)],
+                                      baseline_epochs=1, progress=False)
+    _trainer(callback, max_epochs=2).fit(model, train_dataloaders=train, val_dataloaders=val)
+    assert isinstance(model.user, TTEmbedding) and model.user.tt_rank == 2
+    assert callback.history[0]["method"] == "ttd"

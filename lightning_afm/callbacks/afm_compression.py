@@ -197,11 +197,14 @@ class AFMCompressionCallback(pl.Callback):
                 progress=self.progress and trainer.is_global_zero,
             )
         # All or nothing: every replacement is built and checked before the first swap.
-        entries = compress.compress_targets(
-            pl_module, names, statistics or None, rank=stage.rank, method=stage.method,
-            relu=getattr(stage, "relu", False))
+        if stage.method == "ttd":
+            entries = compress.compress_embeddings_ttd(pl_module, names, tt_rank=stage.rank, init=stage.ttd_init)
+        else:
+            entries = compress.compress_targets(
+                pl_module, names, statistics or None, rank=stage.rank, method=stage.method,
+                relu=getattr(stage, "relu", False))
         layers = {name: self._spectrum(stats, stage.rank) for name, stats in statistics.items()}
-        if isinstance(stage, EmbeddingStage) and self._should_fold(pl_module, stage):
+        if isinstance(stage, EmbeddingStage) and stage.method != "ttd" and self._should_fold(pl_module, stage):
             entries.append(compress.fold_into_first_linear(pl_module))
         self.plan.extend(entries)
         self.stages_started = index + 1
@@ -288,6 +291,8 @@ class AFMCompressionCallback(pl.Callback):
 
     @staticmethod
     def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
+        if stage.method == "ttd":
+            return  # a TT-rank is not bounded by the table's width
         for name in names:
             module = pl_module.get_submodule(name)
             width = min(module.out_features, module.in_features) if isinstance(module, nn.Linear) else module.embedding_dim

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Sequence
 
 METHODS = ("afm", "svd")
+EMBEDDING_METHODS = METHODS + ("ttd",)
 
 
 @dataclass
@@ -27,6 +28,7 @@ class CompressionStage:
     name: str = ""
 
     kind: ClassVar[str] = ""
+    methods: ClassVar[tuple[str, ...]] = METHODS
     default_targets: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
@@ -39,8 +41,8 @@ class CompressionStage:
     def validate(self) -> None:
         """Errors that need no model: raised when the stage is made, long before any work."""
         where = f"{type(self).__name__}({self.name!r})"
-        if self.method not in METHODS:
-            raise ValueError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in self.methods:
+            raise ValueError(f"{where}: method must be one of {self.methods}, got {self.method!r}")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise ValueError(f"{where}: rank must be a positive integer, got {self.rank!r}")
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -86,14 +88,24 @@ class EmbeddingStage(CompressionStage):
     ``fold``: ``"auto"`` folds the per-field projections into the first MLP Linear when the
     model's MLP reads the embeddings directly (DeepFM, DCN, DCNv2, GDCN, AutoInt; not NFM or
     FiBiNet); ``True`` demands it (an error where impossible); ``False`` never folds.
+
+    ``method="ttd"`` is the TT-Rec baseline: each table becomes tensor-train cores of TT-rank
+    ``rank``, initialised by TT-SVD of the trained table (``ttd_init="svd"``) or at random as
+    TT-Rec does (``"random"``); nothing to fold.
     """
 
     fold: bool | str = "auto"
+    ttd_init: str = "svd"
 
     kind: ClassVar[str] = "emb"
+    methods: ClassVar[tuple[str, ...]] = EMBEDDING_METHODS
     default_targets: ClassVar[tuple[str, ...]] = ("embeddings.*",)
 
     def validate(self) -> None:
         super().validate()
+        if self.ttd_init not in ("svd", "random"):
+            raise ValueError(f"EmbeddingStage({self.name!r}): ttd_init must be 'svd' or 'random', got {self.ttd_init!r}")
+        if self.method == "ttd" and self.fold is True:
+            raise ValueError(f"EmbeddingStage({self.name!r}): TT tables have no projection to fold; use fold='auto'")
         if self.fold not in ("auto", True, False):
             raise ValueError(f"EmbeddingStage({self.name!r}): fold must be 'auto', True or False, got {self.fold!r}")
