@@ -1,0 +1,237 @@
+"""The encoded cache: one directory per (source file, options), written atomically.
+
+Layout of ``<cache_dir>/<name>-<hash>/``::
+
+    schema.json                  the Schema (extras: split sizes, min/max, bad rows, ...)
+    stats.json                   how the cache was built (rows, seconds, options)
+    vocab/<field>.arrow          id, value, count per categorical field (Arrow IPC)
+    train/ val/ test/            categorical.npy  int32|int64 [n, F]
+                                 numeric.npy      float32 [n, N]
+                                 label.npy        float32 [n]
+
+The key hashes the source identity (resolved path, size, mtime) and every
+option that changes the arrays, so editing the file or an option rebuilds and
+anything else reuses. A build writes into ``<name>-<hash>.tmp-<pid>-<random>``
+and renames it into place only when complete: an interrupted run leaves no
+half cache behind (a stale ``.tmp-*`` directory is removed by the next build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+CACHE_FORMAT_VERSION = 1
+ARRAY_NAMES = ("categorical", "numeric", "label")
+_HEADER_BYTES = 256  # a fixed .npy header size, so the row count can be filled in at the end
+
+
+def default_cache_dir() -> Path:
+    """``$LIGHTNING_AFM_CACHE``, else ``~/.cache/lightning_afm``."""
+    env = os.environ.get("LIGHTNING_AFM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lightning_afm"
+
+
+def cache_key(identity: dict[str, Any], options: dict[str, Any]) -> str:
+    """Directory name for a source and options: ``<kind>-<file stem>-<16 hex>``."""
+    payload = json.dumps({"format": CACHE_FORMAT_VERSION, "source": identity, "options": options}, sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    stem = Path(str(identity.get("path", "data"))).stem.replace(" ", "_")[:40] or "data"
+    return f"{identity.get('kind', 'table')}-{stem}-{digest}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / "schema.json").is_file() and (path / "stats.json").is_file()
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``final``; rename it to ``final`` on success.
+
+    If another process finished the same cache first, ours is discarded (both
+    are identical by construction). On error the temporary directory is removed.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(final.name + ".tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not is_complete(final):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 ``.npy`` header padded to exactly ``_HEADER_BYTES`` bytes."""
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(np.dtype(dtype)), tuple(shape))
+    body_len = _HEADER_BYTES - 10
+    text = text.ljust(body_len - 1) + "\n"
+    if len(text) != body_len:
+        raise ValueError(f"npy header too long for shape {shape}")
+    return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + text.encode("latin1")
+
+
+class MemoryBudget:
+    """Bytes that :class:`NpyAppender` s may hold in memory together before they write to disk."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.left = int(limit_bytes)
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+
+class NpyAppender:
+    """Collect rows for a ``.npy`` file whose length is unknown in advance, in bounded memory.
+
+    ``row_shape`` is the shape of one row (``(F,)`` or ``()``). Rows stay in
+    memory while ``budget`` allows (a 1M-row Criteo file fits) and go to the file
+    from then on (the 45M-row one does not). :meth:`finish` applies a block-wise
+    fix-up and leaves the complete ``.npy``: held rows are fixed and written once,
+    spilled rows are rewritten in place.
+
+    Example:
+        >>> import tempfile; p = Path(tempfile.mkdtemp()) / "a.npy"
+        >>> w = NpyAppender(p, np.int32, (2,)); w.append(np.ones((3, 2), np.int32)); w.finish(lambda b: b * 2)
+        >>> np.load(p).tolist()
+        [[2, 2], [2, 2], [2, 2]]
+    """
+
+    def __init__(self, path: str | Path, dtype, row_shape: tuple[int, ...] = (), budget: MemoryBudget | None = None) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.rows = 0
+        self._budget = budget
+        self._held: list[np.ndarray] = []
+        self._file = None
+
+    def append(self, block: np.ndarray, owned: bool = False) -> None:
+        """``block``: ``[m, *row_shape]``; copied if held, unless ``owned`` (the caller will not reuse it)."""
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {block.shape[1:]}, expected {self.row_shape}")
+        contiguous = np.ascontiguousarray(block, dtype=self.dtype)
+        owned = owned or contiguous is not block
+        block = contiguous
+        if self._file is None and self._budget is not None and self._budget.take(block.nbytes):
+            self._held.append(block if owned else block.copy())
+        else:
+            self._spill()
+            self._file.write(block.reshape(-1).view(np.uint8))  # the buffer itself, no bytes copy
+        self.rows += block.shape[0]
+
+    def _spill(self) -> None:
+        if self._file is not None:
+            return
+        self._file = open(self.path, "wb+")
+        self._file.write(_npy_header(self.dtype, (0,) + self.row_shape))
+        for block in self._held:
+            self._file.write(block.reshape(-1).view(np.uint8))
+        self._held = []
+
+    def close(self) -> int:
+        """Stop appending; returns the number of rows."""
+        return self.rows
+
+    def finish(self, fn=None, block_rows: int = 1 << 16) -> None:
+        """Write the complete ``.npy``, each block passed through ``fn(block) -> block`` (same shape) first."""
+        if self._file is None:
+            with open(self.path, "wb") as f:
+                f.write(_npy_header(self.dtype, (self.rows,) + self.row_shape))
+                for block in self._held:
+                    for start in range(0, len(block), block_rows):
+                        part = block[start : start + block_rows]
+                        if fn is not None:
+                            part = np.ascontiguousarray(fn(part), dtype=self.dtype)
+                        f.write(part.reshape(-1).view(np.uint8))
+            self._held = []
+            return
+        self._file.seek(0)
+        self._file.write(_npy_header(self.dtype, (self.rows,) + self.row_shape))
+        self._file.close()
+        if fn is not None:
+            map_blocks(self.path, fn, block_rows)
+
+
+def map_blocks(path: str | Path, fn, block_rows: int = 1 << 16) -> None:
+    """Rewrite a ``.npy`` (with a version 1.0 header) in place with ``fn(block) -> block``.
+
+    ``block`` is ``[rows, *row_shape]`` of the file's dtype; the result is
+    cast back to it. Memory stays at one block.
+    """
+    path = Path(path)
+    with open(path, "r+b") as f:
+        np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        offset = f.tell()
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        if row_items == 0 or shape[0] == 0:
+            return
+        rows_per_block = max(1, min(block_rows, shape[0]))
+        buffer = np.empty((rows_per_block,) + tuple(shape[1:]), dtype=dtype)  # reused for every block
+        for start in range(0, shape[0], rows_per_block):
+            rows = min(rows_per_block, shape[0] - start)
+            block = buffer[:rows]
+            f.seek(offset + start * row_items * dtype.itemsize)
+            f.readinto(block.reshape(-1).view(np.uint8))
+            new = np.ascontiguousarray(fn(block), dtype=dtype)
+            f.seek(offset + start * row_items * dtype.itemsize)
+            f.write(new.reshape(-1).view(np.uint8))
+
+
+def load_split(directory: str | Path, mmap: bool = True) -> dict[str, np.ndarray]:
+    """The three arrays of one split directory, memory-mapped read-only by default."""
+    directory = Path(directory)
+    out = {}
+    for name in ARRAY_NAMES:
+        p = directory / f"{name}.npy"
+        arr = np.load(p, mmap_mode="r" if mmap else None)
+        out[name] = arr
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,147 @@
+"""Bad input: clear errors before any work, malformed rows named by file/line/column, or skipped and reported."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lightning_afm.data.errors import DataConfigError, MalformedRowError
+from lightning_afm.data.pipeline import EncodeOptions, preprocess
+from lightning_afm.data.readers import TableSpec, avazu_source, criteo_source, table_source
+from lightning_afm.data.synthetic import write_criteo_format
+
+
+def _run(source, cache: Path, **options):
+    return preprocess(source, EncodeOptions(**options), cache, progress=False)
+
+
+def _criteo_lines(tmp_path: Path, n: int = 200) -> list[str]:
+    path = write_criteo_format(tmp_path / "good.txt", n, seed=1)
+    return path.read_text().splitlines()
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataConfigError, match="not found"):
+        _run(criteo_source(tmp_path / "nope.txt"), tmp_path / "c")
+
+
+def test_empty_file_and_header_only(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataConfigError, match="empty"):
+        _run(criteo_source(tmp_path / "empty.txt"), tmp_path / "c")
+    _write(tmp_path / "h.csv", ["click,site"])
+    with pytest.raises(DataConfigError, match="no data rows"):
+        _run(table_source(tmp_path / "h.csv", "click", ["site"]), tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # nothing was written: the checks come first
+
+
+def test_missing_label_column_names_the_columns_there(tmp_path):
+    path = _write(tmp_path / "t.csv", ["clicked,site,price", "1,a,3"])
+    with pytest.raises(DataConfigError, match=r"label column 'click' not found.*clicked, site, price"):
+        _run(table_source(path, "click", ["site"]), tmp_path / "c")
+
+
+def test_configured_column_not_in_file(tmp_path):
+    path = _write(tmp_path / "t.csv", ["click,site,price", "1,a,3"])
+    with pytest.raises(DataConfigError, match=r"not found: \['device', 'cost'\].*click, site, price"):
+        _run(table_source(path, "click", ["site", "device"], ["cost"]), tmp_path / "c")
+    with pytest.raises(DataConfigError, match="not found"):
+        _run(avazu_source(path), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_parquet_missing_column_and_not_parquet(tmp_path):
+    pq.write_table(pa.table({"y": [0, 1], "a": ["x", "y"]}), tmp_path / "t.parquet")
+    with pytest.raises(DataConfigError, match=r"not found: \['b'\].*y, a"):
+        _run(table_source(tmp_path / "t.parquet", "y", ["a", "b"]), tmp_path / "c")
+    (tmp_path / "fake.parquet").write_text("y,a\n1,x\n")
+    with pytest.raises(DataConfigError, match="not a readable Parquet file"):
+        _run(table_source(tmp_path / "fake.parquet", "y", ["a"]), tmp_path / "c")
+
+
+def test_criteo_with_the_wrong_number_of_columns(tmp_path):
+    lines = [line.split("\t", 1)[1] for line in _criteo_lines(tmp_path, 20)]  # test.txt has no label column
+    path = _write(tmp_path / "test.txt", lines)
+    with pytest.raises(DataConfigError, match="expected 40 columns.*has 39"):
+        _run(criteo_source(path), tmp_path / "c")
+
+
+def test_bad_spec_and_options():
+    with pytest.raises(DataConfigError, match="also listed as a feature"):
+        TableSpec("click", ("click", "a"))
+    with pytest.raises(DataConfigError, match="more than once"):
+        TableSpec("click", ("a",), ("a",))
+    with pytest.raises(DataConfigError, match="at least one"):
+        TableSpec("click", ())
+    with pytest.raises(DataConfigError, match="min_count"):
+        EncodeOptions(min_count=0)
+    with pytest.raises(DataConfigError, match="on_bad_rows"):
+        EncodeOptions(on_bad_rows="ignore")
+    with pytest.raises(ValueError, match="test_fraction"):
+        EncodeOptions(test_fraction=1.5)
+    with pytest.raises(DataConfigError, match="single character"):
+        table_source("x.csv", "y", ["a"], sep=";;")
+
+
+@pytest.mark.parametrize(
+    "line_no, make_bad, column, reason",
+    [
+        (57, lambda f: f[:10], None, "expected 40 columns"),
+        (120, lambda f: f + ["extra"], None, "expected 40 columns"),
+        (3, lambda f: f[:3] + ["abc"] + f[4:], "I3", "not an integer, got 'abc'"),
+        (150, lambda f: f[:5] + ["1.5"] + f[6:], "I5", "not an integer, got '1.5'"),
+        (199, lambda f: ["2"] + f[1:], "label", "label must be 0 or 1, got '2'"),
+        (10, lambda f: [""] + f[1:], "label", "label must be 0 or 1"),
+    ],
+)
+def test_malformed_row_names_file_line_and_column(tmp_path, line_no, make_bad, column, reason):
+    lines = _criteo_lines(tmp_path)
+    lines[line_no - 1] = "\t".join(make_bad(lines[line_no - 1].split("\t")))
+    path = _write(tmp_path / "bad.txt", lines)
+    for source in (criteo_source(path), criteo_source(path, block_size=1 << 12, chunk_rows=16)):  # one chunk, many chunks
+        with pytest.raises(MalformedRowError) as info:
+            _run(source, tmp_path / "c")
+        err = info.value
+        assert (err.line, err.column) == (line_no, column)
+        assert str(path) in str(err) and f"line {line_no}" in str(err) and reason in str(err)
+        assert "on_bad_rows='skip'" in str(err)
+    assert not any((tmp_path / "c").glob("*")) if (tmp_path / "c").exists() else True
+
+
+def test_bad_numeric_value_in_generic_csv(tmp_path):
+    path = _write(tmp_path / "t.csv", ["click,site,price", "1,a,3.5", "0,b,cheap", "1,c,1e3"])
+    with pytest.raises(MalformedRowError, match=r"line 3, column 'price': not a finite number, got 'cheap'"):
+        _run(table_source(path, "click", ["site"], ["price"]), tmp_path / "c")
+
+
+def test_skip_mode_counts_and_reports(tmp_path, caplog):
+    lines = _criteo_lines(tmp_path, 300)
+    bad = {5: lambda f: f[:20], 40: lambda f: f[:2] + ["x"] + f[3:], 41: lambda f: ["7"] + f[1:], 250: lambda f: f + ["", ""]}
+    for line_no, make_bad in bad.items():
+        lines[line_no - 1] = "\t".join(make_bad(lines[line_no - 1].split("\t")))
+    path = _write(tmp_path / "bad.txt", lines)
+    with caplog.at_level(logging.WARNING, logger="lightning_afm.data.pipeline"):
+        result = _run(criteo_source(path, block_size=1 << 13, chunk_rows=20), tmp_path / "c", on_bad_rows="skip")
+    report = result.schema.extra["bad_rows"]
+    assert report["total"] == 4 == result.stats["rows_skipped"]
+    assert report["by_reason"] == {"wrong number of columns": 2, "I2: not an integer": 1, "label: label must be 0 or 1": 1}
+    assert sum(result.schema.extra["rows"].values()) == 296
+    examples = " | ".join(report["examples"])
+    for line_no in bad:
+        assert f"line {line_no}" in examples  # line numbers stay right after skipped rows
+    assert any("skipped 4 malformed rows" in r.getMessage() for r in caplog.records)
+
+
+def test_skip_mode_with_nothing_left(tmp_path):
+    path = _write(tmp_path / "t.csv", ["click,site", "5,a", "x,b"])
+    with pytest.raises(DataConfigError, match="no valid training rows"):
+        _run(table_source(path, "click", ["site"]), tmp_path / "c", on_bad_rows="skip", test_fraction=0.0)

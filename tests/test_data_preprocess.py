@@ -1,0 +1,276 @@
+"""Encoding rules (vocabulary, min_count, OOV, min-max, log buckets), the split, and the cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lightning_afm.data import pipeline as preprocess_module
+from lightning_afm.data.pipeline import EncodeOptions, preprocess
+from lightning_afm.data.readers import criteo_source, table_source
+from lightning_afm.data.split import TEST, TRAIN, VAL, split_assignment
+from lightning_afm.data.synthetic import write_criteo_format
+from lightning_afm.data.vocab import build_vocab, load_vocab, vocab_path
+
+
+def _arrays(result, split: str) -> dict[str, np.ndarray]:
+    return {a: np.load(result.path / split / f"{a}.npy") for a in ("categorical", "numeric", "label")}
+
+
+def _vocab(result, field: str) -> dict:
+    t = load_vocab(vocab_path(result.path, field)).to_pydict()
+    return {v: i for i, v in zip(t["id"], t["value"]) if i != 0}
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[object]], sep: str = ",") -> Path:
+    lines = [sep.join(header)] + [sep.join("" if v is None else str(v) for v in r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def crafted(tmp_path):
+    """40 rows: split 30/10 (seed 7); known value counts in the training rows."""
+    n = 40
+    assignment = split_assignment(n, 0.25, 0.0, seed=7)
+    train_values = iter(["p"] * 15 + ["q"] * 10 + ["r"] * 4 + [None])  # 30 training rows; None = missing
+    rows = []
+    for i in range(n):
+        if assignment[i] == TRAIN:
+            a = next(train_values)
+            x = None if i % 7 == 0 else float(i)
+        else:
+            a = "p" if i % 2 else "s"  # "s" never appears in training
+            x = 1000.0 if i % 3 == 0 else -50.0  # outside the training range: clipped
+        rows.append([i % 2, a, x, i])
+    path = _write_csv(tmp_path / "t.csv", ["click", "a", "x", "rowid"], rows)
+    return path, assignment, rows
+
+
+def test_vocab_min_count_oov_and_missing(crafted, tmp_path):
+    path, assignment, rows = crafted
+    for min_count, expected_kept in ((1, {"p", "q", "r", ""}), (5, {"p", "q", ""}), (11, {"p", ""})):
+        result = preprocess(
+            table_source(path, "click", ["a"], ["x"]), EncodeOptions(min_count=min_count, test_fraction=0.25, seed=7), tmp_path / "c", progress=False
+        )
+        vocab = _vocab(result, "a")
+        # the missing value (1 training row) is kept whatever min_count: it never shares the OOV row
+        assert set(vocab) == expected_kept
+        assert result.schema.vocab_sizes == [len(expected_kept) + 1]
+        assert vocab["p"] == 1  # most frequent first
+        for s, split in ((TRAIN, "train"), (TEST, "test")):
+            raw = [r[1] if r[1] is not None else "" for r, a in zip(rows, assignment) if a == s]
+            assert _arrays(result, split)["categorical"][:, 0].tolist() == [vocab.get(v, 0) for v in raw]
+        oov = result.schema.extra["oov_train_occurrences"][0]
+        assert oov == {1: 0, 5: 4, 11: 14}[min_count]  # r (4) and q (10) below the threshold
+        assert load_vocab(vocab_path(result.path, "a")).to_pydict()["count"][0] == oov
+
+
+def test_minmax_from_training_split_with_clipping(crafted, tmp_path):
+    path, assignment, rows = crafted
+    result = preprocess(table_source(path, "click", ["a"], ["x", "rowid"]), EncodeOptions(test_fraction=0.25, seed=7), tmp_path, progress=False)
+    x = np.array([r[2] if r[2] is not None else 0.0 for r in rows], dtype=np.float64)  # missing -> 0 first
+    low, high = x[assignment == TRAIN].min(), x[assignment == TRAIN].max()
+    expected = np.clip((x - low) / (high - low), 0, 1)
+    got_train = _arrays(result, "train")["numeric"][:, 0]
+    got_test = _arrays(result, "test")["numeric"][:, 0]
+    np.testing.assert_allclose(got_train, expected[assignment == TRAIN], atol=1e-7)
+    np.testing.assert_allclose(got_test, expected[assignment == TEST], atol=1e-7)
+    assert set(np.unique(got_test)) <= {0.0, 1.0}  # the test values lie outside the training range
+    assert got_train.min() == 0.0 and got_train.max() == 1.0
+
+
+def test_constant_and_all_missing_numeric_columns_scale_to_zero(tmp_path):
+    rows = [[i % 2, "a", 5, None] for i in range(20)]
+    path = _write_csv(tmp_path / "c.csv", ["y", "k", "const", "empty"], rows)
+    result = preprocess(table_source(path, "y", ["k"], ["const", "empty"]), EncodeOptions(), tmp_path / "c", progress=False)
+    for split in ("train", "test"):
+        assert not _arrays(result, split)["numeric"].any()
+
+
+def test_log_buckets(tmp_path):
+    values = [None, -3, 0, 1, 2, 3, 100, 100, 7]
+    rows = [[i % 2, "k", v] for i, v in enumerate(values)]
+    path = _write_csv(tmp_path / "b.csv", ["y", "k", "x"], rows)
+    result = preprocess(table_source(path, "y", ["k"], ["x"]), EncodeOptions(log_buckets=True, test_fraction=0.0), tmp_path / "c", progress=False)
+    assert result.schema.categorical_names == ["k", "x_bucket"] and result.schema.numeric == ("x",)
+    vocab = _vocab(result, "x_bucket")
+    # x > 2 -> floor(log(x)^2): 3 -> 1, 7 -> 3, 100 -> 21; smaller values stay; missing is a token
+    expected = ["", "-3", "0", "1", "2", "1", "21", "21", "3"]
+    assert _arrays(result, "train")["categorical"][:, 1].tolist() == [vocab[v] for v in expected]
+    assert result.schema.vocab_sizes[1] == len(set(expected)) + 1
+
+
+def test_build_vocab_reference():
+    counts = np.array([3, 0, 7, 3, 1, 9])
+    remap, kept = build_vocab(counts, min_count=2, missing_id=4)
+    # kept by count desc, ties by provisional id: 5 (9), 2 (7), 0 (3), 3 (3), 4 (missing, kept anyway)
+    assert kept.tolist() == [5, 2, 0, 3, 4]
+    assert remap.tolist() == [3, 0, 2, 4, 5, 1]
+    with pytest.raises(ValueError, match="min_count"):
+        build_vocab(counts, min_count=0)
+
+
+def test_split_is_deterministic_disjoint_and_sized():
+    a = split_assignment(1001, 0.1, 0.05, seed=2020)
+    assert np.array_equal(a, split_assignment(1001, 0.1, 0.05, seed=2020))
+    assert not np.array_equal(a, split_assignment(1001, 0.1, 0.05, seed=2021))
+    assert [(a == s).sum() for s in (TRAIN, VAL, TEST)] == [849, 51, 101]  # ceil for test and val
+    # asking for a validation split leaves the test split unchanged
+    assert np.array_equal(split_assignment(1001, 0.1, 0.0, 2020) == TEST, a == TEST)
+
+
+def test_split_matches_sklearn_train_test_split():
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    for n, frac in ((10_000, 0.1), (2_994, 0.2), (7, 0.2)):
+        _, test_rows = sklearn.train_test_split(np.arange(n), test_size=frac, random_state=2020)
+        assert set(np.flatnonzero(split_assignment(n, frac, 0.0, 2020) == TEST)) == set(test_rows)
+
+
+def test_split_rejects_bad_fractions():
+    for bad in ((1.0, 0.0), (-0.1, 0.0), (0.5, 0.5)):
+        with pytest.raises(ValueError):
+            split_assignment(10, *bad)
+
+
+def test_chunking_and_spilling_do_not_change_the_result(tmp_path, monkeypatch):
+    """Many small chunks (dictionaries grown across them), and rows spilled to disk and fixed up in
+    place rather than held in memory, give exactly the one-chunk in-memory encoding."""
+    path = write_criteo_format(tmp_path / "train.txt", 6000, seed=3)
+    options = EncodeOptions(min_count=2, log_buckets=True, val_fraction=0.1)
+    whole = preprocess(criteo_source(path), options, tmp_path / "a", progress=False)
+    pieces = preprocess(criteo_source(path, block_size=1 << 14, chunk_rows=300), options, tmp_path / "b", progress=False)
+    monkeypatch.setattr(preprocess_module, "HELD_BYTES", 50_000)  # the first chunks held, the rest on disk
+    spilled = preprocess(criteo_source(path, block_size=1 << 14, chunk_rows=300), options, tmp_path / "c", progress=False)
+    for other in (pieces, spilled):
+        assert whole.schema.to_dict()["categorical"] == other.schema.to_dict()["categorical"]
+        for split in ("train", "val", "test"):
+            for name, array in _arrays(whole, split).items():
+                np.testing.assert_array_equal(array, _arrays(other, split)[name])
+        for field in ("C3", "C12", "I5_bucket"):
+            assert load_vocab(vocab_path(whole.path, field)).equals(load_vocab(vocab_path(other.path, field)))
+
+
+def test_parquet_and_csv_give_the_same_arrays(crafted, tmp_path):
+    path, _, _ = crafted
+    table = pa.csv.read_csv(path, convert_options=pa.csv.ConvertOptions(column_types={"a": pa.string()}))
+    pq.write_table(table, tmp_path / "t.parquet")
+    options = EncodeOptions(test_fraction=0.25, seed=7)
+    from_csv = preprocess(table_source(path, "click", ["a"], ["x"]), options, tmp_path / "c1", progress=False)
+    from_parquet = preprocess(table_source(tmp_path / "t.parquet", "click", ["a"], ["x"]), options, tmp_path / "c2", progress=False)
+    assert from_parquet.schema.extra["source"] == "parquet"
+    for split in ("train", "test"):
+        for name, array in _arrays(from_csv, split).items():
+            np.testing.assert_array_equal(array, _arrays(from_parquet, split)[name])
+
+
+def test_parquet_with_typed_columns(tmp_path):
+    n = 50
+    table = pa.table(
+        {
+            "y": pa.array([i % 3 == 0 for i in range(n)]),
+            "city": pa.array([i % 4 for i in range(n)], pa.int64()),
+            "price": pa.array([float(i) if i % 5 else None for i in range(n)]),
+        }
+    )
+    pq.write_table(table, tmp_path / "typed.parquet")
+    result = preprocess(table_source(tmp_path / "typed.parquet", "y", ["city"], ["price"]), EncodeOptions(test_fraction=0.0), tmp_path / "c", progress=False)
+    arrays = _arrays(result, "train")
+    assert arrays["label"].sum() == sum(i % 3 == 0 for i in range(n))
+    assert result.schema.vocab_sizes == [5] and set(_vocab(result, "city")) == {"0", "1", "2", "3"}
+    np.testing.assert_allclose(arrays["numeric"][:, 0], [(i if i % 5 else 0) / 49 for i in range(n)], atol=1e-7)
+
+
+def test_cache_is_reused_and_invalidated(crafted, tmp_path, caplog):
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    source = lambda: table_source(path, "click", ["a"], ["x"])  # noqa: E731
+    first = preprocess(source(), EncodeOptions(), cache, progress=False)
+    assert not first.reused
+    with caplog.at_level(logging.INFO, logger="lightning_afm.data.pipeline"):
+        again = preprocess(source(), EncodeOptions(), cache, progress=False)
+    assert again.reused and again.path == first.path
+    assert any("reusing the encoded cache" in r.getMessage() for r in caplog.records)
+    other = preprocess(source(), EncodeOptions(min_count=3), cache, progress=False)
+    assert not other.reused and other.path != first.path
+    # a changed file (size and mtime) is a new key
+    with open(path, "a") as f:
+        f.write("1,p,3.0,99\n")
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    changed = preprocess(source(), EncodeOptions(), cache, progress=False)
+    assert not changed.reused and changed.path != first.path
+    assert sum(changed.schema.extra["rows"].values()) == 41
+
+
+def test_interrupted_build_leaves_no_cache(crafted, tmp_path, monkeypatch):
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C while vocabularies were written
+
+    monkeypatch.setattr(preprocess_module, "save_vocab", broken)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    assert list(cache.iterdir()) == []  # neither a final nor a temporary directory
+    monkeypatch.undo()
+    result = preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    assert not result.reused and [p.name for p in cache.iterdir()] == [result.path.name]
+
+
+def test_stale_temporary_directory_is_removed(crafted, tmp_path):
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    source = table_source(path, "click", ["a"], ["x"])
+    final = preprocess_module.cache_path(source, EncodeOptions(), cache)
+    stale = cache / f"{final.name}.tmp-999999999-deadbeef"  # a pid that cannot be alive
+    stale.mkdir(parents=True)
+    preprocess(source, EncodeOptions(), cache, progress=False)
+    assert not stale.exists() and final.is_dir()
+
+
+def test_stats_and_schema_extras(crafted, tmp_path):
+    path, assignment, _ = crafted
+    result = preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(test_fraction=0.25, seed=7), tmp_path, progress=False)
+    assert result.stats["rows_read"] == 40 and result.stats["rows_skipped"] == 0
+    assert result.schema.extra["rows"] == {"train": 30, "val": 0, "test": 10}
+    assert result.schema.extra["bad_rows"]["total"] == 0
+    assert (result.path / "schema.json").is_file() and (result.path / "stats.json").is_file()
+
+
+def test_gzipped_csv_reads_like_the_plain_file(crafted, tmp_path):
+    import gzip
+    import shutil
+
+    path, _, _ = crafted
+    with open(path, "rb") as src, gzip.open(tmp_path / "t.csv.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    options = EncodeOptions(test_fraction=0.25, seed=7)
+    plain = preprocess(table_source(path, "click", ["a"], ["x"]), options, tmp_path / "c1", progress=False)
+    zipped = preprocess(table_source(tmp_path / "t.csv.gz", "click", ["a"], ["x"]), options, tmp_path / "c2", progress=False)
+    assert zipped.stats["rows_counted"] == 40
+    for split in ("train", "test"):
+        for name, array in _arrays(plain, split).items():
+            np.testing.assert_array_equal(array, _arrays(zipped, split)[name])
+
+
+def test_parquet_dictionary_column_with_a_dictionary_per_row_group(tmp_path):
+    """Categorical (dictionary) columns, as pandas writes them, may carry a different dictionary per row group."""
+    first = pa.table({"y": [0, 1, 0], "site": pa.array(["a", "b", "a"]).dictionary_encode()})
+    second = pa.table({"y": [1, 1], "site": pa.array(["c", "a"]).dictionary_encode()})
+    with pq.ParquetWriter(tmp_path / "d.parquet", first.schema) as writer:
+        writer.write_table(first)
+        writer.write_table(second)
+    result = preprocess(
+        table_source(tmp_path / "d.parquet", "y", ["site"], chunk_rows=2), EncodeOptions(test_fraction=0.0), tmp_path / "c", progress=False
+    )
+    vocab = _vocab(result, "site")
+    assert vocab == {"a": 1, "b": 2, "c": 3}
+    assert _arrays(result, "train")["categorical"][:, 0].tolist() == [1, 2, 1, 3, 1]
