@@ -94,3 +94,9 @@ def test_run_with_afm_compression_records_stages(tmp_path):
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert "afm_compression_plan" in state
     assert torch.isfinite(model.eval()(batch["categorical"], batch["numeric"])).all()
+
+
+def test_criteo_sample_experiment_composes():
+    cfg = _compose(["experiment=criteo_sample", "compression=afm"])
+    assert cfg.data._target_.endswith("CriteoDataModule") and cfg.data.path.endswith("criteo_sample_10k.txt")
+    assert cfg.model.lr == 1e-3 and cfg.compression.mlp.batch_size == 2048
