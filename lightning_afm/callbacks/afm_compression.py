@@ -114,6 +114,7 @@ class AFMCompressionCallback(pl.Callback):
         restore_compressed_structure(pl_module, checkpoint)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_strategy(trainer, pl_module)
         self._check_schedule(trainer)
         self._check_stages(trainer, pl_module)
         if self.stages_started > self.stages_finished:
@@ -351,8 +352,47 @@ class AFMCompressionCallback(pl.Callback):
                 trainer.fit_loop._combined_loader = None
 
     @staticmethod
+    def _check_strategy(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One device, or ``strategy="ddp"``: the strategies under which swapped modules train correctly.
+
+        * Strategies that train in spawned processes (``ddp_spawn``, ``ddp_fork``,
+          ``ddp_notebook``) compress the workers' copies; Lightning then loads rank 0's weights
+          into the main process's model with ``strict=False``, which keeps its uncompressed
+          modules (and this callback's records stay empty there): a silently wrong model.
+        * A wrapper other than ``DistributedDataParallel`` (FSDP, DeepSpeed) owns the parameters
+          in its own layout; :meth:`_rewrap_for_ddp` cannot register new ones with it.
+        """
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+        from torch.nn.parallel import DistributedDataParallel
+
+        strategy = trainer.strategy
+        launcher = getattr(strategy, "launcher", None)
+        if isinstance(launcher, _MultiProcessingLauncher):
+            raise MisconfigurationException(
+                f"AFMCompressionCallback cannot run under a strategy that trains in spawned processes "
+                f"({type(strategy).__name__} with start method {getattr(launcher, '_start_method', '?')!r}, "
+                "e.g. 'ddp_spawn'): the compressed model would not come back to the main process. "
+                "Use Trainer(strategy='ddp') (Hydra: trainer=ddp)")
+        wrapper = getattr(strategy, "model", pl_module)
+        if wrapper is not pl_module and not (
+                isinstance(wrapper, DistributedDataParallel) and wrapper.module is pl_module):
+            raise MisconfigurationException(
+                f"AFMCompressionCallback swaps modules on one device or under strategy='ddp' only; "
+                f"{type(strategy).__name__} wraps the model in {type(wrapper).__name__}, which cannot take "
+                "new parameters during the fit. Use Trainer(strategy='ddp') or a single device")
+
+    @staticmethod
     def _rewrap_for_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """DDP registers parameters when it wraps the model: wrap again so the new ones synchronise."""
+        """Wrap the swapped model in a new ``DistributedDataParallel``, so its new parameters synchronise.
+
+        DDP fixes its parameter list (and gradient buckets) when it wraps the model: the factored
+        modules' parameters would get no all-reduce, and the removed ones would leave DDP waiting
+        for gradients that never come ("parameters that were not used in producing the loss" at
+        the next step). Every rank swaps at the same point, so every rank re-wraps here (the
+        constructor is a collective that also broadcasts rank 0's weights). The optimizer must be
+        built after this (``_apply_training_settings`` does). The old wrapper's gradient hooks on
+        the kept parameters stay idle: they only act after that wrapper's own forward.
+        """
         from torch.nn.parallel import DistributedDataParallel
 
         strategy = trainer.strategy
