@@ -74,8 +74,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         enable_checkpointing=False,
     )
     trainer.fit(model, datamodule=datamodule)
+    metrics = dict(trainer.callback_metrics)  # val metrics: trainer.test replaces callback_metrics
     test_metrics = trainer.test(model, datamodule=datamodule, verbose=True)
-    metrics = dict(trainer.callback_metrics)
+    metrics.update(trainer.callback_metrics)
     if test_metrics:
         metrics.update(test_metrics[0])
 

@@ -64,7 +64,7 @@ def test_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
                                 "trainer.enable_progress_bar=false"])
     summary = run(cfg)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    for key in ("model", "data", "params", "test_auc", "test_logloss", "train_samples_per_s", "wall_s"):
+    for key in ("model", "data", "params", "test_auc", "test_logloss", "val_auc", "train_samples_per_s", "wall_s"):
         assert on_disk[key] is not None, key
     assert on_disk["model"] == "deepfm" and on_disk["data"] == "synthetic"
     assert 0.5 < summary["test_auc"] <= 1.0

@@ -42,6 +42,14 @@ class TrainingThroughput(pl.Callback):
         self.samples += batch_size_of(batch)
         self._start = None
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Under DDP every rank counted its own shard: the job's throughput is all ranks' samples
+        # over the (mean) time each spent stepping.
+        if trainer.world_size > 1:
+            totals = trainer.strategy.reduce(torch.tensor([float(self.samples), self.seconds]), reduce_op="sum")
+            self.samples = int(totals[0].item())
+            self.seconds = float(totals[1].item()) / trainer.world_size
+
     @property
     def samples_per_s(self) -> float | None:
         return self.samples / self.seconds if self.seconds > 0 else None
