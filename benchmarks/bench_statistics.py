@@ -21,6 +21,7 @@ import torch
 from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, collect_statistics, resolve_targets
 from lightning_afm.data.schema import Schema
 from lightning_afm.models import DeepFM
+from lightning_afm.models.allocator import reuse_freed_memory
 
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
           27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument("--vocab-cap", type=int, default=100_000)
     args = parser.parse_args()
 
+    # As in a fit (CTRModel.on_fit_start): without it glibc unmaps and re-faults the large
+    # activation buffers at every batch, and the timings depend on which pass ran before.
+    reuse_freed_memory()
     torch.manual_seed(0)
     vocab = [min(v, args.vocab_cap) for v in CRITEO]
     model = DeepFM(schema=Schema.from_vocab_sizes(vocab, numeric=13).to_dict()).eval()
