@@ -208,9 +208,8 @@ def test_lightning_fit_reshuffles_reloads_and_skips_missing_validation():
 
 def test_lightning_fit_with_validation_split():
     dm = SyntheticDataModule(num_rows=3000, vocab_sizes=[5, 50], num_numeric=2, batch_size=500, eval_batch_size=1000)
-    model = _TinyModel(1)  # replaced once the schema is known, as the application does
     dm.prepare_data()
-    dm.setup()
+    dm.setup()  # the application builds the model from the schema before fit
     model = _TinyModel(max(dm.schema.vocab_sizes))
     _trainer(max_epochs=1).fit(model, datamodule=dm)
     assert model.val_batches == 1 and dm.num_rows("val") == 300 and dm.num_rows("test") == 300
@@ -271,3 +270,40 @@ def test_csv_module_checks_columns_at_construction(tmp_path):
         CSVDataModule(tmp_path / "t.csv", label="click", categorical=["nope"], cache_dir=tmp_path).prepare_data()
     with pytest.raises(Exception, match="path"):
         CriteoDataModule("???")
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank of a real 2-process gloo group: iterate the shard, all_reduce after every batch."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        dm = RowIdModule(rows=(101, 0, 13), batch_size=10, seed=4)
+        dm.setup()
+        seen = []
+        for loader in (dm.train_dataloader(), dm.statistics_dataloader(), dm.test_dataloader()):
+            for batch in loader:
+                seen.append(batch["categorical"][:, 0].numpy())
+                dist.all_reduce(torch.ones(1))  # unequal batch counts would leave one rank waiting here
+        np.save(f"{out_dir}/rank{rank}.npy", np.concatenate(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_real_ddp_group_gets_disjoint_shards(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the children need not import torch and Lightning again (seconds each)
+    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    rank0, rank1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
+    # train + statistics + test passes: each covers its split once over both ranks
+    combined = sorted(np.concatenate([rank0, rank1]).tolist())
+    assert combined == sorted(list(range(101)) * 2 + list(range(13)))
+    assert len(rank0) == 51 + 51 + 7 and len(rank1) == 50 + 50 + 6  # array_split shards: no padding rows

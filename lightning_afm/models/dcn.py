@@ -8,12 +8,11 @@ import torch
 from torch import nn
 
 from ..data.schema import Schema
-from .base import CTRModel
+from .parallel_cross import ParallelCrossModel
 from .layers.cross import CrossNetwork
-from .layers.mlp import MLP
 
 
-class DCN(CTRModel):
+class DCN(ParallelCrossModel):
     """``logit = LR(x) + w^T [CrossNet(x_0), MLP(x_0)] + b`` with ``x_0 = [e_1, ..., e_F, numeric]``.
 
     Cross network and MLP run in parallel on the same ``x_0`` and a single output
@@ -33,15 +32,8 @@ class DCN(CTRModel):
         torch.Size([3])
     """
 
-    MLP_READS_EMBEDDINGS = True
-
     def __init__(self, schema: Schema | Mapping[str, Any], cross_layers: int = 2, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
-        self.cross = CrossNetwork(self.flat_width, num_layers=cross_layers)
-        self.mlp = MLP(self.flat_width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
-        self.output = nn.Linear(self.flat_width + self.mlp.out_features, 1)
 
-    def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        x0 = self.flat_input(emb, numeric)
-        mlp_in = self.mlp_input(codes, emb, numeric) if self.mlp_reads_codes else x0
-        return self.output(torch.cat([self.cross(x0), self.mlp(mlp_in)], dim=1)).squeeze(-1)
+    def build_cross(self, width: int) -> nn.Module:
+        return CrossNetwork(width, num_layers=self.hparams.cross_layers)

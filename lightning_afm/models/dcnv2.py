@@ -8,12 +8,11 @@ import torch
 from torch import nn
 
 from ..data.schema import Schema
-from .base import CTRModel
+from .parallel_cross import ParallelCrossModel
 from .layers.cross_v2 import CrossNetworkV2
-from .layers.mlp import MLP
 
 
-class DCNv2(CTRModel):
+class DCNv2(ParallelCrossModel):
     """``logit = LR(x) + w^T [CrossNetV2(x_0), MLP(x_0)] + b`` (parallel structure).
 
     Each cross layer is ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l`` with a full
@@ -35,8 +34,6 @@ class DCNv2(CTRModel):
         torch.Size([3])
     """
 
-    MLP_READS_EMBEDDINGS = True
-
     def __init__(
         self,
         schema: Schema | Mapping[str, Any],
@@ -46,11 +43,7 @@ class DCNv2(CTRModel):
         **kwargs: Any,
     ) -> None:
         super().__init__(schema, **kwargs)
-        self.cross = CrossNetworkV2(self.flat_width, cross_layers, low_rank=low_rank, num_experts=num_experts)
-        self.mlp = MLP(self.flat_width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
-        self.output = nn.Linear(self.flat_width + self.mlp.out_features, 1)
 
-    def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        x0 = self.flat_input(emb, numeric)
-        mlp_in = self.mlp_input(codes, emb, numeric) if self.mlp_reads_codes else x0
-        return self.output(torch.cat([self.cross(x0), self.mlp(mlp_in)], dim=1)).squeeze(-1)
+    def build_cross(self, width: int) -> nn.Module:
+        h = self.hparams
+        return CrossNetworkV2(width, h.cross_layers, low_rank=h.low_rank, num_experts=h.num_experts)

@@ -9,12 +9,11 @@ import torch
 from torch import nn
 
 from ..data.schema import Schema
-from .base import CTRModel
+from .parallel_cross import ParallelCrossModel
 from .layers.gated_cross import GatedCrossNetwork
-from .layers.mlp import MLP
 
 
-class GDCN(CTRModel):
+class GDCN(ParallelCrossModel):
     """GDCN-P: ``logit = LR(x) + w^T [GatedCrossNet(x_0), MLP(x_0)] + b``.
 
     The parallel form (GDCN-P), in which the MLP reads the embeddings as in DCN;
@@ -35,15 +34,8 @@ class GDCN(CTRModel):
         torch.Size([3])
     """
 
-    MLP_READS_EMBEDDINGS = True
-
     def __init__(self, schema: Schema | Mapping[str, Any], cross_layers: int = 2, **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
-        self.cross = GatedCrossNetwork(self.flat_width, num_layers=cross_layers)
-        self.mlp = MLP(self.flat_width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
-        self.output = nn.Linear(self.flat_width + self.mlp.out_features, 1)
 
-    def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        x0 = self.flat_input(emb, numeric)
-        mlp_in = self.mlp_input(codes, emb, numeric) if self.mlp_reads_codes else x0
-        return self.output(torch.cat([self.cross(x0), self.mlp(mlp_in)], dim=1)).squeeze(-1)
+    def build_cross(self, width: int) -> nn.Module:
+        return GatedCrossNetwork(width, num_layers=self.hparams.cross_layers)
