@@ -12,7 +12,7 @@ exposes ``.schema`` (build the model from it) and serves the splits as
   for the compression statistics pass.
 
 The file-based modules encode their file once into a cache (see
-:mod:`.preprocess`) in ``prepare_data`` and memory-map it in ``setup``.
+:mod:`.pipeline`) in ``prepare_data`` and memory-map it in ``setup``.
 """
 
 from __future__ import annotations

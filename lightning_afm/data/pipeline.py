@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -183,6 +183,26 @@ class _Workers:
             self._pool.shutdown()
 
 
+class _SplitOf:
+    """The split of each row (:func:`split_assignment` over the counted rows)."""
+
+    def __init__(self, total: int, options: EncodeOptions, source: TableSource) -> None:
+        if total == 0:
+            raise DataConfigError(f"{source.path} has no data rows")
+        self._assignment = split_assignment(total, options.test_fraction, options.val_fraction, options.seed)
+
+    def rows(self) -> int:
+        return len(self._assignment)
+
+    def __call__(self, start_row: int, n: int) -> np.ndarray:
+        """Splits ``int8 [n]`` of the rows ``start_row ..`` (rows beyond the count, from odd line endings, train)."""
+        assignment = self._assignment
+        split = np.full(n, TRAIN, dtype=np.int8)
+        inside = max(0, min(n, len(assignment) - start_row))
+        split[:inside] = assignment[start_row : start_row + inside]
+        return split
+
+
 class _Buffers:
     """Per-chunk work arrays, allocated once and reused.
 
@@ -237,9 +257,12 @@ def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: 
 
 
 def _encode_field(
-    table: pa.Table, numeric: np.ndarray, is_train: np.ndarray, ids: np.ndarray, dictionaries: list[GrowingDictionary], f: int
-) -> None:
-    """Encode field ``f`` of a chunk into column ``f`` of ``ids`` ``[n, F]`` (provisional ids) and count it.
+    table: pa.Table, numeric: np.ndarray, ids: np.ndarray, dictionaries: list[GrowingDictionary], f: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode field ``f`` of a chunk into column ``f`` of ``ids`` ``[n, F]`` (provisional ids).
+
+    Returns the provisional ids of the chunk's distinct values ``[u]`` and each
+    row's index into them ``[n]`` (for counting the training rows).
 
     Fields ``f < table.num_columns`` are the table's categorical columns; the
     rest are the log buckets of ``numeric`` ``[n, N]`` (NaN = missing).
@@ -256,7 +279,7 @@ def _encode_field(
         else:
             encoded = pc.dictionary_encode(column, null_encoding="encode", memory_pool=memory_pool())
             if encoded.num_chunks == 0:
-                return
+                return np.zeros(0, np.int64), np.zeros(0, np.int64)
             indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks])
             keys = string_keys(encoded.chunk(0).dictionary)
     else:
@@ -265,7 +288,7 @@ def _encode_field(
     # mode="clip": the indices are valid by construction, and numpy's default
     # checking mode with out= is 10x slower (it buffers the whole result).
     ids[:, f] = np.take(provisional.astype(np.int32), indices, mode="clip")
-    dictionaries[f].add_counts(provisional, np.bincount(indices[is_train], minlength=len(keys)))
+    return provisional, indices
 
 
 @contextmanager
@@ -298,17 +321,16 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
     spec = source.spec
     started = time.perf_counter()
     bad_rows = BadRows()
-    chunks = source.chunks(options.on_bad_rows, bad_rows)  # the reader thread starts parsing now...
+    # The reader thread starts parsing while this thread counts the rows (the split needs the
+    # total). Counting in a third thread instead measured slower on 2 cores: it then competes
+    # with the encoding of the first chunk, which has to wait for it anyway.
+    chunks = source.chunks(options.on_bad_rows, bad_rows)
     try:
-        expected_rows = source.count_rows(progress=progress)  # ...while this thread counts the rows
+        split_of = _SplitOf(source.count_rows(progress), options, source)
     except BaseException:
         chunks.close()
         raise
     count_seconds = time.perf_counter() - started
-    if expected_rows == 0:
-        chunks.close()
-        raise DataConfigError(f"{source.path} has no data rows")
-    assignment = split_assignment(expected_rows, options.test_fraction, options.val_fraction, options.seed)
 
     num_cat, num_num = len(spec.categorical), len(spec.numeric)
     num_bucket = num_num if options.log_buckets else 0
@@ -320,7 +342,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
     rows_read = 0
     buffers = _Buffers(num_fields, num_num)
 
-    bar = tqdm(total=expected_rows, unit="rows", unit_scale=True, desc=f"encoding {source.path.name}", disable=not progress)
+    bar = tqdm(total=split_of.rows(), unit="rows", unit_scale=True, desc=f"encoding {source.path.name}", disable=not progress)
     pool = _Workers()
     try:
         for chunk in chunks:
@@ -328,19 +350,20 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
             rows_read += n
             buffers.reserve(n)
             label, numeric, keep = _validate(chunk, source, options.on_bad_rows, bad_rows, pool, buffers.numeric[:n])
-            split = np.full(n, TRAIN, dtype=np.int8)  # rows beyond the count (odd line endings) train
-            inside = max(0, min(n, expected_rows - chunk.start_row))
-            split[:inside] = assignment[chunk.start_row : chunk.start_row + inside]
             table = chunk.table.select(list(spec.categorical))
             if keep is not None:
-                label, numeric, split = label[keep], numeric[keep], split[keep]
+                label, numeric = label[keep], numeric[keep]
                 table = table.filter(keep)
                 n = len(label)
-            is_train = split == TRAIN
             ids = buffers.ids[:n]
-
             # fields are independent: one task each
-            pool.map(partial(_encode_field, table, numeric, is_train, ids, dictionaries), range(num_fields))
+            encoded = pool.map(partial(_encode_field, table, numeric, ids, dictionaries), range(num_fields))
+            split = split_of(chunk.start_row, chunk.table.num_rows)
+            if keep is not None:
+                split = split[keep]
+            is_train = split == TRAIN
+            for f, (provisional, indices) in enumerate(encoded):
+                dictionaries[f].add_counts(provisional, np.bincount(indices[is_train], minlength=len(provisional)))
             np.nan_to_num(numeric, copy=False, nan=0.0)  # the paper's fill: missing -> 0 before scaling
             minmax.update(numeric, where=is_train)
             numeric32 = buffers.numeric32[:n]
@@ -360,6 +383,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
         pool.shutdown()
         bar.close()
         sizes = {SPLIT_NAMES[s]: w.close() for s, w in writers.items()}
+    expected_rows = split_of.rows()
     parse_seconds = time.perf_counter() - started
 
     if sizes["train"] == 0:
