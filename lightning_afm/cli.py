@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_afm.callbacks.throughput import TrainingThroughput
+from lightning_afm.models import count_parameters
 from lightning_afm.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.fit(model, datamodule=datamodule)
     metrics = dict(trainer.callback_metrics)  # val metrics: trainer.test replaces callback_metrics
-    test_metrics = trainer.test(model, datamodule=datamodule, verbose=True)
+    trainer.test(model, datamodule=datamodule, verbose=True)
     metrics.update(trainer.callback_metrics)
-    if test_metrics:
-        metrics.update(test_metrics[0])
 
     ckpt_path = None
     if cfg.get("save_checkpoint", True):
@@ -89,7 +88,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": type(model).__name__.lower(),
         "data": datamodule.name if hasattr(datamodule, "name") else type(datamodule).__name__,
-        "params": int(sum(p.numel() for p in model.parameters())),
+        "params": count_parameters(model),
         "test_auc": metric(metrics, "test", "auc"),
         "test_logloss": metric(metrics, "test", "logloss"),
         "val_auc": metric(metrics, "val", "auc"),

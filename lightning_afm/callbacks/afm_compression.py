@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -30,7 +30,7 @@ from torch import nn
 from lightning_afm import compress
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
-from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage, MLPStage
+from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
 
 log = logging.getLogger(__name__)
 

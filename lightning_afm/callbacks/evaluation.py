@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
 from lightning_afm.data.schema import CATEGORICAL, LABEL, NUMERIC
+from lightning_afm.models.metrics import BinaryLogLoss
 
 ForwardFn = Callable[[nn.Module, Any], torch.Tensor]
 LabelFn = Callable[[Any], torch.Tensor]
@@ -46,28 +47,6 @@ def default_labels(batch: Any) -> torch.Tensor:
     raise TypeError(f"cannot find labels in a {type(batch).__name__} batch; pass label_fn to the callback")
 
 
-class _Logloss:
-    """Mean binary cross-entropy of logits in float64, summed over DDP ranks when distributed."""
-
-    def __init__(self) -> None:
-        self.total = torch.zeros((), dtype=torch.float64)
-        self.count = torch.zeros((), dtype=torch.float64)
-
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits = logits.detach().double().cpu()
-        labels = labels.detach().double().cpu()
-        self.total += torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-        self.count += labels.numel()
-
-    def compute(self) -> float:
-        total, count = self.total.clone(), self.count.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            stacked = torch.stack([total, count])
-            torch.distributed.all_reduce(stacked)
-            total, count = stacked[0], stacked[1]
-        return float(total / count) if count > 0 else float("nan")
-
-
 @torch.no_grad()
 def evaluate(
     module: nn.Module,
@@ -83,7 +62,7 @@ def evaluate(
     was_training = module.training
     module.eval()
     auroc = BinaryAUROC(thresholds=None)
-    logloss = _Logloss()
+    logloss = BinaryLogLoss(from_logits=True)  # float64 sums, added over DDP ranks
     samples = 0
     try:
         for batch in batches:
@@ -91,10 +70,10 @@ def evaluate(
             logits = forward_fn(module, batch).reshape(-1).float()
             labels = label_fn(batch).reshape(-1)
             auroc.update(torch.sigmoid(logits).cpu(), labels.long().cpu())
-            logloss.update(logits, labels)
+            logloss.update(logits.cpu(), labels.cpu())
             samples += labels.numel()
     finally:
         module.train(was_training)
     if samples == 0:
         return {"auc": float("nan"), "logloss": float("nan"), "samples": 0}
-    return {"auc": float(auroc.compute()), "logloss": logloss.compute(), "samples": samples}
+    return {"auc": float(auroc.compute()), "logloss": float(logloss.compute()), "samples": samples}

@@ -6,7 +6,7 @@ A stage's finetune settings (``lr``, ``weight_decay``, ``batch_size``, ``dropout
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Sequence
 
 METHODS = ("afm", "svd")
