@@ -53,10 +53,13 @@ def test_paper_settings_for_criteo_and_avazu():
     assert criteo.data.batch_size == 1000 and criteo.data.test_fraction == 0.1
     assert criteo.model.embedding_dim == 16 and list(criteo.model.mlp_hidden) == [400, 400, 400]
     assert criteo.compression.mlp.batch_size == 20000 and criteo.compression.emb.batch_size == 10000
+    assert (criteo.compression.mlp.rank, criteo.compression.emb.rank) == (64, 2)
     avazu = _compose(["data=avazu", "model=dcn", "compression=afm"])
     assert avazu.data.batch_size == 500 and avazu.data.test_fraction == 0.2
     assert avazu.model.embedding_dim == 50 and list(avazu.model.mlp_hidden) == [2000, 2000, 2000]
     assert avazu.compression.mlp.batch_size == 10000 and avazu.compression.emb.batch_size == 5000
+    assert (avazu.compression.mlp.rank, avazu.compression.emb.rank) == (640, 8)
+    assert _compose(["data=avazu", "compression=svd_emb"]).compression.emb.rank == 8
 
 
 def test_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
