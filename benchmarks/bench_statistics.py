@@ -1,13 +1,16 @@
 """Cost of the AFM statistics pass against a plain no-grad forward pass over the same batches.
 
-DeepFM at the paper's Criteo shape (26 fields with the Criteo cardinalities capped at
+Each model at the paper's Criteo shape (26 fields with the Criteo cardinalities capped at
 ``--vocab-cap`` rows, 13 numeric fields, embedding 16, MLP 3 x 400), random batches of
-``--batch`` rows prebuilt in memory. The plain pass and the statistics passes run interleaved,
-round after round, so machine noise hits them alike; figures are medians over the rounds.
-Also prints the accumulators' memory, ``O(sum m^2)``.
+``--batch`` rows prebuilt in memory. The plain pass and the statistics passes (MLP layers 2
+and 3; every field embedding) run interleaved, round after round, so machine noise hits them
+alike; figures are medians over the rounds. Also prints the accumulators' memory,
+``O(sum m^2)``, and with ``--gram`` the outer-product sum alone (torch's general product
+against the symmetric update the accumulator uses).
 
     .venv/bin/python benchmarks/bench_statistics.py
-    .venv/bin/python benchmarks/bench_statistics.py --batch 10000 --batches 8 --rounds 5
+    .venv/bin/python benchmarks/bench_statistics.py --models deepfm dcn nfm autoint fibinet dcnv2 gdcn
+    .venv/bin/python benchmarks/bench_statistics.py --gram
 """
 
 from __future__ import annotations
@@ -19,49 +22,66 @@ import time
 import torch
 
 from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, collect_statistics, resolve_targets
+from lightning_afm.compress.statistics import _gram
 from lightning_afm.data.schema import Schema
-from lightning_afm.models import DeepFM
+from lightning_afm.models import MODELS
 from lightning_afm.models.allocator import reuse_freed_memory
 
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
           27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=10000)
-    parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--vocab-cap", type=int, default=100_000)
-    args = parser.parse_args()
+def _median_ms(fn, rounds: int) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
-    # As in a fit (CTRModel.on_fit_start): without it glibc unmaps and re-faults the large
-    # activation buffers at every batch, and the timings depend on which pass ran before.
-    reuse_freed_memory()
+
+def gram_table(batch: int, width: int, rounds: int) -> None:
+    """The outer-product sum alone, ``[batch, width]`` float32, both ways, interleaved."""
+    d = torch.randn(batch, width)
+    plain, sym = [], []
+    for _ in range(rounds):
+        plain.append(_median_ms(lambda: d.T @ d, 3))
+        sym.append(_median_ms(lambda: _gram(d), 3))
+    p, s = statistics.median(plain), statistics.median(sym)
+    print(f"Outer-product sum of [{batch:,}, {width}] float32, {torch.get_num_threads()} threads, "
+          f"median of {rounds} interleaved rounds")
+    print("| product | ms | speed-up |\n|---|---|---|")
+    print(f"| torch d.T @ d (general matrix product) | {p:.1f} | 1.00 |")
+    print(f"| numpy a.T @ a (BLAS syrk, used by OutputCovariance) | {s:.1f} | {p / s:.2f} |")
+    print()
+
+
+def model_table(name: str, batch: int, num_batches: int, rounds: int, vocab_cap: int) -> None:
     torch.manual_seed(0)
-    vocab = [min(v, args.vocab_cap) for v in CRITEO]
-    model = DeepFM(schema=Schema.from_vocab_sizes(vocab, numeric=13).to_dict()).eval()
+    vocab = [min(v, vocab_cap) for v in CRITEO]
+    model = MODELS[name](schema=Schema.from_vocab_sizes(vocab, numeric=13).to_dict()).eval()
     batches = [
-        {"categorical": torch.stack([torch.randint(0, v, (args.batch,)) for v in vocab], 1),
-         "numeric": torch.rand(args.batch, 13)}
-        for _ in range(args.batches)
+        {"categorical": torch.stack([torch.randint(0, v, (batch,)) for v in vocab], 1),
+         "numeric": torch.rand(batch, 13)}
+        for _ in range(num_batches)
     ]
 
-    def forward(batch):
-        return model(batch["categorical"], batch["numeric"])
+    def forward(b):
+        return model(b["categorical"], b["numeric"])
 
     @torch.no_grad()
     def plain() -> None:
-        for batch in batches:
-            forward(batch)
+        for b in batches:
+            forward(b)
 
     targets = {
-        "mlp (mlp.1.linear, mlp.2.linear)": resolve_targets(model, DEFAULT_MLP_TARGETS, "linear"),
+        "MLP layers 2, 3": resolve_targets(model, DEFAULT_MLP_TARGETS, "linear"),
         "embeddings (26 tables)": resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding"),
     }
     times: dict[str, list[float]] = {"plain": [], **{k: [] for k in targets}}
     plain()  # warm-up
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         start = time.perf_counter()
         plain()
         times["plain"].append(time.perf_counter() - start)
@@ -70,18 +90,36 @@ def main() -> None:
             collect_statistics(model, names, batches, forward, progress=False)
             times[label].append(time.perf_counter() - start)
 
-    rows = args.batch * args.batches
+    rows = batch * num_batches
     base = statistics.median(times["plain"])
-    print(f"DeepFM, Criteo shape (vocab cap {args.vocab_cap:,}), {args.batches} batches of {args.batch:,} rows, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
-    print(f"| pass | rows/s | time / plain forward | accumulator memory |")
-    print(f"|---|---|---|---|")
-    print(f"| plain no-grad forward | {rows / base:,.0f} | 1.00 | - |")
     for label, names in targets.items():
         t = statistics.median(times[label])
         widths = [model.get_submodule(n).weight.shape[0 if "mlp" in n else 1] for n in names]
         memory = sum(8 * (m * m + m) for m in widths)
-        print(f"| statistics: {label} | {rows / t:,.0f} | {t / base:.2f} | {memory / 2**20:.2f} MiB |")
+        print(f"| {name} | {rows / base:,.0f} | {label} | {rows / t:,.0f} | {t / base:.2f} | {memory / 2**20:.2f} MiB |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["deepfm"], choices=sorted(MODELS))
+    parser.add_argument("--batch", type=int, default=10000)
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--vocab-cap", type=int, default=100_000)
+    parser.add_argument("--gram", action="store_true", help="also time the outer-product sum alone")
+    args = parser.parse_args()
+
+    # As in a fit (CTRModel.on_fit_start): without it glibc unmaps and re-faults the large
+    # activation buffers at every batch, and the timings depend on which pass ran before.
+    reuse_freed_memory()
+    if args.gram:
+        gram_table(args.batch, 400, args.rounds)
+    print(f"Criteo shape (vocab cap {args.vocab_cap:,}), {args.batches} batches of {args.batch:,} rows, "
+          f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
+    print("| model | plain forward rows/s | statistics of | rows/s | time / plain forward | accumulator memory |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        model_table(name, args.batch, args.batches, args.rounds, args.vocab_cap)
 
 
 if __name__ == "__main__":

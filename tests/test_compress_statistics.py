@@ -215,3 +215,80 @@ def test_statistics_sum_over_ddp_ranks():
             torch.testing.assert_close(cov, ref.cov, rtol=0, atol=1e-9)
         # every rank holds bit-identical statistics, so every rank builds identical factors
         assert torch.equal(results[0][name][1], results[1][name][1])
+
+
+def _count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_forward_stops_after_the_last_target_and_statistics_are_unchanged():
+    torch.manual_seed(0)
+    model = _Net().double()
+    batches = [{k: (v.double() if v.is_floating_point() else v) for k, v in b.items()} for b in _batches()]
+    head_calls = _count_calls(model.head)
+    cut = collect_statistics(model, ["hidden", "embeddings.b"], batches, _run(model), progress=False)
+    # the first batch runs in full (to count target calls), the other two stop after `hidden`
+    assert head_calls[0] == 1
+    full = collect_statistics(model, ["hidden", "embeddings.b"], batches, _run(model), progress=False,
+                              stop_after_targets=False)
+    assert head_calls[0] == 1 + len(batches)
+    for name in full:
+        assert cut[name].count == full[name].count
+        torch.testing.assert_close(cut[name].cov, full[name].cov, rtol=0, atol=0)
+        torch.testing.assert_close(cut[name].mean, full[name].mean, rtol=0, atol=0)
+
+
+class _SharedLayerNet(nn.Module):
+    """The same Linear applied twice per forward (weight sharing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(torch.relu(self.shared(x))))
+
+
+def test_a_target_called_twice_per_forward_counts_both_calls():
+    torch.manual_seed(0)
+    model = _SharedLayerNet().double()
+    xs = [torch.randn(b, 3, dtype=torch.float64) for b in (7, 4, 9)]
+    stats = collect_statistics(model, ["shared"], xs, model, progress=False)
+    with torch.no_grad():
+        first = [model.shared(x) for x in xs]
+        rows = torch.cat(first + [model.shared(torch.relu(y)) for y in first]).numpy()
+    mean, cov = _numpy_moments(rows)
+    assert stats["shared"].count == 2 * 20
+    np.testing.assert_allclose(stats["shared"].mean.numpy(), mean, atol=1e-12)
+    np.testing.assert_allclose(stats["shared"].cov.numpy(), cov, atol=1e-12)
+
+
+def test_early_stop_is_not_swallowed_by_a_models_except_exception():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    head_calls = _count_calls(model[2])
+
+    def guarded(x):
+        try:
+            return model(x)
+        except Exception:  # noqa: BLE001 - the point of the test
+            raise AssertionError("the early stop reached an `except Exception`")
+
+    xs = [torch.randn(5, 3, dtype=torch.float64) for _ in range(4)]
+    stats = collect_statistics(model, ["0"], xs, guarded, progress=False)
+    assert stats["0"].count == 20 and head_calls[0] == 1
+
+
+def test_gram_uses_symmetry_and_matches_the_plain_product():
+    from lightning_afm.compress.statistics import _gram
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        d = torch.randn(300, 17, dtype=dtype)
+        torch.testing.assert_close(_gram(d), d.T @ d)
+        assert torch.equal(_gram(d), _gram(d).T)
+    d = torch.randn(17, 300).T  # not contiguous: the plain product
+    torch.testing.assert_close(_gram(d), d.T @ d)
