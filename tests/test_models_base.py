@@ -220,3 +220,15 @@ def test_model_config_instantiates_with_the_paper_defaults(name):
     for key, value in OmegaConf.to_container(cfg).items():
         if key != "_target_":
             assert model.hparams[key] == value, key
+
+
+@pytest.mark.parametrize("numeric", [3, 0])
+def test_fibinet_inference_path_equals_the_autograd_path(numeric):
+    # FiBiNet writes its bilinear outputs straight into the MLP input when autograd is off
+    torch.manual_seed(0)
+    model = build_model("fibinet", Schema.from_vocab_sizes([5, 7, 4, 6], numeric=numeric), **SMALL).eval()
+    cat = torch.stack([torch.randint(0, v, (9,)) for v in (5, 7, 4, 6)], 1)
+    num = torch.rand(9, numeric)
+    with torch.no_grad():
+        fast = model(cat, num)
+    torch.testing.assert_close(fast, model(cat, num).detach(), rtol=1e-6, atol=1e-6)

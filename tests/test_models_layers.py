@@ -203,6 +203,21 @@ def test_bilinear_types_match_loop_over_pairs(rng, kind):
     got = layer(t64(e))
     assert got.shape == (2, f * (f - 1) // 2, d)
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12)
+    # inference straight into a strided slice of a wider buffer gives the same values
+    wide = torch.full((2, 1 + len(pairs) * d + 2), -7.0, dtype=torch.float64)
+    with torch.no_grad():
+        written = layer(t64(e), out=wide[:, 1 : 1 + len(pairs) * d].view(2, len(pairs), d))
+    np.testing.assert_allclose(written.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(wide[:, 1 : 1 + len(pairs) * d].numpy(), expected.reshape(2, -1), rtol=1e-12)
+    assert (wide[:, 0] == -7).all() and (wide[:, -2:] == -7).all()
+    # gradients: d/dW of sum(p_ij * g_ij) against the loop
+    g = rng.normal(size=expected.shape)
+    (layer(t64(e)) * t64(g)).sum().backward()
+    grad = np.zeros_like(W)
+    for p, (i, j) in enumerate(pairs):
+        k = {"field_all": 0, "field_each": i}.get(layer.bilinear_type, p)
+        grad[k] += np.einsum("bd,be->de", e[:, i], g[:, p] * e[:, j])
+    np.testing.assert_allclose(layer.weight.grad.numpy(), grad, rtol=1e-10)
 
 
 def test_bilinear_rejects_unknown_type():

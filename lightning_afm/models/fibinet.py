@@ -58,7 +58,17 @@ class FiBiNet(CTRModel):
         self.output = nn.Linear(self.mlp.out_features, 1)
 
     def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        p = self.senet_bilinear(self.senet(emb))  # [B, P, d]
-        q = self.bilinear(emb)  # [B, P, d]
-        parts = [p.flatten(1), q.flatten(1)] + ([numeric] if numeric.shape[1] else [])
-        return self.output(self.mlp(torch.cat(parts, dim=1))).squeeze(-1)
+        if torch.is_grad_enabled():
+            p = self.senet_bilinear(self.senet(emb))  # [B, P, d]
+            q = self.bilinear(emb)  # [B, P, d]
+            parts = [p.flatten(1), q.flatten(1)] + ([numeric] if numeric.shape[1] else [])
+            return self.output(self.mlp(torch.cat(parts, dim=1))).squeeze(-1)
+        # Inference: both bilinear layers write straight into the MLP input, which saves
+        # copying 2 P d floats per row (416 MB at Criteo's shape and batch 10000) into a concat.
+        batch, _, d = emb.shape
+        width = self.bilinear.num_pairs * d
+        x = emb.new_empty(batch, 2 * width + numeric.shape[1])
+        self.senet_bilinear(self.senet(emb), out=x[:, :width].view(batch, -1, d))
+        self.bilinear(emb, out=x[:, width : 2 * width].view(batch, -1, d))
+        x[:, 2 * width :] = numeric
+        return self.output(self.mlp(x)).squeeze(-1)
