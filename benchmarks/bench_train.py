@@ -99,13 +99,14 @@ def ours_step_fn(vocab_sizes, args, fused: bool = True) -> Callable[[dict], None
 
 
 def build_deepctr(vocab_sizes, args, l2: float):
-    from deepctr_torch.inputs import DenseFeat, SparseFeat
-    from deepctr_torch.models import DeepFM as DeepCTRDeepFM
+    from dataclasses import replace
 
-    columns = [SparseFeat(f"C{i + 1}", v, embedding_dim=16) for i, v in enumerate(vocab_sizes)]
-    columns += [DenseFeat(f"I{i + 1}", 1) for i in range(NUM_NUMERIC)]
-    model = DeepCTRDeepFM(columns, columns, dnn_hidden_units=(400, 400, 400), dnn_dropout=0.5,
-                          l2_reg_linear=l2, l2_reg_embedding=l2, seed=args.seed, device="cpu")
+    from lightning_afm.bench.deepctr import build_deepctr_model
+    from lightning_afm.bench.shapes import paper_shape
+
+    # the paper's Criteo shape (embedding 16, MLP 3 x 400, 13 numeric fields) with these tables
+    shape = replace(paper_shape("criteo"), vocab_sizes=list(vocab_sizes))
+    model = build_deepctr_model("deepfm", shape, seed=args.seed, dnn_dropout=0.5, l2_reg_linear=l2, l2_reg_embedding=l2)
     model.compile(torch.optim.Adam(model.parameters(), lr=1e-4), "binary_crossentropy")
     return model
 

@@ -1,0 +1,4 @@
+from lightning_afm.bench.cli import main
+
+if __name__ == "__main__":
+    main()

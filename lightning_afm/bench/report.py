@@ -1,0 +1,223 @@
+"""The benchmark's output: ``bench.json`` (the rows) and ``bench.md`` (tables laid out like Table 2).
+
+``bench.md`` has, per dataset, Table 2's layout (rows = models; parameters and samples/s of the
+baseline, +AFM MLP and +AFM EMB, with the gains) and a second table with the SVD and TTD
+structures and DeepCTR-Torch. The paper's own +AFM EMB gains appear in a column labelled as the
+paper's, next to ours, with whether ours reaches them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_PARAMS_M
+from lightning_afm.models import MODELS
+
+__all__ = ["cpu_name", "machine_info", "format_params", "to_markdown", "write_report", "VARIANT_TITLES"]
+
+VARIANT_TITLES = {
+    "baseline": "Baseline",
+    "afm_mlp": "+AFM MLP",
+    "afm_emb": "+AFM EMB",
+    "svd_mlp": "+SVD MLP",
+    "svd_emb": "+SVD EMB",
+    "ttd_emb": "+TTD EMB",
+    "deepctr_torch": "DeepCTR-Torch",
+}
+_TABLE_2_VARIANTS = ("baseline", "afm_mlp", "afm_emb")
+_OTHER_VARIANTS = ("svd_mlp", "svd_emb", "ttd_emb", "deepctr_torch")
+_MODEL_TITLES = {name: cls.__name__ for name, cls in MODELS.items()}
+
+
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info() -> dict[str, Any]:
+    return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def format_params(params: int | None) -> str:
+    """Millions with two decimals, as Table 2 (``574.46M``); small counts in full."""
+    if params is None:
+        return "n/a"
+    return f"{params / 1e6:.2f}M" if params >= 100_000 else f"{params:,}"
+
+
+def _sps(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _gain(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f} %"
+
+
+def _cells(row: Mapping[str, Any] | None, variant: str, full_shape: bool, dataset: str, model: str) -> list[str]:
+    """The cells of one variant's column group."""
+    row = row or {}
+    params, sps, gain = row.get("params"), row.get("samples_per_s"), row.get("gain_pct")
+    cells = [format_params(params), _sps(sps)]
+    if variant == "baseline":
+        table2 = TABLE_2_PARAMS_M[dataset][model]
+        match = "" if params is None or not full_shape else (" ✓" if round(params / 1e6, 2) == table2 else " ✗")
+        cells.insert(1, f"{table2:.2f}M{match}")
+    else:
+        cells.append(_gain(gain))
+    if variant == "afm_emb":
+        paper = row.get("paper_gain_pct")
+        cells.append("n/a" if paper is None else f"+{paper:g} %")
+        meets = row.get("meets_paper")
+        cells.append("n/a" if meets is None else ("yes" if meets else "**no**"))
+    if variant == "deepctr_torch":
+        ratio = row.get("baseline_over_deepctr")
+        cells.append("n/a" if ratio is None else (f"{ratio:.2f}x" if ratio >= 1 else f"**{ratio:.2f}x**"))
+    return cells
+
+
+def _headers(variant: str) -> list[str]:
+    title = VARIANT_TITLES[variant]
+    if variant == "baseline":
+        return ["Params", "Table 2 (paper)", "Samples/s"]
+    heads = [f"{title} params", f"{title} samples/s", f"{title} gain"]
+    if variant == "afm_emb":
+        heads += ["Paper's +AFM EMB gain (paper's machine)", "Ours ≥ paper"]
+    if variant == "deepctr_torch":
+        heads += ["Ours / DeepCTR-Torch (baseline samples/s)"]
+    return heads
+
+
+def _table(rows: Sequence[Mapping[str, Any]], dataset: str, variants: Sequence[str], full_shape: bool) -> list[str]:
+    by_key = {(r["model"], r["variant"]): r for r in rows if r["dataset"] == dataset}
+    models = list(dict.fromkeys(r["model"] for r in rows if r["dataset"] == dataset))
+    headers = ["Model"] + [h for v in variants for h in _headers(v)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    for model in models:
+        cells = [_MODEL_TITLES.get(model, model)]
+        for v in variants:
+            cells += _cells(by_key.get((model, v)), v, full_shape, dataset, model)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """``bench.md``: a header describing the run, then the tables of each dataset, then notes.
+
+    ``meta``: ``cpu``, ``logical_cpus``, ``date``, ``command``, ``wall_s``, ``peak_rss_gb``,
+    ``settings`` (the run's :class:`BenchSettings` as a dict).
+    """
+    if not rows:
+        return "# lightning-afm-bench\n\nNo rows.\n"
+    first = rows[0]
+    settings = meta.get("settings", {})
+    cap = first.get("vocab_cap")
+    full_shape = cap is None
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = [
+        "# CPU inference throughput and parameters (lightning-afm-bench)",
+        "",
+        f"Measured by us on {meta.get('cpu', cpu_name())} ({meta.get('logical_cpus', os.cpu_count())} logical CPUs), "
+        f"{first['threads']} torch threads, torch {first['torch']}, {meta.get('date', '')}.",
+        f"Batch {first['batch']:,}, `torch.inference_mode`, eval mode; each variant timed on "
+        f"{first['rounds']} rounds x {first['batches_per_round']} batches after {settings.get('warmup', '?')} "
+        "warm-up batch(es), variants interleaved round by round (order rotated each round) in one process; "
+        "samples/s = batch / median batch time; gain = samples/s of the variant / baseline - 1.",
+        f"Ids drawn Zipf-like per field (exponent {first['zipf_exponent']}, id order = frequency order), "
+        f"numeric features uniform in [0, 1], seed {first['seed']}."
+        + (" Freed blocks stay in the process heap, as in a warmed-up server (`reuse_freed_memory`)."
+           if first.get("reuse_freed_memory") else ""),
+        (
+            "Shapes: the paper's, full vocabularies (Criteo 33,762,577 rows, Avazu 9,449,445 rows)."
+            if full_shape
+            else f"Shapes: the paper's, but **every table capped at {cap:,} rows** (`vocab_cap={cap}`): "
+            "parameter counts and speeds are not those of Table 2's models."
+        ),
+    ]
+    if meta.get("command"):
+        lines.append(f"Command: `{meta['command']}`" + (f" ({meta['wall_s']:.0f} s" if meta.get("wall_s") else "")
+                     + (f", peak memory {meta['peak_rss_gb']:.1f} GB)" if meta.get("peak_rss_gb") else ")"))
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        shape = PAPER_SHAPES[dataset]
+        lines += ["", f"## {dataset.capitalize()} (embedding {shape.embedding_dim}, MLP {len(shape.mlp_hidden)} x "
+                  f"{shape.mlp_hidden[0]})", ""]
+        table2 = [v for v in _TABLE_2_VARIANTS if v in variants]
+        lines += _table(rows, dataset, table2, full_shape)
+        others = [v for v in _OTHER_VARIANTS if v in variants]
+        if others:
+            lines += ["", "Other structures and DeepCTR-Torch 0.3.0:", ""]
+            lines += _table(rows, dataset, others, full_shape)
+
+    ranks: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if r.get("ranks"):
+            ranks.setdefault(r["dataset"], {}).update(r["ranks"])
+    lines += ["", "Notes:", ""]
+    lines.append(
+        "- +AFM MLP: AFM on MLP layers 2 and 3 (both factors with a bias, a ReLU between them). "
+        "+AFM EMB is cumulative, as in the paper: the +AFM MLP model plus AFM on every table, the per-field "
+        "projections folded into the first MLP Linear where the MLP reads the embeddings (all but NFM and FiBiNet)."
+    )
+    lines.append(
+        "- +SVD MLP / +SVD EMB: the same structures from SVD (first factor without a bias; table projections "
+        "without a bias); +SVD EMB is cumulative like +AFM EMB. +TTD EMB: TT-Rec tables on the baseline "
+        "(MLP unchanged), no fold."
+    )
+    if ranks:
+        names = {"mlp": "MLP", "emb": "embeddings", "tt": "TT"}
+        lines.append("- Ranks: " + "; ".join(
+            f"{d.capitalize()} " + ", ".join(f"{names[k]} {v}" for k, v in r.items()) for d, r in ranks.items()
+        ) + ".")
+    lines.append(
+        "- \"Paper's +AFM EMB gain\" is the figure printed in the paper's Table 2, measured on the authors' "
+        "machine: shown for reference only, it is not our measurement. \"Ours ≥ paper\" compares our measured "
+        "gain with it."
+    )
+    if "deepctr_torch" in variants:
+        lines.append(
+            "- DeepCTR-Torch 0.3.0 builds the same model at the same shape (DCNv2 = its DCN with matrix cross; "
+            "its FiBiNET shares one bilinear layer, hence fewer parameters; it has no GDCN). It reads ids as a "
+            "float matrix and returns probabilities; its input matrix is prebuilt like ours. "
+            "\"Ours / DeepCTR-Torch\" = our baseline's samples/s over its; below 1 (bold) means ours is slower."
+        )
+    if settings.get("share_weights", True):
+        lines.append(
+            "- Variants share the baseline's storage for the parameters they keep unchanged (e.g. the LR tables), "
+            "so all variants of a model fit in memory together; the computation of each is its own."
+        )
+    noisy = [r for r in rows if r.get("iqr_pct") is not None]
+    if noisy:
+        worst = max(noisy, key=lambda r: r["iqr_pct"])
+        lines.append(
+            f"- Noise: the interquartile range of a variant's batch times is at most {worst['iqr_pct']:.0f} % of "
+            f"its median ({worst['dataset']}/{worst['model']}/{worst['variant']}); see `iqr_pct` in bench.json."
+        )
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"- {r['dataset']}/{r['model']}/{VARIANT_TITLES[r['variant']]} skipped: {r['skipped']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``bench.json`` (the rows) and ``bench.md`` into ``out``; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    json_path.write_text(json.dumps(list(rows), indent=1) + "\n")
+    md_path.write_text(to_markdown(rows, meta))
+    return json_path, md_path
+
+
+def now() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -1,0 +1,66 @@
+"""bench.md and bench.json from rows: Table 2's layout, the paper's figures labelled as the paper's."""
+
+from __future__ import annotations
+
+import json
+
+from lightning_afm.bench.report import format_params, to_markdown, write_report
+
+COMMON = {"dataset": "criteo", "batch": 10000, "threads": 2, "vocab_cap": None, "zipf_exponent": 1.0,
+          "rounds": 5, "batches_per_round": 2, "seed": 0, "torch": "2.x", "skipped": None}
+
+
+def _rows():
+    return [
+        {**COMMON, "model": "deepfm", "variant": "baseline", "params": 574_457_024, "samples_per_s": 10000.0,
+         "gain_pct": 0.0, "iqr_pct": 3.0},
+        {**COMMON, "model": "deepfm", "variant": "afm_emb", "params": 101_419_122, "samples_per_s": 17000.0,
+         "gain_pct": 70.0, "paper_gain_pct": 59.2, "meets_paper": True, "iqr_pct": 9.0},
+        {**COMMON, "model": "deepfm", "variant": "deepctr_torch", "params": 574_457_023, "samples_per_s": 12500.0,
+         "gain_pct": 25.0, "baseline_over_deepctr": 0.8, "iqr_pct": 4.0},
+        {**COMMON, "model": "gdcn", "variant": "baseline", "params": 575_000_000, "samples_per_s": 9000.0,
+         "gain_pct": 0.0, "iqr_pct": 2.0},
+        {**COMMON, "model": "gdcn", "variant": "afm_emb", "params": 102_156_573, "samples_per_s": 9450.0,
+         "gain_pct": 5.0, "paper_gain_pct": 10.83, "meets_paper": False, "iqr_pct": 2.0},
+        {**COMMON, "model": "gdcn", "variant": "deepctr_torch", "params": None, "samples_per_s": None,
+         "gain_pct": None, "skipped": "DeepCTR-Torch has no gdcn"},
+    ]
+
+
+def test_markdown_has_table_2_layout_and_labels_the_papers_figures():
+    meta = {"cpu": "Test CPU", "logical_cpus": 2, "date": "today", "settings": {"warmup": 1},
+            "command": "lightning-afm-bench models=[deepfm,gdcn]", "wall_s": 12.0, "peak_rss_gb": 3.2}
+    md = to_markdown(_rows(), meta)
+    lines = md.splitlines()
+    assert "Test CPU" in md and "2 torch threads" in md and "Batch 10,000" in md and "torch 2.x" in md
+    assert "`lightning-afm-bench models=[deepfm,gdcn]` (12 s, peak memory 3.2 GB)" in md
+    header = next(line for line in lines if line.startswith("| Model | Params"))
+    assert "+AFM EMB samples/s" in header and "Paper's +AFM EMB gain (paper's machine)" in header
+    deepfm = next(line for line in lines if line.startswith("| DeepFM | 574.46M"))
+    # our count rounds to Table 2's; our gain +70 % reaches the paper's +59.2 %
+    assert "574.46M ✓" in deepfm and "+70.0 %" in deepfm and "+59.2 %" in deepfm and deepfm.endswith("| yes |")
+    gdcn = next(line for line in lines if line.startswith("| GDCN | 575.00M"))
+    assert "575.19M ✗" in gdcn and gdcn.endswith("| **no** |")
+    # ours slower than DeepCTR-Torch is shown in bold, a missing model as n/a with the reason in the notes
+    assert "**0.80x**" in md
+    assert any(line.startswith("| GDCN |") and line.endswith("| n/a |") for line in lines)
+    assert "criteo/gdcn/DeepCTR-Torch skipped: DeepCTR-Torch has no gdcn" in md
+    assert "not our measurement" in md and "cumulative" in md
+
+
+def test_capped_runs_say_so_and_do_not_claim_table_2_counts():
+    rows = [dict(r, vocab_cap=1000) for r in _rows()]
+    md = to_markdown(rows, {})
+    assert "capped at 1,000 rows" in md and "✓" not in md and "✗" not in md
+
+
+def test_write_report_writes_both_files(tmp_path):
+    json_path, md_path = write_report(_rows(), {}, tmp_path / "out")
+    assert json.loads(json_path.read_text())[0]["params"] == 574_457_024
+    assert md_path.read_text().startswith("# CPU inference throughput")
+
+
+def test_params_format_like_table_2():
+    assert format_params(574_457_024) == "574.46M"
+    assert format_params(1234) == "1,234"
+    assert format_params(None) == "n/a"

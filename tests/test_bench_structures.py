@@ -1,0 +1,130 @@
+"""The benchmark's variants: paper-shape parameter counts (meta device) and their materialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_PARAMS_M, paper_shape
+from lightning_afm.bench.variants import VariantSettings, build_structure, build_twin, build_variant
+from lightning_afm.compress import (
+    DEFAULT_EMBEDDING_TARGETS,
+    DEFAULT_MLP_TARGETS,
+    LowRankEmbedding,
+    LowRankLinear,
+    TTEmbedding,
+    fold_into_first_linear,
+    get_submodule,
+    resolve_targets,
+    set_submodule,
+)
+from lightning_afm.models import MODELS, count_parameters
+
+
+def _settings(shape) -> VariantSettings:
+    return VariantSettings(mlp_rank=shape.mlp_rank, emb_rank=shape.emb_rank)
+
+
+def _afm_by_hand(name: str, shape) -> tuple[int, int, int]:
+    """Baseline, +AFM MLP and +AFM EMB counts with the factored modules swapped in directly (meta)."""
+    with torch.device("meta"):
+        model = MODELS[name](shape.schema().to_dict(), embedding_dim=shape.embedding_dim, mlp_hidden=shape.mlp_hidden)
+        base = count_parameters(model)
+        for target in resolve_targets(model, DEFAULT_MLP_TARGETS, "linear"):
+            old = get_submodule(model, target)
+            set_submodule(model, target, LowRankLinear(old.in_features, old.out_features, shape.mlp_rank, relu=True))
+        mlp = count_parameters(model)
+        for target in resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding"):
+            old = get_submodule(model, target)
+            set_submodule(model, target, LowRankEmbedding(old.num_embeddings, old.embedding_dim, shape.emb_rank))
+        if MODELS[name].MLP_READS_EMBEDDINGS:
+            fold_into_first_linear(model)
+        return base, mlp, count_parameters(model)
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_SHAPES))
+def test_paper_shape_counts_match_table_2(dataset):
+    shape = paper_shape(dataset)
+    settings = _settings(shape)
+    for name in MODELS:
+        base, mlp, emb = (count_parameters(build_structure(name, shape, v, settings))
+                          for v in ("baseline", "afm_mlp", "afm_emb"))
+        assert round(base / 1e6, 2) == TABLE_2_PARAMS_M[dataset][name], name
+        assert (base, mlp, emb) == _afm_by_hand(name, shape), name
+
+
+def test_shared_readme_figures():
+    # ../shared/data/README.md: DeepFM on Criteo after AFM MLP and AFM EMB
+    shape = paper_shape("criteo")
+    counts = [count_parameters(build_structure("deepfm", shape, v, _settings(shape))) for v in ("afm_mlp", "afm_emb")]
+    assert counts == [574_239_552, 101_419_122]
+
+
+@pytest.mark.parametrize("dataset,name", [("criteo", "deepfm"), ("avazu", "nfm")])
+def test_svd_and_ttd_counts(dataset, name):
+    shape = paper_shape(dataset)
+    settings = _settings(shape)
+    count = {v: count_parameters(build_structure(name, shape, v, settings))
+             for v in ("baseline", "afm_mlp", "afm_emb", "svd_mlp", "svd_emb", "ttd_emb")}
+    k, f, t = shape.mlp_rank, shape.num_fields, shape.embedding_dim
+    # SVD's first factors have no bias (2 layers x k), nor do its table projections (F x t)
+    assert count["svd_mlp"] == count["afm_mlp"] - 2 * k
+    assert count["svd_emb"] == count["afm_emb"] - 2 * k - f * t
+    tt = sum(TTEmbedding(s, t, 16, device="meta").num_parameters for s in shape.vocab_sizes)
+    assert count["ttd_emb"] == count["baseline"] - sum(shape.vocab_sizes) * t + tt
+
+
+def test_variants_are_built_on_meta_without_memory():
+    shape = paper_shape("criteo")
+    model = build_structure("dcn", shape, "afm_emb", _settings(shape))
+    assert all(p.is_meta for p in model.parameters())
+    assert model.mlp_reads_codes and isinstance(model.embeddings.C3, LowRankEmbedding)
+
+
+def test_unknown_names_raise():
+    shape = paper_shape("criteo", 10)
+    with pytest.raises(ValueError, match="unknown variant 'afm'.*afm_mlp"):
+        build_structure("deepfm", shape, "afm", _settings(shape))
+    with pytest.raises(ValueError, match="unknown model 'xdeepfm'.*deepfm"):
+        build_structure("xdeepfm", shape, "baseline", _settings(shape))
+    with pytest.raises(ValueError, match="unknown dataset 'kdd'.*avazu"):
+        paper_shape("kdd")
+    with pytest.raises(ValueError, match="vocab_cap"):
+        paper_shape("criteo", 0)
+
+
+def test_materialized_variants_share_kept_parameters_and_are_finite():
+    shape = paper_shape("criteo", 40)
+    settings = _settings(shape)
+    twin = build_twin("fibinet", shape)
+    base = build_variant("fibinet", shape, "baseline", settings, twin)
+    shared = dict(base.named_parameters())
+    cat = torch.stack([torch.randint(0, v, (7,)) for v in shape.vocab_sizes], dim=1)
+    num = torch.rand(7, shape.num_numeric)
+    for variant in ("afm_mlp", "afm_emb", "svd_emb", "ttd_emb"):
+        model = build_variant("fibinet", shape, variant, settings, twin, shared)
+        assert not any(p.is_meta for p in model.parameters())
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        # FiBiNet's pair-index buffers come from the twin
+        assert torch.equal(model.bilinear.left, twin.bilinear.left)
+        # the LR tables are unchanged by every variant: same storage as the baseline's
+        assert model.linear.C1.weight is base.linear.C1.weight
+        kept = {n for n, _ in model.named_parameters()} & set(shared)
+        assert all(dict(model.named_parameters())[n] is shared[n] for n in kept
+                   if dict(model.named_parameters())[n].shape == shared[n].shape)
+        with torch.inference_mode():
+            assert torch.isfinite(model(cat, num)).all()
+    assert isinstance(build_variant("fibinet", shape, "afm_mlp", settings, twin, shared).mlp[1].linear, LowRankLinear)
+
+
+def test_materialize_refuses_unknown_modules():
+    from lightning_afm.bench.variants import materialize_
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(3, device="meta"))
+
+    with pytest.raises(RuntimeError, match="no initialisation"):
+        materialize_(Odd(), nn.Module())
