@@ -5,8 +5,10 @@ Each model at the paper's Criteo shape (26 fields with the Criteo cardinalities 
 ``--batch`` rows prebuilt in memory. The plain pass and the statistics passes (MLP layers 2
 and 3; every field embedding) run interleaved, round after round, so machine noise hits them
 alike; figures are medians over the rounds. Also prints the accumulators' memory,
-``O(sum m^2)``, and with ``--gram`` the outer-product sum alone (torch's general product
-against the symmetric update the accumulator uses).
+``O(sum m^2)``, and with ``--gram`` the outer-product sum alone: torch's general product (what
+the accumulator uses) against numpy's ``a.T @ a``, which calls the BLAS symmetric update
+``syrk`` (half the multiply-adds). syrk is not used: with numpy's OpenBLAS it was faster on a
+quiet machine but 2-4x slower than torch as soon as other processes shared the cores.
 
     .venv/bin/python benchmarks/bench_statistics.py
     .venv/bin/python benchmarks/bench_statistics.py --models deepfm dcn nfm autoint fibinet dcnv2 gdcn
@@ -22,7 +24,6 @@ import time
 import torch
 
 from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, collect_statistics, resolve_targets
-from lightning_afm.compress.statistics import _gram
 from lightning_afm.data.schema import Schema
 from lightning_afm.models import MODELS
 from lightning_afm.models.allocator import reuse_freed_memory
@@ -44,16 +45,17 @@ def _median_ms(fn, rounds: int) -> float:
 def gram_table(batch: int, width: int, rounds: int) -> None:
     """The outer-product sum alone, ``[batch, width]`` float32, both ways, interleaved."""
     d = torch.randn(batch, width)
+    a = d.numpy()
     plain, sym = [], []
     for _ in range(rounds):
         plain.append(_median_ms(lambda: d.T @ d, 3))
-        sym.append(_median_ms(lambda: _gram(d), 3))
+        sym.append(_median_ms(lambda: a.T @ a, 3))
     p, s = statistics.median(plain), statistics.median(sym)
     print(f"Outer-product sum of [{batch:,}, {width}] float32, {torch.get_num_threads()} threads, "
           f"median of {rounds} interleaved rounds")
     print("| product | ms | speed-up |\n|---|---|---|")
-    print(f"| torch d.T @ d (general matrix product) | {p:.1f} | 1.00 |")
-    print(f"| numpy a.T @ a (BLAS syrk, used by OutputCovariance) | {s:.1f} | {p / s:.2f} |")
+    print(f"| torch d.T @ d (general matrix product, used by OutputCovariance) | {p:.1f} | 1.00 |")
+    print(f"| numpy a.T @ a (OpenBLAS syrk, not used) | {s:.1f} | {p / s:.2f} |")
     print()
 
 

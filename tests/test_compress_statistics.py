@@ -281,14 +281,3 @@ def test_early_stop_is_not_swallowed_by_a_models_except_exception():
     stats = collect_statistics(model, ["0"], xs, guarded, progress=False)
     assert stats["0"].count == 20 and head_calls[0] == 1
 
-
-def test_gram_uses_symmetry_and_matches_the_plain_product():
-    from lightning_afm.compress.statistics import _gram
-
-    torch.manual_seed(0)
-    for dtype in (torch.float32, torch.float64):
-        d = torch.randn(300, 17, dtype=dtype)
-        torch.testing.assert_close(_gram(d), d.T @ d)
-        assert torch.equal(_gram(d), _gram(d).T)
-    d = torch.randn(17, 300).T  # not contiguous: the plain product
-    torch.testing.assert_close(_gram(d), d.T @ d)

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -117,7 +116,7 @@ class OutputCovariance(Metric):
             d = y - c
             d_sum = d.sum(dim=0).double()
             c64 = c.double()
-            gram = _gram(d).double()
+            gram = (d.T @ d).double()
             cross = torch.outer(c64, d_sum)
         self.count += rows
         self.sum_y += d_sum + rows * c64
@@ -140,21 +139,6 @@ class OutputCovariance(Metric):
         # tiny negatives so a later sqrt or ratio cannot produce NaN.
         cov.diagonal().clamp_(min=0.0)
         return OutputStatistics(mean=mean, cov=cov, count=n)
-
-
-def _gram(d: Tensor) -> Tensor:
-    """``d^T d`` (``[m, m]``) of a ``[rows, m]`` matrix, using its symmetry where that is faster.
-
-    On the CPU, numpy evaluates ``a.T @ a`` (the same buffer, transposed) with the BLAS
-    symmetric rank-k update ``syrk``, which does half the multiply-adds of a general matrix
-    product; torch's ``d.T @ d`` does them all. Measured at ``[10000, 400]`` float32 on 2 cores:
-    about 1.5-2x faster (``benchmarks/bench_statistics.py --gram``). Elsewhere (CUDA, other
-    dtypes) the plain product.
-    """
-    if d.device.type == "cpu" and d.dtype in (torch.float32, torch.float64) and d.is_contiguous():
-        a = d.numpy()
-        return torch.from_numpy(a.T @ a)
-    return d.T @ d
 
 
 def target_kind(module: nn.Module) -> str:
@@ -252,12 +236,6 @@ class _StopAfterTargets:
             raise _TargetsDone
 
 
-def _blas_threads(threads: int) -> threadpool_limits:
-    """Limit numpy's BLAS (used by :func:`_gram`) to torch's thread count during the pass, so
-    that DDP processes sharing a machine do not each start one BLAS thread per core."""
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
 def collect_statistics(
     model: nn.Module,
     targets: Mapping[str, str] | Sequence[str],
@@ -329,7 +307,7 @@ def collect_statistics(
             except TypeError:  # generators, iterable-style datasets
                 total = None
             iterator = tqdm(batches, total=total, desc=description, leave=False)
-        with torch.no_grad(), _blas_threads(torch.get_num_threads()):
+        with torch.no_grad():
             for batch in iterator:
                 tracker.start_batch()
                 try:
