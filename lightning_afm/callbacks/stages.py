@@ -2,6 +2,11 @@
 
 A stage's finetune settings (``lr``, ``weight_decay``, ``batch_size``, ``dropout``) are
 ``None`` to keep what the model or the dataloader already has.
+
+Methods: ``"afm"`` (from the output statistics), ``"svd"`` (from the weights), ``"random"``
+(AFM's structure, freshly initialised, no statistics: with ``baseline_epochs=0`` it trains the
+small model from scratch, the paper's Table 14, see ``conf/compression/scratch.yaml``) and,
+for tables only, ``"ttd"``.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Sequence
 
-METHODS = ("afm", "svd")
+METHODS = ("afm", "svd", "random")
 EMBEDDING_METHODS = METHODS + ("ttd",)
 
 

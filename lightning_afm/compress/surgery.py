@@ -8,6 +8,7 @@ leaves the model as it was; :func:`compress_targets` does the same for a whole s
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -28,6 +29,7 @@ from lightning_afm.compress.statistics import OutputStatistics
 from lightning_afm.compress.ttd import TTEmbedding, replay_tt_embedding
 
 __all__ = [
+    "BUILD_METHODS",
     "DEFAULT_MLP_TARGETS",
     "DEFAULT_EMBEDDING_TARGETS",
     "get_submodule",
@@ -46,6 +48,13 @@ __all__ = [
 DEFAULT_MLP_TARGETS = ("mlp.1.linear", "mlp.2.linear")
 #: Every field table of ``FieldEmbedding``.
 DEFAULT_EMBEDDING_TARGETS = ("embeddings.*",)
+
+#: What a replacement can be built from: the factorisations (:data:`METHODS`), or ``"random"``:
+#: AFM's structure (both factors with a bias, the ReLU as asked; a table with a biased
+#: projection) freshly initialised, to train the small model from scratch (the paper's
+#: Table 14). Its plan entry says method ``"afm"`` (the structure to rebuild) and
+#: ``flags["init"] == "random"`` (where the weights came from).
+BUILD_METHODS = METHODS + ("random",)
 
 _KIND_TYPES: dict[str, type[nn.Module]] = {"linear": nn.Linear, "embedding": nn.Embedding}
 _FACTORED = (LowRankLinear, LowRankEmbedding, TTEmbedding)
@@ -145,8 +154,8 @@ def resolve_targets(
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in BUILD_METHODS:
+        raise ValueError(f"method must be one of {BUILD_METHODS}, got {method!r}")
 
 
 def _stats_for(stats: StatsArg, name: str, width: int) -> OutputStatistics:
@@ -180,7 +189,8 @@ def build_compressed_linear(
     """The :class:`LowRankLinear` that would replace the nn.Linear ``name``, and its plan entry.
 
     Changes nothing. ``stats``: the target's :class:`OutputStatistics` or the dict from
-    :func:`collect_statistics` (ignored, may be None, for ``method="svd"``).
+    :func:`collect_statistics` (ignored, may be None, for ``method="svd"`` and ``"random"``).
+    ``method="random"`` builds the same structure as AFM at nn.Linear's default initialisation.
     ``relu``/``relu_init``/``shift_std``: see :func:`afm_factors`; with SVD the ReLU is placed
     as asked, with no sign or bias adjustment (the baseline uses the weights alone).
     """
@@ -189,6 +199,8 @@ def build_compressed_linear(
     if not isinstance(module, nn.Linear):
         raise ValueError(f"{name!r} is a {type(module).__name__}, not an nn.Linear")
     m, n = module.weight.shape
+    if method == "random":
+        return _random_linear(module, name, rank, relu)
     flags: dict[str, object] = {}
     try:
         if method == "afm":
@@ -220,7 +232,7 @@ def build_compressed_embedding(
     """The :class:`LowRankEmbedding` that would replace the nn.Embedding ``name``, and its plan entry.
 
     Changes nothing. ``stats`` as in :func:`build_compressed_linear` (statistics of the looked-up
-    vectors, ``[t]`` / ``[t, t]``).
+    vectors, ``[t]`` / ``[t, t]``). ``method="random"``: see :func:`_random_embedding`.
     """
     _check_method(method)
     module = get_submodule(model, name)
@@ -229,6 +241,8 @@ def build_compressed_embedding(
     if module.max_norm is not None:
         raise ValueError(f"{name!r} renormalises rows (max_norm={module.max_norm}), which a factored table cannot do")
     s_rows, t = module.weight.shape
+    if method == "random":
+        return _random_embedding(module, name, rank)
     flags: dict[str, object] = {}
     try:
         if method == "afm":
@@ -244,6 +258,45 @@ def build_compressed_embedding(
     flags["padding_idx"] = module.padding_idx
     flags["sparse"] = bool(module.sparse)
     entry = PlanEntry(name=name, kind="embedding", method=method, rank=int(rank), shape=[s_rows, t], flags=flags)
+    return entry, new
+
+
+def _random_linear(module: nn.Linear, name: str, rank: int, relu: bool) -> tuple[PlanEntry, LowRankLinear]:
+    """AFM's ``n -> k -> m`` structure for ``module`` at nn.Linear's default initialisation."""
+    m, n = module.weight.shape
+    try:
+        new = LowRankLinear(n, m, int(rank), relu=relu, device=module.weight.device, dtype=module.weight.dtype)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{name!r}: {err}") from err
+    flags: dict[str, object] = {"init": "random", "first_bias": True, "second_bias": True}
+    entry = PlanEntry(name=name, kind="linear", method="afm", rank=int(rank), shape=[m, n], relu=bool(relu),
+                      flags=flags)
+    return entry, new
+
+
+def _random_embedding(module: nn.Embedding, name: str, rank: int) -> tuple[PlanEntry, LowRankEmbedding]:
+    """AFM's ``s x k`` table + ``k -> t`` projection for ``module``, freshly initialised.
+
+    The projection gets nn.Linear's default initialisation. The code table is drawn from
+    ``N(0, sigma^2)`` with ``sigma`` the standard deviation of the table it replaces, not
+    nn.Embedding's ``N(0, 1)``: at fit start that is the model's own embedding initialisation
+    (1e-4 in the zoo, as DeepCTR-Torch), so the small model starts as a fresh model would.
+    """
+    s_rows, t = module.weight.shape
+    try:
+        new = LowRankEmbedding(s_rows, t, int(rank), projection_bias=True, padding_idx=module.padding_idx,
+                               sparse=module.sparse, device=module.weight.device, dtype=module.weight.dtype)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{name!r}: {err}") from err
+    sigma = float(module.weight.detach().std()) if module.weight.numel() > 1 else 0.0
+    if math.isfinite(sigma) and sigma > 0:
+        with torch.no_grad():
+            nn.init.normal_(new.table.weight, std=sigma)
+            if module.padding_idx is not None:
+                new.table.weight[module.padding_idx].zero_()
+    flags: dict[str, object] = {"init": "random", "table_std": sigma, "projection_bias": True,
+                                "padding_idx": module.padding_idx, "sparse": bool(module.sparse)}
+    entry = PlanEntry(name=name, kind="embedding", method="afm", rank=int(rank), shape=[s_rows, t], flags=flags)
     return entry, new
 
 

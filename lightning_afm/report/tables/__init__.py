@@ -1,0 +1,29 @@
+"""One module per table of the paper; :data:`TABLES` maps a table's name to its ``build``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+from lightning_afm.report.common import Context, TableReport
+from lightning_afm.report.runs import Run
+from lightning_afm.report.tables import table2, table4, table6, table7, table8, table11, table13, table14
+
+__all__ = ["TABLES", "TableBuilder", "get_table"]
+
+TableBuilder = Callable[[list[Run], Context], TableReport]
+
+_MODULES: dict[str, ModuleType] = {
+    "table2": table2, "table4": table4, "table6": table6, "table7": table7, "table8": table8,
+    "table11": table11, "table13": table13, "table14": table14,
+}
+#: ``{"table4": build, ...}``: each ``build(runs, context) -> TableReport``.
+TABLES: dict[str, TableBuilder] = {name: module.build for name, module in _MODULES.items()}
+
+
+def get_table(name: str) -> TableBuilder:
+    """The builder of ``name`` (``"table4"`` or ``"4"``); ValueError listing the tables otherwise."""
+    key = name if name.startswith("table") else f"table{name}"
+    if key not in TABLES:
+        raise ValueError(f"unknown table {name!r}; the tables are {', '.join(TABLES)}")
+    return TABLES[key]

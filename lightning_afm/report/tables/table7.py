@@ -1,0 +1,20 @@
+"""Table 7: embedding ranks (paper: {2, 4, 8, 12} on Criteo, {4, 8, 16, 32} on Avazu)."""
+
+from __future__ import annotations
+
+from lightning_afm.report.common import Context, TableReport
+from lightning_afm.report.runs import Run
+from lightning_afm.report.tables.rank_sweep import build_rank_sweep
+
+TITLE = "Table 7: AFM on the embeddings at several ranks"
+
+
+def build(runs: list[Run], context: Context) -> TableReport:
+    notes = [
+        "Rank = k, the width of the compressed tables (from t = model.embedding_dim). Pre-train: right after the "
+        "swap; fine-tune: after the finetune epoch. Test split.",
+        "Kept variance: share of each field's embedding variance kept by k components (mean over the fields, and "
+        "the worst field).",
+        "Compression = baseline parameters / parameters of the compressed model.",
+    ]
+    return build_rank_sweep(runs, "emb", TITLE, notes, "embedding rank k")

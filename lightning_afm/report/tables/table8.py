@@ -1,0 +1,19 @@
+"""Table 8: MLP ranks (paper: {32, 64, 96, 128} on Criteo, {160, 320, 480, 640} on Avazu)."""
+
+from __future__ import annotations
+
+from lightning_afm.report.common import Context, TableReport
+from lightning_afm.report.runs import Run
+from lightning_afm.report.tables.rank_sweep import build_rank_sweep
+
+TITLE = "Table 8: AFM on the MLP at several ranks"
+
+
+def build(runs: list[Run], context: Context) -> TableReport:
+    notes = [
+        "Rank = k of each compressed MLP layer (the 2nd and 3rd). Pre-train: right after the swap; fine-tune: "
+        "after the finetune epoch. Test split.",
+        "Kept variance: share of each compressed layer's output variance kept by k components (2nd / 3rd layer).",
+        "Compression = baseline parameters / parameters of the compressed model.",
+    ]
+    return build_rank_sweep(runs, "mlp", TITLE, notes, "MLP rank k")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Table 4: DeepFM with AFM, SVD and TTD: test AUC and logloss right after each swap
+# ("pre-train") and after its finetune ("fine-tune"), for the MLP stage and the embedding stage.
+#
+#   recipes/table4.sh small                                   # synthetic data (about 10 min on 2 cores)
+#   recipes/table4.sh full criteo=/x/train.txt avazu=/x/train.csv
+#
+# Runs compression=afm and svd (MLP, then embeddings), and afm_emb / svd_emb / ttd_emb (the
+# embedding stage straight on the baseline: the comparison TTD, which only compresses tables,
+# has on equal terms). MODELS=dcn picks another model (default deepfm).
+# Options: out=DIR, -- HYDRA_OVERRIDES (see recipes/common.sh).
+
+source "$(dirname "$0")/common.sh"
+recipe_init table4 "$@"
+
+for ds in $(datasets); do
+  # shellcheck disable=SC2046
+  sweep "$ds" $(data_args "$ds") "model=${MODELS:-deepfm}" compression=afm,svd,afm_emb,svd_emb,ttd_emb
+done
+report
