@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from lightning_afm.bench.report import cpu_name
 from lightning_afm.report.runs import Run, config_value
 
 __all__ = ["RECORD", "machine", "describe_machine", "describe_data", "hydra_commands", "write_record",
@@ -31,21 +32,11 @@ def now() -> str:
     return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def machine() -> dict[str, Any]:
     """This machine: CPU model, logical CPUs, torch version and threads, platform."""
     import torch
 
-    return {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.is_available(),
             "platform": platform.platform()}
 
