@@ -123,6 +123,49 @@ def test_gdcn_gated_cross_matches_formula(rng):
     assert sum(p.numel() for p in net.parameters()) == 2 * (2 * d * d + d)
 
 
+def _layer_by_layer(net: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+    """The cross networks' plain loop: each layer's own ``forward`` at the unpadded width."""
+    x = x0
+    for layer in net.layers:
+        x = layer(x0, x)
+    return x
+
+
+@pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d, num_layers=3), lambda d: GatedCrossNetwork(d, num_layers=3)])
+@pytest.mark.parametrize("d", [5, 16, 29])  # padded to 16, already aligned, padded to 32
+def test_aligned_cross_networks_match_the_plain_loop_with_gradients(rng, make, d):
+    net = make(d).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(t64(rng.normal(scale=0.5, size=tuple(p.shape))))
+    x0 = t64(rng.normal(size=(7, d))).requires_grad_()
+    out = net(x0)
+    assert out.shape == (7, d)
+    grads = torch.autograd.grad(out.square().sum(), [x0, *net.parameters()])
+    ref = _layer_by_layer(net, x0)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x0, *net.parameters()])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert g.shape == r.shape  # parameters keep their D x D shapes
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d), lambda d: GatedCrossNetwork(d)])
+def test_aligned_cross_networks_let_hooks_and_swapped_modules_see_the_call(make):
+    net = make(5)
+    seen = []
+    first = net.layers[0]
+    target = first.linear if isinstance(net, CrossNetworkV2) else first.cross
+    handle = target.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    x0 = torch.randn(3, 5)
+    with torch.no_grad():
+        hooked = net(x0)
+    assert seen == [(3, 5)]  # the unpadded input, as a statistics pass expects
+    handle.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x0), hooked)
+
+
 # -- attention -------------------------------------------------------------------------
 @pytest.mark.parametrize("scaled", [False, True])
 def test_interacting_layer_matches_numpy_multi_head_attention(rng, scaled):
