@@ -208,12 +208,18 @@ def part_calls(model: CTRModel, categorical: torch.Tensor, numeric: torch.Tensor
     num = model._check_inputs(categorical, numeric)
     codes = model.embeddings.codes(categorical)
     emb = model.embeddings.project(codes)
-    x = _mlp_input(model, categorical, numeric)
+    folded = getattr(model, "foldable_projections", lambda: None)()
+    if folded is not None:  # FiBiNet on codes: the MLP starts from the folded first Linear
+        folded_input = model.code_mlp_input(codes, emb, num, folded)
+        mlp = lambda: model.code_mlp(*folded_input)  # noqa: E731
+    else:
+        x = _mlp_input(model, categorical, numeric)
+        mlp = lambda: model.mlp(x)  # noqa: E731
     return {
         "lookups": lambda: model.embeddings.codes(categorical),
         "projections": lambda: model.embeddings.project(codes),
         "LR lookups": lambda: model.linear.combine(model.linear.lookup(categorical), num),
-        "MLP": lambda: model.mlp(x),
+        "MLP": mlp,
         "deep part": lambda: model.deep_logit(codes, emb, num),
     }
 

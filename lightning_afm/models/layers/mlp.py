@@ -35,7 +35,11 @@ class MLPBlock(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.linear(x)
+        return self.after_linear(self.linear(x))
+
+    def after_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The block past its Linear (norm, ReLU, dropout), for callers that computed the Linear
+        themselves (FiBiNet's folded inference path)."""
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(self.activation(x))

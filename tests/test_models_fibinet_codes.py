@@ -1,0 +1,135 @@
+"""FiBiNet's inference path on low-rank codes gives what its bilinear layers and MLP give.
+
+With factored tables (``v_i = U_i c_i + b_i``) and ``(k+1)^2 < d``, FiBiNet folds both
+bilinear branches and the first MLP Linear onto products of the codes at inference
+(:mod:`lightning_afm.models.layers.bilinear_codes`). The reference here is the model's own
+unfolded path, which autograd-enabled calls take.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_afm.compress import LowRankEmbedding, LowRankLinear
+from lightning_afm.data.schema import Schema
+from lightning_afm.models.fibinet import FiBiNet
+from lightning_afm.models.layers.bilinear_codes import fold_pays
+
+VOCAB = [9, 7, 5, 11, 6]
+
+
+def _factored_fibinet(
+    code_dim: int = 2,
+    embedding_dim: int = 16,
+    numeric: int = 2,
+    bias: bool = True,
+    seed: int = 0,
+    **hparams,
+) -> FiBiNet:
+    torch.manual_seed(seed)
+    model = FiBiNet(
+        Schema.from_vocab_sizes(VOCAB, numeric=numeric), embedding_dim=embedding_dim, mlp_hidden=[8, 6], **hparams
+    ).double()
+    for name, rows in zip(model.embeddings.module_names, VOCAB):
+        table = LowRankEmbedding(rows, embedding_dim, code_dim, projection_bias=bias).double()
+        torch.nn.init.normal_(table.table.weight)
+        if bias:
+            torch.nn.init.normal_(table.projection.bias)
+        setattr(model.embeddings, name, table)
+    with torch.no_grad():  # SENET weights away from ReLU's zero, so every term matters
+        for p in model.senet.parameters():
+            p.abs_()
+    return model.eval()
+
+
+def _batch(numeric: int = 2, rows: int = 13):
+    g = torch.Generator().manual_seed(1)
+    cat = torch.stack([torch.randint(0, v, (rows,), generator=g) for v in VOCAB], dim=1)
+    return cat, torch.randn(rows, numeric, generator=g, dtype=torch.float64)
+
+
+def _unfolded(model: FiBiNet, cat, num) -> torch.Tensor:
+    with torch.enable_grad():  # autograd on: the plain bilinear path
+        return model(cat, num).detach()
+
+
+@pytest.mark.parametrize("bilinear_type", ["field_interaction", "field_each", "field_all"])
+@pytest.mark.parametrize("bias", [True, False], ids=["afm-bias", "svd-no-bias"])
+@pytest.mark.parametrize("numeric", [2, 0])
+def test_folded_path_equals_the_bilinear_layers(bilinear_type, bias, numeric):
+    model = _factored_fibinet(bias=bias, numeric=numeric, bilinear_type=bilinear_type)
+    cat, num = _batch(numeric)
+    with torch.no_grad():
+        assert model.foldable_projections() is not None
+        folded = model(cat, num)
+    torch.testing.assert_close(folded, _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+
+
+def test_folded_path_with_batch_norm_and_inference_mode():
+    model = _factored_fibinet(batch_norm=True, dropout=0.3)
+    cat, num = _batch()
+    model.train()  # batch statistics: the folded first Linear must feed the same norm
+    with torch.no_grad():
+        folded = model(cat, num)
+    model.eval()
+    with torch.inference_mode():
+        folded_eval = model(cat, num)
+    torch.testing.assert_close(folded_eval, _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+    assert folded.shape == (13,)
+
+
+def test_folded_input_is_narrower_and_tracks_the_current_weights():
+    model = _factored_fibinet()
+    cat, num = _batch()
+    codes = model.embeddings.codes(cat)
+    emb = model.embeddings.project(codes)
+    with torch.no_grad():
+        x, weight, bias = model.code_mlp_input(codes, emb, model._check_inputs(cat, num), model.foldable_projections())
+        pairs, fields, k = 10, 5, 2
+        assert x.shape == (13, pairs * (k + 1) ** 2 + pairs * k * k + fields * k + 2)
+        assert x.shape[1] < model.mlp[0].linear.in_features  # 132 < 2 * 10 * 16 + 2
+        assert weight.shape == (8, x.shape[1]) and bias.shape == (8,)
+        model.bilinear.weight.mul_(-2.0)  # nothing cached: the next call folds the new weights
+        torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+
+
+def test_fold_only_where_it_is_narrower():
+    assert fold_pays(16, 2) and not fold_pays(16, 3) and not fold_pays(50, 8)  # Criteo yes, Avazu no
+    wide = _factored_fibinet(code_dim=4)
+    assert wide.foldable_projections() is None
+    cat, num = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(wide(cat, num), _unfolded(wide, cat, num), rtol=1e-10, atol=1e-10)
+    plain = FiBiNet(Schema.from_vocab_sizes(VOCAB, numeric=2), embedding_dim=16, mlp_hidden=[8])
+    assert plain.foldable_projections() is None
+
+
+@pytest.mark.parametrize("where", ["bilinear", "senet", "mlp", "first_linear", "projection"])
+def test_hooks_see_their_calls_so_the_fold_steps_aside(where):
+    model = _factored_fibinet()
+    module = {
+        "bilinear": model.bilinear,
+        "senet": model.senet,
+        "mlp": model.mlp,
+        "first_linear": model.mlp[0].linear,
+        "projection": model.embeddings.tables()[0].projection,
+    }[where]
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    assert model.foldable_projections() is None
+    cat, num = _batch()
+    with torch.no_grad():
+        out = model(cat, num)
+    assert calls
+    torch.testing.assert_close(out, _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+
+
+def test_a_factored_first_linear_keeps_the_plain_path():
+    model = _factored_fibinet()
+    first = model.mlp[0].linear
+    model.mlp[0].linear = LowRankLinear(first.in_features, first.out_features, rank=3).double()
+    assert model.foldable_projections() is None
+    cat, num = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
