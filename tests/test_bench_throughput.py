@@ -78,3 +78,23 @@ def test_summary_uses_the_median_and_reports_the_spread():
     assert summarize([0.2], batch=10).iqr_pct == 0.0
     with pytest.raises(ValueError):
         summarize([], batch=10)
+
+
+def test_matmul_multiply_adds_counts_the_products_of_one_forward():
+    from torch import nn
+
+    from lightning_afm.bench.throughput import Timed, matmul_multiply_adds
+
+    net = nn.Sequential(nn.Linear(10, 3), nn.ReLU(), nn.Linear(3, 2))
+    runner = Timed(net, [torch.randn(4, 10), torch.randn(9, 10)])
+    assert matmul_multiply_adds(runner) == 4 * (10 * 3 + 3 * 2)  # first input only; bias, ReLU not counted
+    bmm = Timed(lambda x: torch.bmm(x, x.transpose(1, 2)), [torch.randn(5, 3, 7)])
+    assert matmul_multiply_adds(bmm) == 5 * 3 * 3 * 7
+    q = torch.randn(2, 4, 6, 8)  # [B, heads, fields, head dim]: q k^T and the weighted sum of v
+    attention = Timed(lambda x: torch.nn.functional.scaled_dot_product_attention(x, x, x), [q])
+    assert matmul_multiply_adds(attention) == 2 * (2 * 4 * 6 * 6 * 8)
+    # no global module hooks while counting, so models stay on their hook-free fast paths
+    hooks_seen = []
+    probe = Timed(lambda x: hooks_seen.append(dict(torch.nn.modules.module._global_forward_pre_hooks)) or x @ x.T,
+                  [torch.randn(3, 2)])
+    assert matmul_multiply_adds(probe) == 3 * 2 * 3 and hooks_seen == [{}]

@@ -21,7 +21,14 @@ from torch import nn
 
 from lightning_afm.bench.deepctr import DEEPCTR_MODELS, build_deepctr_model, deepctr_input, deepctr_unavailable
 from lightning_afm.bench.shapes import PAPER_AFM_EMB_GAIN_PCT, PAPER_SHAPES, PaperShape, paper_shape
-from lightning_afm.bench.throughput import InferenceBatch, Timed, make_batches, summarize, time_interleaved
+from lightning_afm.bench.throughput import (
+    InferenceBatch,
+    Timed,
+    make_batches,
+    matmul_multiply_adds,
+    summarize,
+    time_interleaved,
+)
 from lightning_afm.bench.variants import VARIANTS, VariantSettings, build_twin, build_variant
 from lightning_afm.models import MODELS, count_parameters
 from lightning_afm.models.allocator import reuse_freed_memory
@@ -166,6 +173,8 @@ def bench_model(
     )
     results = {name: summarize(t, settings.batch) for name, t in times.items()}
     base_sps = results["baseline"].samples_per_s
+    # per row of the first batch; fixed per-call work (a fold's weights) is spread over the batch
+    macs = {name: matmul_multiply_adds(runner) / len(batches[0].categorical) for name, runner in runners.items()}
 
     rows = []
     for variant in settings.variants:
@@ -182,6 +191,8 @@ def bench_model(
             median_batch_s=res.median_batch_s,
             iqr_pct=res.iqr_pct,
             timed_batches=res.timed_batches,
+            macs_per_row=macs[variant],
+            macs_bound_gain_pct=100.0 * (macs["baseline"] / macs[variant] - 1.0),
             skipped=None,
             **_variant_details(variant, model_name, vs),
         )

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_afm.bench.shapes import PaperShape
 
@@ -86,6 +87,56 @@ class Timed:
 
     forward: Callable[[Any], Any]
     inputs: Sequence[Any]
+
+
+def _matmul_macs(name: str, args: Sequence[Any]) -> int:
+    """Multiply-adds of one aten call if it is a matrix product (0 otherwise)."""
+    if name in ("mm", "bmm", "mv", "dot"):
+        a, b = args[0], args[1]
+    elif name in ("addmm", "baddbmm", "addmv", "addbmm"):
+        a, b = args[1], args[2]
+    elif "scaled_dot_product" in name:  # softmax(q k^T) v: two products per head
+        q, k, v = args[0], args[1], args[2]
+        return q.numel() * k.shape[-2] + (q.numel() // q.shape[-1]) * k.shape[-2] * v.shape[-1]
+    else:
+        return 0
+    return a.numel() * (b.shape[-1] if b.dim() >= 2 else 1)
+
+
+class _MatmulCounter(TorchDispatchMode):
+    """Adds up :func:`_matmul_macs` of every aten call it sees (no module hooks, unlike
+    ``FlopCounterMode``, whose global hooks would switch models onto their hooked paths)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        macs = _matmul_macs(func.overloadpacket.__name__, args)
+        if not macs:
+            # Composite ops (linear, matmul, einsum: undecomposed in inference mode) are split
+            # into the products they run, which come back through this mode.
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        self.total += macs
+        return func(*args, **kwargs)
+
+
+def matmul_multiply_adds(runner: Timed) -> int:
+    """Multiply-adds of the matrix products in one forward of ``runner`` on its first input.
+
+    Counts matrix, batched-matrix and matrix-vector products and attention at the aten level,
+    in inference mode; element-wise work and lookups are not counted. Their ratio between
+    two structures bounds the speed-up a compute-bound CPU can give: a variant with half the
+    multiply-adds gains at most about +100 % unless its products run faster.
+    """
+    counter = _MatmulCounter()
+    with torch.inference_mode(), counter:
+        runner.forward(runner.inputs[0])
+    return counter.total
 
 
 def time_interleaved(
