@@ -169,7 +169,9 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     lines.append(
         "- +AFM MLP: AFM on MLP layers 2 and 3 (both factors with a bias, a ReLU between them). "
         "+AFM EMB is cumulative, as in the paper: the +AFM MLP model plus AFM on every table, the per-field "
-        "projections folded into the first MLP Linear where the MLP reads the embeddings (all but NFM and FiBiNet)."
+        "projections folded into the first MLP Linear where the MLP reads the embeddings (all but NFM and FiBiNet; "
+        "FiBiNet folds its bilinear layers and first MLP Linear onto products of the codes at inference "
+        "when (k+1)^2 < d, i.e. at Criteo's shape, see `lightning_afm/models/layers/bilinear_codes.py`)."
     )
     lines.append(
         "- +SVD MLP / +SVD EMB: the same structures from SVD (first factor without a bias; table projections "
@@ -189,7 +191,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     if any(r.get("macs_bound_gain_pct") is not None for r in rows):
         lines.append(
             "- Multiply-add bound: the baseline's multiply-adds in matrix products per row over the variant's, "
-            "minus 1 (counted by `torch.utils.flop_counter` on one batch; `macs_per_row` in bench.json). On a CPU "
+            "minus 1 (counted at the aten level on one batch, see `matmul_multiply_adds`; `macs_per_row` in bench.json). On a CPU "
             "whose products run at one speed this is the most a structure can gain; a measured gain above it "
             "means the variant's products ran faster, one far below it that something else dominates."
         )

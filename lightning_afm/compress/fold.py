@@ -14,7 +14,9 @@ switch to reading codes when ``model.mlp_reads_codes`` is True. Interaction laye
 cross network, attention) keep using the projected ``t``-dim vectors.
 
 Not possible for NFM and FiBiNet (``MLP_READS_EMBEDDINGS = False``): an interaction sits
-between the embeddings and the MLP.
+between the embeddings and the MLP. (FiBiNet's interaction is bilinear, so at inference it
+folds its bilinear layers and first MLP Linear onto products of the codes by itself, without
+changing its structure: :mod:`lightning_afm.models.layers.bilinear_codes`.)
 """
 
 from __future__ import annotations
