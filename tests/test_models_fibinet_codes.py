@@ -133,3 +133,19 @@ def test_a_factored_first_linear_keeps_the_plain_path():
     cat, num = _batch()
     with torch.no_grad():
         torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+
+
+def test_a_projection_with_its_own_forward_keeps_the_plain_path():
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = _factored_fibinet()
+    for table in model.embeddings.tables():
+        doubled = Doubled(2, 16).double()
+        doubled.load_state_dict(table.projection.state_dict())
+        table.projection = doubled
+    assert model.foldable_projections() is None
+    cat, num = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)

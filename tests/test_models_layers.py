@@ -166,6 +166,27 @@ def test_aligned_cross_networks_let_hooks_and_swapped_modules_see_the_call(make)
         torch.testing.assert_close(net(x0), hooked)
 
 
+def test_aligned_gated_cross_keeps_any_bias_the_linears_have(rng):
+    net = GatedCrossNetwork(7, num_layers=2).double()
+    for layer in net.layers:  # a gate with a bias, a crossing without one: still plain Linears
+        layer.gate = nn.Linear(7, 7).double()
+        layer.cross = nn.Linear(7, 7, bias=False).double()
+    x0 = t64(rng.normal(size=(4, 7)))
+    torch.testing.assert_close(net(x0), _layer_by_layer(net, x0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d), lambda d: GatedCrossNetwork(d)])
+def test_aligned_cross_networks_run_backward_and_layer_hooks(make):
+    net = make(5).double()
+    layer = net.layers[0]
+    target = layer.linear if isinstance(net, CrossNetworkV2) else layer.cross
+    backward, forward = [], []
+    target.register_full_backward_hook(lambda *_: backward.append(1))
+    layer.register_forward_hook(lambda *_: forward.append(1))
+    net(torch.randn(3, 5, dtype=torch.float64, requires_grad=True)).sum().backward()
+    assert backward == [1] and forward == [1]
+
+
 # -- attention -------------------------------------------------------------------------
 @pytest.mark.parametrize("scaled", [False, True])
 def test_interacting_layer_matches_numpy_multi_head_attention(rng, scaled):

@@ -192,7 +192,7 @@ def bench_model(
             iqr_pct=res.iqr_pct,
             timed_batches=res.timed_batches,
             macs_per_row=macs[variant],
-            macs_bound_gain_pct=100.0 * (macs["baseline"] / macs[variant] - 1.0),
+            macs_bound_gain_pct=100.0 * (macs["baseline"] / macs[variant] - 1.0) if macs[variant] else None,
             skipped=None,
             **_variant_details(variant, model_name, vs),
         )

@@ -89,14 +89,19 @@ class FiBiNet(CTRModel):
         path would skip (a statistics pass must see the calls it hooked).
         """
         tables = self.embeddings.tables()
-        if not all(isinstance(getattr(t, "projection", None), nn.Linear) and hasattr(t, "codes") for t in tables):
+        if not all(hasattr(t, "projection") and hasattr(t, "codes") for t in tables):
             return None
+        # Imported here: models do not depend on compression unless their tables are factored.
+        from lightning_afm.compress.modules import LowRankEmbedding
+
+        if not all(type(t).project is LowRankEmbedding.project and is_plain_linear(t.projection) for t in tables):
+            return None  # the fold assumes v = projection(codes) with a plain Linear
         if len({(int(t.code_dim), int(t.embedding_dim)) for t in tables}) != 1:
             return None
         if not fold_pays(self.embedding_dim, tables[0].code_dim):
             return None
         block = self.mlp[0]
-        skipped = [self.senet, self.senet_bilinear, self.bilinear, self.mlp, block, *(t.projection for t in tables)]
+        skipped = [self.senet, self.senet_bilinear, self.bilinear, self.mlp, block]
         if not is_plain_linear(block.linear) or any(_has_forward_hooks(m) for m in skipped):
             return None
         return extended_projections(tables)

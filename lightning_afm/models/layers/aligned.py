@@ -30,19 +30,28 @@ def aligned_width(width: int, multiple: int = GEMM_ALIGN) -> int:
     return -(-int(width) // multiple) * multiple
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run any forward or backward hook, its own or a global one."""
+    globals_ = nn.modules.module
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+        or globals_._global_forward_hooks
+        or globals_._global_forward_pre_hooks
+        or globals_._global_backward_hooks
+        or getattr(globals_, "_global_backward_pre_hooks", None)
+    )
+
+
 def is_plain_linear(module: nn.Module) -> bool:
     """True when ``module`` is exactly an ``nn.Linear`` with no hooks.
 
-    Only then may a layer compute with the module's padded weights instead of calling it:
-    a swapped-in factored module, or hooks that collect statistics, must see the call.
+    Only then may a layer compute with the module's weights (padded, folded) instead of
+    calling it: a swapped-in factored module, or hooks that collect statistics, must see the call.
     """
-    return (
-        type(module) is nn.Linear
-        and not module._forward_hooks
-        and not module._forward_pre_hooks
-        and not nn.modules.module._global_forward_hooks
-        and not nn.modules.module._global_forward_pre_hooks
-    )
+    return type(module) is nn.Linear and not has_hooks(module)
 
 
 def padded_weight(linear: nn.Linear, width: int) -> torch.Tensor:

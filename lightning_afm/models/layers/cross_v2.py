@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aligned import aligned_width, is_plain_linear, pad_columns, padded_bias, padded_weight
+from .aligned import aligned_width, has_hooks, is_plain_linear, pad_columns, padded_bias, padded_weight
 
 
 class MatrixCrossLayer(nn.Module):
@@ -110,8 +110,11 @@ class CrossNetworkV2(nn.Module):
         return x
 
     def _can_align(self) -> bool:
-        # only full matrices gain from it, and only while nothing replaced or hooks them
-        return all(isinstance(layer, MatrixCrossLayer) and is_plain_linear(layer.linear) for layer in self.layers)
+        # only full matrices gain from it, and only while nothing replaced, subclassed or hooks them
+        return not has_hooks(self) and all(
+            type(layer) is MatrixCrossLayer and not has_hooks(layer) and is_plain_linear(layer.linear)
+            for layer in self.layers
+        )
 
     def _forward_aligned(self, x0: torch.Tensor) -> torch.Tensor:
         width = x0.shape[1]

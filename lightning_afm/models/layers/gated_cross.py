@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aligned import aligned_width, is_plain_linear, pad_columns, padded_bias, padded_weight
+from .aligned import aligned_width, has_hooks, is_plain_linear, pad_columns, padded_bias, padded_weight
 
 
 class GatedCrossLayer(nn.Module):
@@ -30,8 +30,14 @@ class GatedCrossLayer(nn.Module):
         return c0 * self.cross(c) * torch.sigmoid(self.gate(c)) + c
 
     def can_align(self) -> bool:
-        """Whether :meth:`forward_aligned` may stand in for :meth:`forward` (plain, unhooked Linears)."""
-        return is_plain_linear(self.cross) and is_plain_linear(self.gate)
+        """Whether :meth:`forward_aligned` may stand in for :meth:`forward`: this very class,
+        plain Linears, and no hooks on them or on the layer."""
+        return (
+            type(self) is GatedCrossLayer
+            and not has_hooks(self)
+            and is_plain_linear(self.cross)
+            and is_plain_linear(self.gate)
+        )
 
     def forward_aligned(self, c0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The same on inputs zero-padded to a width ``W >= D`` (``[B, W]`` -> ``[B, W]``).
@@ -42,7 +48,9 @@ class GatedCrossLayer(nn.Module):
         """
         width = c.shape[1]
         weight = torch.cat([padded_weight(self.cross, width), padded_weight(self.gate, width)])
-        bias = torch.cat([padded_bias(self.cross, width), self.cross.bias.new_zeros(width)])
+        zeros = c.new_zeros(width)
+        biases = [padded_bias(self.cross, width), padded_bias(self.gate, width)]
+        bias = torch.cat([zeros if b is None else b for b in biases])
         crossed, gate = F.linear(c, weight, bias).split(width, dim=1)
         return torch.addcmul(c, c0 * crossed, torch.sigmoid(gate))
 
@@ -68,7 +76,7 @@ class GatedCrossNetwork(nn.Module):
         self.layers = nn.ModuleList(GatedCrossLayer(in_features) for _ in range(num_layers))
 
     def forward(self, c0: torch.Tensor) -> torch.Tensor:
-        if all(layer.can_align() for layer in self.layers):
+        if not has_hooks(self) and all(layer.can_align() for layer in self.layers):
             width = c0.shape[1]
             c0 = pad_columns(c0, aligned_width(width))
             c = c0
