@@ -13,6 +13,8 @@ their ``D x D`` shapes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,3 +76,14 @@ def pad_columns(x: torch.Tensor, width: int) -> torch.Tensor:
     """``[B, D]`` -> ``[B, width]`` with zero columns on the right (``x`` itself if equal)."""
     extra = width - x.shape[-1]
     return F.pad(x, (0, extra)) if extra else x
+
+
+def cross_aligned(layers: Iterable[nn.Module], x0: torch.Tensor) -> torch.Tensor:
+    """Run cross layers' ``forward_aligned(x0, x)`` on ``x_0`` zero-padded to
+    :func:`aligned_width`, then slice back: ``[B, D]`` -> ``[B, D]``."""
+    width = x0.shape[1]
+    x0 = pad_columns(x0, aligned_width(width))
+    x = x0
+    for layer in layers:
+        x = layer.forward_aligned(x0, x)
+    return x[:, :width]

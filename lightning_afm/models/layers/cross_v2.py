@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aligned import aligned_width, has_hooks, is_plain_linear, pad_columns, padded_bias, padded_weight
+from .aligned import cross_aligned, has_hooks, is_plain_linear, padded_bias, padded_weight
 
 
 class MatrixCrossLayer(nn.Module):
@@ -103,7 +103,7 @@ class CrossNetworkV2(nn.Module):
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         if self._can_align():
-            return self._forward_aligned(x0)
+            return cross_aligned(self.layers, x0)
         x = x0
         for layer in self.layers:
             x = layer(x0, x)
@@ -111,15 +111,7 @@ class CrossNetworkV2(nn.Module):
 
     def _can_align(self) -> bool:
         # only full matrices gain from it, and only while nothing replaced, subclassed or hooks them
-        return not has_hooks(self) and all(
+        return all(
             type(layer) is MatrixCrossLayer and not has_hooks(layer) and is_plain_linear(layer.linear)
             for layer in self.layers
         )
-
-    def _forward_aligned(self, x0: torch.Tensor) -> torch.Tensor:
-        width = x0.shape[1]
-        x0 = pad_columns(x0, aligned_width(width))
-        x = x0
-        for layer in self.layers:
-            x = layer.forward_aligned(x0, x)
-        return x[:, :width]

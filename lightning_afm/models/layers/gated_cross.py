@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aligned import aligned_width, has_hooks, is_plain_linear, pad_columns, padded_bias, padded_weight
+from .aligned import cross_aligned, has_hooks, is_plain_linear, padded_bias, padded_weight
 
 
 class GatedCrossLayer(nn.Module):
@@ -76,13 +76,8 @@ class GatedCrossNetwork(nn.Module):
         self.layers = nn.ModuleList(GatedCrossLayer(in_features) for _ in range(num_layers))
 
     def forward(self, c0: torch.Tensor) -> torch.Tensor:
-        if not has_hooks(self) and all(layer.can_align() for layer in self.layers):
-            width = c0.shape[1]
-            c0 = pad_columns(c0, aligned_width(width))
-            c = c0
-            for layer in self.layers:
-                c = layer.forward_aligned(c0, c)
-            return c[:, :width]
+        if all(layer.can_align() for layer in self.layers):
+            return cross_aligned(self.layers, c0)
         c = c0
         for layer in self.layers:
             c = layer(c0, c)
