@@ -1,9 +1,10 @@
 """Square ``D x D`` layers computed at a GEMM-friendly width.
 
 CPU matrix products slow down sharply when the output width is not a multiple of the
-kernels' vector block: at batch 10,000 on this project's 2-core CPU, ``x @ W.T`` with
-``W`` of ``429 x 429`` (DCNv2 / GDCN at the Criteo shape: 26 fields x 16 + 13 numeric)
-took 87 ms, the same product at ``432 x 432`` 52 ms, although it does slightly more work.
+kernels' vector block: at batch 10,000 on this project's 2-core CPU (1 thread), ``x @ W.T``
+with ``W`` of ``429 x 429`` (DCNv2 / GDCN at the Criteo shape: 26 fields x 16 + 13 numeric)
+took 81 ms, the same product at ``432 x 432`` 56 ms, although it does slightly more work
+(``benchmarks/bench_cross_alignment.py``).
 The cross networks therefore run on ``x_0`` padded with zero columns to the next multiple of
 :data:`GEMM_ALIGN` and on weights padded with zero rows and columns. The padded columns stay
 exactly zero through every layer (zero weight rows, zero bias, and ``x_0``'s padding is zero),
