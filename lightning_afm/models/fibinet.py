@@ -9,10 +9,9 @@ from torch import nn
 
 from ..data.schema import Schema
 from .base import CTRModel
-from .layers.aligned import is_plain_linear
+from .layers.aligned import has_hooks, is_plain_linear
 from .layers.bilinear import BilinearInteraction
 from .layers.bilinear_codes import extended_projections, fold_pair_blocks, fold_pays, pair_code_products
-from .layers.embedding import _has_forward_hooks
 from .layers.mlp import MLP
 from .layers.senet import SENETLayer
 
@@ -102,7 +101,7 @@ class FiBiNet(CTRModel):
             return None
         block = self.mlp[0]
         skipped = [self.senet, self.senet_bilinear, self.bilinear, self.mlp, block]
-        if not is_plain_linear(block.linear) or any(_has_forward_hooks(m) for m in skipped):
+        if not is_plain_linear(block.linear) or any(has_hooks(m) for m in skipped):
             return None
         return extended_projections(tables)
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embedding import _has_forward_hooks
+
 #: Pad square layers to a multiple of this many columns (16 float32 = one AVX-512 vector).
 GEMM_ALIGN = 16
 
@@ -34,15 +36,13 @@ def aligned_width(width: int, multiple: int = GEMM_ALIGN) -> int:
 
 
 def has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run any forward or backward hook, its own or a global one."""
+    """Whether calling ``module`` would run any hook: forward ones (:func:`_has_forward_hooks`)
+    or backward ones, its own or global."""
     globals_ = nn.modules.module
     return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
+        _has_forward_hooks(module)
         or module._backward_hooks
         or getattr(module, "_backward_pre_hooks", None)
-        or globals_._global_forward_hooks
-        or globals_._global_forward_pre_hooks
         or globals_._global_backward_hooks
         or getattr(globals_, "_global_backward_pre_hooks", None)
     )

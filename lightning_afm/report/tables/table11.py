@@ -18,7 +18,7 @@ from typing import Any
 
 from lightning_afm.report import plots
 from lightning_afm.report.common import Context, TableReport, group
-from lightning_afm.report.format import MISSING, finite, markdown_table, mean_std, model_title
+from lightning_afm.report.format import MISSING, finite, fmt_mean, markdown_table, mean_std, model_title
 from lightning_afm.report.runs import Run
 
 TITLE = "Table 11: principal components needed per MLP layer"
@@ -42,12 +42,9 @@ def _layers(run: Run) -> dict[str, dict[str, Any]]:
 
 
 def _count(values: list[Any]) -> str:
-    mean, std, n = mean_std(values)
-    if n == 0:
-        return MISSING
-    if n == 1:
-        return f"{int(mean)}"
-    return f"{mean:.1f} ± {std:.1f} (n={n})"
+    """A component count as an integer; over several seeds ``mean ± std (n=k)``."""
+    mean, _, n = mean_std(values)
+    return f"{int(mean)}" if n == 1 else fmt_mean(values, digits=1)
 
 
 def build(runs: list[Run], context: Context) -> TableReport:
