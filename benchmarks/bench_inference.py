@@ -7,7 +7,7 @@ the CPU with finite values:
 
 * ``baseline``: the model as trained;
 * ``afm_mlp``: MLP layers 2 and 3 as :class:`LowRankLinear` with the ReLU between the factors
-  (rank 64 on Criteo, 640 on Avazu);
+  (rank 64 on Criteo, 320 on Avazu);
 * ``afm_emb``: additionally every table as a :class:`LowRankEmbedding` (k = 2 / 8) and, where
   the model's MLP reads the embeddings directly, the per-field projections folded into the
   first MLP Linear (:func:`fold_into_first_linear`).
@@ -82,7 +82,7 @@ AVAZU = [240, 7, 7, 4737, 7745, 26, 8552, 559, 36, 2686408, 6729486, 8251, 5, 4,
 DATASETS = {
     # name: (vocab sizes, numeric fields, embedding dim, MLP width, MLP rank, embedding rank)
     "criteo": (CRITEO, 13, 16, 400, 64, 2),
-    "avazu": (AVAZU, 0, 50, 2000, 640, 8),
+    "avazu": (AVAZU, 0, 50, 2000, 320, 8),
 }
 VARIANTS = ("baseline", "afm_mlp", "afm_emb")
 PARTS = ("lookups", "projections", "LR lookups", "MLP", "rest of deep part")

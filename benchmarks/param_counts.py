@@ -4,8 +4,9 @@ No memory is allocated and no data is needed: the shapes (the Criteo and Avazu c
 the full datasets, widths and ranks) live in :mod:`lightning_afm.bench.shapes`, and every
 variant is built by :func:`lightning_afm.bench.build_structure`, exactly as
 ``lightning-afm-bench`` builds it before timing: the baseline, AFM on MLP layers 2 and 3 (rank 64
-on Criteo, 640 on Avazu), cumulative AFM on the embeddings (rank 2 / 8, folded where the model
-allows it), the same with SVD, and TT-Rec tables (TT-rank 16).
+on Criteo, 320 on Avazu), cumulative AFM on the embeddings (rank 2 / 8, folded where the model
+allows it), the same with SVD, and TT-Rec tables (TT-rank 16). The last column quotes Table 2's
++AFM MLP and +AFM EMB counts for comparison.
 
     .venv/bin/python benchmarks/param_counts.py
 """
@@ -20,7 +21,7 @@ try:  # run from a checkout without installing the package
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_PARAMS_M
+from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_AFM_PARAMS_M, TABLE_2_PARAMS_M
 from lightning_afm.bench.variants import OUR_VARIANTS, VariantSettings, build_structure
 from lightning_afm.models import MODELS, count_parameters
 
@@ -33,14 +34,16 @@ TABLE_2 = TABLE_2_PARAMS_M
 def main() -> None:
     titles = {"baseline": "ours", "afm_mlp": "+ AFM MLP", "afm_emb": "+ AFM EMB", "svd_mlp": "+ SVD MLP",
               "svd_emb": "+ SVD EMB", "ttd_emb": "+ TTD EMB"}
-    print("| dataset | model | Table 2 (M) | " + " | ".join(titles[v] for v in OUR_VARIANTS) + " |")
-    print("|---|---|---|" + "---|" * len(OUR_VARIANTS))
+    print("| dataset | model | Table 2 (M) | " + " | ".join(titles[v] for v in OUR_VARIANTS)
+          + " | Table 2 + AFM MLP / EMB (M) |")
+    print("|---|---|---|" + "---|" * len(OUR_VARIANTS) + "---|")
     for dataset, shape in PAPER_SHAPES.items():
         settings = VariantSettings(mlp_rank=shape.mlp_rank, emb_rank=shape.emb_rank)
         for name in MODELS:
             counts = [count_parameters(build_structure(name, shape, v, settings)) for v in OUR_VARIANTS]
             print(f"| {dataset} | {name} | {TABLE_2_PARAMS_M[dataset][name]:.2f} | "
-                  + " | ".join(f"{c:,}" for c in counts) + " |")
+                  + " | ".join(f"{c:,}" for c in counts)
+                  + " | {:.2f} / {:.2f} |".format(*TABLE_2_AFM_PARAMS_M[dataset][name]))
 
 
 if __name__ == "__main__":

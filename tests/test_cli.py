@@ -58,7 +58,7 @@ def test_paper_settings_for_criteo_and_avazu():
     assert avazu.data.batch_size == 500 and avazu.data.test_fraction == 0.2
     assert avazu.model.embedding_dim == 50 and list(avazu.model.mlp_hidden) == [2000, 2000, 2000]
     assert avazu.compression.mlp.batch_size == 10000 and avazu.compression.emb.batch_size == 5000
-    assert (avazu.compression.mlp.rank, avazu.compression.emb.rank) == (640, 8)
+    assert (avazu.compression.mlp.rank, avazu.compression.emb.rank) == (320, 8)
     assert _compose(["data=avazu", "compression=svd_emb"]).compression.emb.rank == 8
 
 

@@ -43,7 +43,7 @@ class BenchSettings:
     """What to measure and how (the fields of ``conf/bench.yaml`` but ``out``).
 
     ``mlp_rank`` / ``emb_rank``: None takes the paper's for each dataset (Criteo 64 / 2,
-    Avazu 640 / 8). ``threads``: None keeps torch's default. ``vocab_cap``: None builds the
+    Avazu 320 / 8). ``threads``: None keeps torch's default. ``vocab_cap``: None builds the
     full vocabularies (Table 2's parameter counts); a number caps every table for quick runs.
     ``reuse_freed_memory``: keep freed blocks in the heap
     (:func:`lightning_afm.models.allocator.reuse_freed_memory`, as a fit does), as a warmed-up

@@ -26,6 +26,7 @@ __all__ = [
     "PaperShape",
     "PAPER_SHAPES",
     "TABLE_2_PARAMS_M",
+    "TABLE_2_AFM_PARAMS_M",
     "PAPER_AFM_EMB_GAIN_PCT",
     "paper_shape",
 ]
@@ -57,7 +58,7 @@ class PaperShape:
         num_numeric: numeric fields fed to the MLP and the LR part (Criteo 13, Avazu 0).
         embedding_dim: ``t`` (Criteo 16, Avazu 50).
         mlp_hidden: the MLP's widths (3 x 400 / 3 x 2000).
-        mlp_rank: the paper's AFM rank for MLP layers 2 and 3 (64 / 640).
+        mlp_rank: the paper's AFM rank for MLP layers 2 and 3 (64 / 320).
         emb_rank: the paper's AFM rank for the tables (2 / 8).
         vocab_cap: None for the full vocabularies, else the cap applied by :meth:`capped`.
     """
@@ -114,7 +115,7 @@ PAPER_SHAPES: dict[str, PaperShape] = {
         num_numeric=0,
         embedding_dim=50,
         mlp_hidden=[2000, 2000, 2000],
-        mlp_rank=640,
+        mlp_rank=320,
         emb_rank=8,
     ),
 }
@@ -125,6 +126,19 @@ TABLE_2_PARAMS_M: dict[str, dict[str, float]] = {
                "fibinet": 578.62, "dcnv2": 574.83, "gdcn": 575.19},
     "avazu": {"dcn": 492.14, "deepfm": 492.13, "nfm": 490.03, "autoint": 492.16,
               "fibinet": 537.29, "dcnv2": 494.55, "gdcn": 496.97},
+}
+
+#: The paper's Table 2, ``(+AFM MLP, +AFM EMB)`` parameters in millions (MLP rank 64 / 320, embeddings
+#: 2 / 8; EMB is cumulative). NFM's and FiBiNet's EMB figures are what folding the projections into an
+#: ``F t``-input first Linear would give, which their MLPs do not have and the paper's text rules out
+#: ("we do not merge the compression weights into the first dense layer"): we are ``F (t - k) h1`` above.
+TABLE_2_AFM_PARAMS_M: dict[str, dict[str, tuple[float, float]]] = {
+    "criteo": {"dcn": (574.24, 101.42), "deepfm": (574.24, 101.42), "nfm": (574.08, 101.26),
+               "autoint": (574.24, 101.42), "fibinet": (578.40, 105.58), "dcnv2": (574.61, 101.79),
+               "gdcn": (574.97, 102.15)},
+    "avazu": {"dcn": (486.70, 87.98), "deepfm": (486.69, 87.98), "nfm": (484.59, 85.87),
+              "autoint": (486.72, 88.00), "fibinet": (531.85, 133.13), "dcnv2": (489.11, 90.39),
+              "gdcn": (491.53, 92.81)},
 }
 
 #: The paper's Table 2 CPU inference throughput gain of +AFM EMB over the baseline, in percent
