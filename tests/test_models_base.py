@@ -232,3 +232,16 @@ def test_fibinet_inference_path_equals_the_autograd_path(numeric):
     with torch.no_grad():
         fast = model(cat, num)
     torch.testing.assert_close(fast, model(cat, num).detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_l2_full_penalises_every_table_entry_as_equation_13():
+    model = DeepFM(SCHEMA, l2_reg=0.1, l2="full", **SMALL)
+    cat, num = batch()
+    _, codes, lr_weights = model.forward_parts(cat, num)
+    tables = sum(t.weight.pow(2).sum() for t in (*model.embeddings.tables(), *model.linear.tables()))
+    dense = sum(m.weight.pow(2).sum() for m in (*[b.linear for b in model.mlp], model.output, model.linear.numeric))
+    torch.testing.assert_close(model.l2_penalty(codes, lr_weights), 0.1 * (tables + dense))
+    model.l2_penalty(codes, lr_weights).backward()
+    assert model.embeddings.C1.weight.grad.abs().min() > 0, "every row gets the decay, looked up or not"
+    with pytest.raises(ValueError, match="l2 must be one of"):
+        DeepFM(SCHEMA, l2="all", **SMALL)

@@ -41,6 +41,10 @@ def make_adam(params: Sequence[torch.Tensor], lr: float, weight_decay: float = 0
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+#: Which table entries the L2 term of the loss covers (``CTRModel(l2=...)``).
+L2_MODES = ("rows", "full")
+
+
 class CTRModel(L.LightningModule):
     """Base class: embeddings, the LR logit, the loss with the paper's L2 term, Adam and metrics.
 
@@ -65,6 +69,9 @@ class CTRModel(L.LightningModule):
         weight_decay: Adam weight decay (L2 added to every gradient, all parameters).
         l2_reg: ratio ``lambda`` of the L2 term of the paper's loss (equation 13), see
             :meth:`l2_penalty`.
+        l2: which table entries the L2 term covers: ``"rows"`` (default) the rows a batch looks
+            up, averaged over the batch; ``"full"`` every entry of every table at every step,
+            equation 13 as written (cost ``O(V d)`` a step instead of ``O(B F d)``).
         embedding_init_std: embeddings and LR weights start from ``N(0, std^2)``.
         train_metrics: compute train AUC and log loss (the exact AUC keeps every
             training prediction until the epoch ends; switch off for huge epochs).
@@ -94,6 +101,7 @@ class CTRModel(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         l2_reg: float = 1e-5,
+        l2: str = "rows",
         embedding_init_std: float = 1e-4,
         train_metrics: bool = True,
     ) -> None:
@@ -103,6 +111,8 @@ class CTRModel(L.LightningModule):
             raise ValueError("CTR models need at least one categorical field; the schema has none")
         if int(embedding_dim) < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        if l2 not in L2_MODES:
+            raise ValueError(f"l2 must be one of {L2_MODES} (which table entries the L2 term covers), got {l2!r}")
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l2_reg", l2_reg)):
             if float(value) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -239,10 +249,26 @@ class CTRModel(L.LightningModule):
         often it occurs, and it costs ``O(B F d)`` instead of ``O(V d)`` per step
         (DeepCTR-Torch penalises all 33.8M Criteo rows at every step). The scale
         matches the mean (not summed) cross-entropy of the loss.
+
+        With ``l2="full"`` the tables are penalised in full instead, equation 13 as the paper
+        writes it: ``lambda * (sum_W ||W||^2 + sum_T ||T||^2)`` over :meth:`table_weights`.
         """
-        rows = codes.pow(2).sum() + lr_weights.pow(2).sum()
         dense = sum((w.pow(2).sum() for w in self.regularized_weights()), codes.new_zeros(()))
+        if self.hparams.get("l2", "rows") == "full":
+            tables = sum((p.pow(2).sum() for p in self.table_weights()), codes.new_zeros(()))
+            return self.hparams.l2_reg * (tables + dense)
+        rows = codes.pow(2).sum() + lr_weights.pow(2).sum()
         return self.hparams.l2_reg * (rows / codes.shape[0] + dense)
+
+    def table_weights(self) -> Iterator[torch.Tensor]:
+        """What ``l2="full"`` adds to :meth:`regularized_weights`: every weight of the embeddings
+        (tables, code tables and their projections, TT cores) and the LR part's per-value tables."""
+        for p in self.embeddings.parameters():
+            if p.dim() >= 2 and p.requires_grad:
+                yield p
+        for table in self.linear.tables():
+            if table.weight.requires_grad:
+                yield table.weight
 
     # -- checkpoints ---------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
