@@ -1,0 +1,39 @@
+"""benchmarks/accuracy_claim.py: the well-trained baseline is chosen on validation, the claim table adds up."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_claim.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("accuracy_claim", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_claim_on_a_small_generated_criteo_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_AFM_CACHE", str(tmp_path / "cache"))
+    claim = _load()
+    small = ["model.embedding_dim=4", "model.mlp_hidden=[16,16,16]", "finetune.mlp_rank=4", "finetune.emb_rank=2",
+             "data.batch_size=200", "finetune.mlp_batch_size=400", "finetune.emb_batch_size=400"]
+    report = claim.main(["--data", "gen:3000:5", "--seeds", "0", "1", "--baseline-lrs", "1e-2", "1e-3",
+                         "--workdir", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                         "--set", *small, "--baseline-set", *small])
+    d = report["datasets"]["gen:3000:5"]
+    cache = json.loads((tmp_path / "data" / "baselines.json").read_text())
+    # the lr is chosen on the first seed's validation AUC and kept for the second
+    first = {lr: cache[claim.baseline_key("gen:3000:5", 0, lr, small)]["val_auc"] for lr in (1e-2, 1e-3)}
+    assert {r["baseline_lr"] for r in d["runs"]} == {max(first, key=first.get)}
+    assert claim.baseline_key("gen:3000:5", 1, 1e-2, small) not in cache
+    # each run's baseline is the compression run's own baseline epoch, and the means add up
+    for run in d["runs"]:
+        assert run["params"] < run["baseline_params"] and [s["name"] for s in run["stages"]] == ["mlp", "emb"]
+    assert d["delta_auc"] == pytest.approx(d["final_auc"] - d["baseline_auc"], abs=1e-9)
+    assert d["holds"] == (d["delta_auc"] >= -0.001 and d["delta_logloss"] <= 0.002)
+    assert "gen:3000:5" in (tmp_path / "out" / "claim.md").read_text()
