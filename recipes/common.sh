@@ -94,12 +94,14 @@ recipe_init() {
 COMMON=(trainer.enable_progress_bar=false trainer.enable_model_summary=false ++compression.progress=false
   save_checkpoint=false 'hydra.sweep.subdir=${hydra.job.num}')
 
-# The data arguments of each dataset (full mode adds the path and quiet preprocessing).
+# The data arguments of each dataset (full mode adds the path and quiet preprocessing). The
+# recipes reproduce the paper, so they finetune as it does (protocol=paper: one epoch, the last
+# state kept) and, in full mode, split as it does (no validation rows).
 data_args() {  # data_args DATASET
   case "$1" in
-    synthetic) echo "experiment=small_synthetic" ;;
-    criteo) echo "data=criteo data.path=$CRITEO data.progress=false" ;;
-    avazu) echo "data=avazu data.path=$AVAZU data.progress=false" ;;
+    synthetic) echo "experiment=small_synthetic protocol=paper" ;;
+    criteo) echo "data=criteo data.path=$CRITEO data.val_fraction=0 data.progress=false protocol=paper" ;;
+    avazu) echo "data=avazu data.path=$AVAZU data.val_fraction=0 data.progress=false protocol=paper" ;;
     *) echo "unknown dataset $1" >&2; return 2 ;;
   esac
 }

@@ -94,4 +94,5 @@ def test_csv_config_with_column_lists(tmp_path, monkeypatch):
     assert isinstance(dm, CSVDataModule) and dm.categorical == ["site", "device"] and dm.numeric == ["price"]
     dm.prepare_data()
     dm.setup()
-    assert dm.schema.vocab_sizes == [3, 3] and dm.num_rows("train") == 8
+    # 10 rows: 2 test (test_fraction 0.2), 1 validation (the config's 5 %, for finetune.select=best), 7 train
+    assert dm.schema.vocab_sizes == [3, 3] and (dm.num_rows("train"), dm.num_rows("val"), dm.num_rows("test")) == (7, 1, 2)

@@ -30,6 +30,7 @@ from torch import nn
 from lightning_afm import compress
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
+from lightning_afm.callbacks.selection import BestState, check_batches
 from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class AFMCompressionCallback(pl.Callback):
         self.plan = compress.CompressionPlan()
         self.stages_started = 0
         self.stages_finished = 0
+        # The running stage's best state (select="best") and the tables it froze; neither is in
+        # checkpoints: a fit resumed inside such a stage starts its selection afresh.
+        self._best: BestState | None = None
+        self._frozen: list[nn.Parameter] = []
 
     # -- schedule ------------------------------------------------------------------------
     def start_epoch(self, index: int) -> int:
@@ -124,6 +129,17 @@ class AFMCompressionCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._advance(trainer, pl_module, next_epoch=trainer.current_epoch + 1, at_fit_start=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._best is None or self.stages_started == self.stages_finished:
+            return
+        index = self.stages_started - 1
+        stage = self.stages[index]
+        batches = trainer.num_training_batches
+        if isinstance(batches, int) and batch_idx + 1 in check_batches(batches, stage.checks):
+            point = trainer.current_epoch - self.start_epoch(index) + (batch_idx + 1) / batches
+            self._check(trainer, pl_module, stage, point)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if self.plan.entries:
@@ -168,6 +184,8 @@ class AFMCompressionCallback(pl.Callback):
             index = self.stages_started - 1
             if next_epoch >= self.start_epoch(index + 1) and not at_fit_start:
                 self._finish_stage(trainer, pl_module, index)
+            elif self._best is not None and not at_fit_start:
+                self._check(trainer, pl_module, self.stages[index], float(next_epoch - self.start_epoch(index)))
         while self.stages_started < len(self.stages) and self.start_epoch(self.stages_started) <= next_epoch:
             if self.stages_started > self.stages_finished:
                 break  # the running stage has finetune epochs left
@@ -203,7 +221,7 @@ class AFMCompressionCallback(pl.Callback):
         else:
             entries = compress.compress_targets(
                 pl_module, names, statistics or None, rank=stage.rank, method=stage.method,
-                relu=getattr(stage, "relu", False))
+                relu=getattr(stage, "relu", False), relu_init=getattr(stage, "relu_init", "shift"))
         layers = {name: self._spectrum(stats, stage.rank) for name, stats in statistics.items()}
         if isinstance(stage, EmbeddingStage) and stage.method != "ttd" and self._should_fold(pl_module, stage):
             entries.append(compress.fold_into_first_linear(pl_module))
@@ -214,8 +232,12 @@ class AFMCompressionCallback(pl.Callback):
         self._apply_training_settings(trainer, pl_module, stage, reload=reload, new_optimizer=True)
         record["params"] = compress.parameter_count(pl_module)
         record["layers"] = layers
-        for split, scores in self._score(trainer, pl_module).items():
+        pre = self._score(trainer, pl_module)
+        for split, scores in pre.items():
             record[f"pre_finetune_{split}"] = scores
+        if stage.select == "best":
+            self._best = BestState(stage.monitor, stage.significance)
+            self._best.offer(pl_module, self._val_check(trainer, pl_module), point=0.0, lr=self._current_lr(trainer))
         self.history.append(record)
         self._log(trainer, {f"afm/{stage.name}_params": record["params"],
                             **{f"afm/{stage.name}_pre_finetune_{k}": v for k, v in record.items()
@@ -224,10 +246,83 @@ class AFMCompressionCallback(pl.Callback):
 
     def _finish_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         record = self.history[index]
+        stage = self.stages[index]
+        if self._best is not None:
+            if self._check(trainer, pl_module, stage, float(stage.epochs), backoff=False) != "better":
+                self._best.restore(pl_module)
+            record["selected_point"] = self._best.point
+            record["checks"] = self._best.trail
+            self._best = None
+        self._unfreeze()
         scores = self._score(trainer, pl_module)
         record.update(scores)
         self.stages_finished = index + 1
         self._log(trainer, {f"afm/{record['name']}_{k}": v for k, v in scores.items()})
+
+    # -- best-state selection --------------------------------------------------------------
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: CompressionStage, point: float,
+               backoff: bool = True) -> str:
+        """Score the validation split at ``point`` (finetune epochs done) and offer the state as the best.
+
+        A check worse than the best, with ``lr_backoff``, puts the best state back and goes on with a
+        fresh optimizer at the smaller rate (Adam's moments belong to the abandoned trajectory).
+        Returns the verdict of :func:`~lightning_afm.callbacks.selection.compare`.
+        """
+        assert self._best is not None
+        lr = self._current_lr(trainer)
+        verdict = self._best.offer(pl_module, self._val_check(trainer, pl_module), point=point, lr=lr)
+        self._log(trainer, {f"afm/{stage.name}_check_{k}": v for k, v in self._best.trail[-1].items()
+                            if k.startswith("val_")})
+        if verdict == "worse" and backoff and stage.lr_backoff is not None and lr is not None:
+            self._best.restore(pl_module)
+            self._build_optimizer(trainer, pl_module, stage, lr=lr * float(stage.lr_backoff))
+            log.info("AFM stage %r: validation fell below its best at %.2f epochs; back to the best state "
+                     "(%.2f epochs), lr %.3g -> %.3g", stage.name, point, self._best.point, lr,
+                     lr * float(stage.lr_backoff))
+        return verdict
+
+    def _val_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Validation AUC and logloss with the per-row logits and labels the paired test needs."""
+        scores = evaluate(pl_module, self._eval_loader(trainer, "val"), self.forward_fn, self.label_fn,
+                          to_device=lambda b: self._to_device(trainer, b), keep_predictions=True)
+        return {"val_auc": scores["auc"], "val_logloss": scores["logloss"],
+                **{k: scores[k] for k in ("logits", "labels") if k in scores}}
+
+    @staticmethod
+    def _current_lr(trainer: pl.Trainer) -> float | None:
+        optimizers = trainer.strategy.optimizers
+        return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+
+    def _build_optimizer(self, trainer: pl.Trainer, pl_module: nn.Module, stage: CompressionStage,
+                         lr: float | None) -> None:
+        """A fresh optimizer from the module's ``configure_optimizers`` with the stage's settings.
+
+        Tables are frozen after it is built: they stay in its parameter groups (so a resumed fit's
+        optimizer state fits the groups) but get no gradients, which Adam skips, decay included.
+        """
+        trainer.strategy.setup_optimizers(trainer)
+        for optimizer in trainer.strategy.optimizers:
+            for group in optimizer.param_groups:
+                if lr is not None:
+                    group["lr"] = float(lr)
+                    group["initial_lr"] = float(lr)
+                if stage.weight_decay is not None:
+                    group["weight_decay"] = float(stage.weight_decay)
+        self._freeze(pl_module, stage)
+
+    def _freeze(self, pl_module: nn.Module, stage: CompressionStage) -> None:
+        if not stage.freeze_embeddings:
+            return
+        for module in pl_module.modules():
+            if isinstance(module, nn.Embedding) and module.weight.requires_grad:
+                module.weight.requires_grad_(False)
+                module.weight.grad = None
+                self._frozen.append(module.weight)
+
+    def _unfreeze(self) -> None:
+        for parameter in self._frozen:
+            parameter.requires_grad_(True)
+        self._frozen = []
 
     # -- pieces ----------------------------------------------------------------------------
     @staticmethod
@@ -236,10 +331,12 @@ class AFMCompressionCallback(pl.Callback):
         return {"kept_variance": compress.kept_variance(stats.cov, rank),
                 **compress.explained_variance(stats.cov).to_dict()}
 
-    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """``{"val_auc", "val_logloss", "test_auc", "test_logloss"}`` for the configured splits that exist."""
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+               splits: Sequence[str] | None = None) -> dict[str, float]:
+        """``{"val_auc", "val_logloss", "test_auc", "test_logloss"}`` for the splits (default: the configured
+        ones) that exist."""
         out: dict[str, float] = {}
-        for split in self.eval_splits:
+        for split in self.eval_splits if splits is None else splits:
             loader = self._eval_loader(trainer, split)
             if loader is None:
                 continue
@@ -263,6 +360,10 @@ class AFMCompressionCallback(pl.Callback):
             return None
         if split == "val":
             loaders = trainer.val_dataloaders
+            if loaders is None:
+                # Before the first validation (fit start), the loop has not built its dataloader yet.
+                source = trainer.fit_loop.epoch_loop.val_loop._data_source
+                loaders = source.dataloader() if source.is_defined() else None
             if isinstance(loaders, (list, tuple)):
                 loaders = loaders[0] if loaders else None
             return loaders
@@ -323,6 +424,12 @@ class AFMCompressionCallback(pl.Callback):
         """What can be checked before any work: targets exist, ranks fit, the batch size can change."""
         for stage in self.stages[self.stages_started:]:
             self._check_ranks(pl_module, stage, self._targets(pl_module, stage))
+            if stage.select == "best" and self._eval_loader(trainer, "val") is None:
+                raise MisconfigurationException(
+                    f"stage {stage.name!r} has select='best', which keeps the finetune's best state by the "
+                    "validation split, but the fit has no validation data; give it one (Hydra: "
+                    "data.val_fraction=0.1; Python: a datamodule with val_dataloader() or "
+                    "trainer.fit(model, train, val)) or set select='last'")
             if stage.batch_size is not None:
                 dm = trainer.datamodule
                 if dm is None or not hasattr(dm, "batch_size"):
@@ -337,14 +444,9 @@ class AFMCompressionCallback(pl.Callback):
                 if isinstance(module, nn.Dropout):
                     module.p = float(stage.dropout)
         if new_optimizer:
-            trainer.strategy.setup_optimizers(trainer)
-            for optimizer in trainer.strategy.optimizers:
-                for group in optimizer.param_groups:
-                    if stage.lr is not None:
-                        group["lr"] = float(stage.lr)
-                        group["initial_lr"] = float(stage.lr)
-                    if stage.weight_decay is not None:
-                        group["weight_decay"] = float(stage.weight_decay)
+            self._build_optimizer(trainer, pl_module, stage, lr=stage.lr)
+        else:
+            self._freeze(pl_module, stage)
         if stage.batch_size is not None and trainer.datamodule is not None:
             trainer.datamodule.batch_size = int(stage.batch_size)
             if reload:

@@ -54,16 +54,21 @@ def evaluate(
     forward_fn: ForwardFn = default_forward,
     label_fn: LabelFn = default_labels,
     to_device: Callable[[Any], Any] = lambda b: b,
-) -> dict[str, float]:
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
     """AUC and logloss of ``module`` over ``batches`` in eval mode; the module's mode is restored.
 
-    Returns ``{"auc": float, "logloss": float, "samples": int}`` (``nan`` for an empty loader).
+    Returns ``{"auc": float, "logloss": float, "samples": int}`` (``nan`` for an empty loader);
+    with ``keep_predictions`` also ``"logits"`` and ``"labels"`` (``[N]`` float32 on the CPU, in
+    loader order; under DDP every rank's rows, rank by rank), for paired comparisons of two models
+    on the same rows.
     """
     was_training = module.training
     module.eval()
     auroc = BinaryAUROC(thresholds=None)
     logloss = BinaryLogLoss(from_logits=True)  # float64 sums, added over DDP ranks
     samples = 0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         for batch in batches:
             batch = to_device(batch)
@@ -72,8 +77,18 @@ def evaluate(
             auroc.update(torch.sigmoid(logits).cpu(), labels.long().cpu())
             logloss.update(logits.cpu(), labels.cpu())
             samples += labels.numel()
+            if keep_predictions:
+                kept.append((logits.cpu(), labels.float().cpu()))
     finally:
         module.train(was_training)
     if samples == 0:
         return {"auc": float("nan"), "logloss": float("nan"), "samples": 0}
-    return {"auc": float(auroc.compute()), "logloss": float(logloss.compute()), "samples": samples}
+    out: dict[str, Any] = {"auc": float(auroc.compute()), "logloss": float(logloss.compute()), "samples": samples}
+    if keep_predictions:
+        logits, labels = (torch.cat(parts) for parts in zip(*kept))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (logits, labels))
+            logits, labels = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+        out["logits"], out["labels"] = logits, labels
+    return out

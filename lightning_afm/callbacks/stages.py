@@ -3,6 +3,16 @@
 A stage's finetune settings (``lr``, ``weight_decay``, ``batch_size``, ``dropout``) are
 ``None`` to keep what the model or the dataloader already has.
 
+How the finetune ends (see :mod:`lightning_afm.callbacks.selection`): ``select="last"`` keeps
+the model as the last finetune epoch leaves it (the paper); ``select="best"`` scores the
+validation split ``checks`` times per finetune epoch and keeps the best state by ``monitor``,
+the swapped model before any finetuning included; a state replaces the best only when it beats
+it by more than ``significance`` paired standard errors (and is no worse on the other metric);
+``lr_backoff`` (with ``"best"``) restores the best state whenever a check is worse and goes on
+at ``lr * lr_backoff``.
+``freeze_embeddings`` keeps every embedding table (``nn.Embedding``: field, LR and code tables)
+fixed during the finetune.
+
 Methods: ``"afm"`` (from the output statistics), ``"svd"`` (from the weights), ``"random"``
 (AFM's structure, freshly initialised, no statistics: with ``baseline_epochs=0`` it trains the
 small model from scratch, the paper's Table 14, see ``conf/compression/scratch.yaml``) and,
@@ -14,8 +24,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Sequence
 
+from lightning_afm.callbacks.selection import MONITORS
+from lightning_afm.compress.factorize import RELU_INITS
+
 METHODS = ("afm", "svd", "random")
 EMBEDDING_METHODS = METHODS + ("ttd",)
+SELECTS = ("last", "best")
 
 
 @dataclass
@@ -30,6 +44,12 @@ class CompressionStage:
     weight_decay: float | None = None
     batch_size: int | None = None
     dropout: float | None = None
+    select: str = "last"
+    checks: int = 4
+    monitor: str = "val_auc"
+    significance: float = 1.0
+    lr_backoff: float | None = None
+    freeze_embeddings: bool = False
     name: str = ""
 
     kind: ClassVar[str] = ""
@@ -60,6 +80,20 @@ class CompressionStage:
             raise ValueError(f"{where}: lr must be positive or None, got {self.lr!r}")
         if self.weight_decay is not None and float(self.weight_decay) < 0:
             raise ValueError(f"{where}: weight_decay must be >= 0 or None, got {self.weight_decay!r}")
+        if self.select not in SELECTS:
+            raise ValueError(f"{where}: select must be one of {SELECTS}, got {self.select!r}")
+        if not isinstance(self.checks, int) or isinstance(self.checks, bool) or self.checks < 1:
+            raise ValueError(f"{where}: checks must be an integer >= 1 (validation checks per finetune epoch), "
+                             f"got {self.checks!r}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"{where}: monitor must be one of {MONITORS}, got {self.monitor!r}")
+        if float(self.significance) < 0:
+            raise ValueError(f"{where}: significance must be >= 0 (standard errors), got {self.significance!r}")
+        if self.lr_backoff is not None:
+            if not 0.0 < float(self.lr_backoff) < 1.0:
+                raise ValueError(f"{where}: lr_backoff must be in (0, 1) or None, got {self.lr_backoff!r}")
+            if self.select != "best":
+                raise ValueError(f"{where}: lr_backoff restores the best state, so it needs select='best'")
 
     @property
     def target_patterns(self) -> list[str]:
@@ -78,12 +112,22 @@ class MLPStage(CompressionStage):
     """Factor MLP Linear layers (paper default: the 2nd and 3rd, ``mlp.1.linear`` and ``mlp.2.linear``).
 
     ``relu`` puts a ReLU between the two factors (the paper's choice: better after finetuning).
+    ``relu_init`` (AFM with ``relu``): ``"shift"`` (default) orients each kept component by its
+    mean and raises the first bias so the ReLU starts inactive (the swap is then nearly
+    lossless); ``"sign"`` the orientation alone; ``"plain"`` the paper's plain ReLU on ``eigh``'s
+    signs (its Table 6). See :func:`lightning_afm.compress.afm_factors`.
     """
 
     relu: bool = True
+    relu_init: str = "shift"
 
     kind: ClassVar[str] = "mlp"
     default_targets: ClassVar[tuple[str, ...]] = ("mlp.1.linear", "mlp.2.linear")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.relu_init not in RELU_INITS:
+            raise ValueError(f"MLPStage({self.name!r}): relu_init must be one of {RELU_INITS}, got {self.relu_init!r}")
 
 
 @dataclass

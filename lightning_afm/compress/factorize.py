@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: How :func:`afm_factors` prepares the factors for a ReLU between them (see its docstring).
-RELU_INITS = ("shift", "sign", "none")
+RELU_INITS = ("shift", "sign", "plain")
 
 #: Default ``c`` of the ReLU bias shift: the first bias is raised until ``mean - c * std`` of
 #: every kept coefficient is >= 0. For Gaussian-like coefficients the ReLU then clips a tail of
@@ -181,7 +181,8 @@ def afm_factors(
               ``U_k s``. Without the ReLU the shift cancels exactly; with it, the ReLU only clips
               coefficients below ``mean - c * std``.
             - ``"sign"``: the orientation alone (the fix DESIGN.md measured).
-            - ``"none"``: ``eigh``'s arbitrary signs, no shift (an ablation, not for use).
+            - ``"plain"``: ``eigh``'s arbitrary signs, no shift: the paper's plain ReLU (its Table 6),
+              kept to reproduce it; the ReLU may then cut whole components at initialisation.
 
             Why ``mean - c * std`` as the lower bound: the coefficient ``z_j = u_j^T y`` has
             exactly mean ``u_j^T mu`` and variance ``lambda_j`` under the statistics, so the
@@ -212,7 +213,7 @@ def afm_factors(
     b = b.to(w.device)
     mu = mean.detach().to(device=w.device, dtype=torch.float64)
     values, u = principal_components(cov.to(w.device), k)
-    if not (relu and relu_init == "none"):
+    if not (relu and relu_init == "plain"):
         u = _orient(u, mu)
 
     coef_mean = u.T @ mu  # [k], mean of each kept coefficient z_j = u_j^T y
