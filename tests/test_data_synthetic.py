@@ -101,3 +101,18 @@ def test_criteo_format_writer_round_trip(tmp_path):
     assert sum(result.schema.extra["rows"].values()) == 5_000
     assert all(v <= c + 2 for v, c in zip(result.schema.vocab_sizes, CRITEO_CARDINALITIES))  # + OOV + missing
     np.testing.assert_array_equal(write_criteo_format(tmp_path / "again.txt", 5_000, seed=2).read_bytes(), path.read_bytes())
+
+
+def test_generate_command_writes_a_criteo_file_at_the_asked_click_rate(tmp_path, capsys):
+    from lightning_afm.data.generate import main
+
+    path = main([str(tmp_path / "gen.txt"), "--rows", "20000", "--seed", "7", "--ctr", "0.2"])
+    labels = np.array([int(line.split("\t", 1)[0]) for line in path.read_text().splitlines()])
+    assert len(labels) == 20_000 and abs(labels.mean() - 0.2) < 0.02
+    assert "wrote 20,000 rows" in capsys.readouterr().out
+    other = main([str(tmp_path / "other.txt"), "--rows", "20000", "--seed", "8", "--ctr", "0.2"])
+    assert other.read_bytes() != path.read_bytes(), "another seed is another dataset"
+    with pytest.raises(SystemExit):  # never overwrites
+        main([str(path), "--rows", "10"])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "x.txt"), "--ctr", "1.5"])

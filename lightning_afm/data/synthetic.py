@@ -295,8 +295,9 @@ CRITEO_NUMERIC = tuple(
 )  # fmt: skip
 
 
-def criteo_like_config(num_rows: int, seed: int = 0, zipf_exponent: float = 1.05) -> SyntheticConfig:
-    """A :class:`SyntheticConfig` shaped like Criteo: 26 fields of its cardinalities, 13 count fields."""
+def criteo_like_config(num_rows: int, seed: int = 0, zipf_exponent: float = 1.05, ctr: float = 0.25) -> SyntheticConfig:
+    """A :class:`SyntheticConfig` shaped like Criteo: 26 fields of its cardinalities, 13 count fields,
+    click rate ``ctr`` (Criteo's is about 0.26)."""
     return SyntheticConfig(
         num_rows=num_rows,
         vocab_sizes=CRITEO_CARDINALITIES,
@@ -304,7 +305,7 @@ def criteo_like_config(num_rows: int, seed: int = 0, zipf_exponent: float = 1.05
         categorical_missing=CRITEO_CATEGORICAL_MISSING,
         zipf_exponent=zipf_exponent,
         interaction_share=0.5,
-        base_rate=0.25,
+        base_rate=ctr,
         signal=0.7,
         seed=seed,
     )
@@ -319,7 +320,8 @@ def _hex_tokens(field_index: int, values: np.ndarray) -> np.ndarray:
     return np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[digits].view("S8").ravel()
 
 
-def write_criteo_format(path: str | Path, num_rows: int, seed: int = 0, chunk_rows: int = 1 << 18, progress: bool = False) -> Path:
+def write_criteo_format(path: str | Path, num_rows: int, seed: int = 0, chunk_rows: int = 1 << 18, progress: bool = False,
+                        ctr: float = 0.25) -> Path:
     """Write ``num_rows`` Criteo-like rows as a Criteo ``train.txt`` (tab-separated, no header).
 
     Columns: label, I1..I13 (integers, may be empty or negative), C1..C26
@@ -335,7 +337,7 @@ def write_criteo_format(path: str | Path, num_rows: int, seed: int = 0, chunk_ro
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = criteo_like_config(num_rows, seed)
+    config = criteo_like_config(num_rows, seed, ctr=ctr)
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     with open(path, "wb") as f, tqdm(total=num_rows, unit="rows", unit_scale=True, desc=f"writing {path.name}", disable=not progress) as bar:
         for chunk in iter_synthetic(config, chunk_rows=chunk_rows):
