@@ -27,10 +27,15 @@ def test_claim_on_a_small_generated_criteo_file(tmp_path, monkeypatch):
                          "--set", *small, "--baseline-set", *small])
     d = report["datasets"]["gen:3000:5"]
     cache = json.loads((tmp_path / "data" / "baselines.json").read_text())
-    # the lr is chosen on the first seed's validation AUC and kept for the second
-    first = {lr: cache[claim.baseline_key("gen:3000:5", 0, lr, small)]["val_auc"] for lr in (1e-2, 1e-3)}
-    assert {r["baseline_lr"] for r in d["runs"]} == {max(first, key=first.get)}
-    assert claim.baseline_key("gen:3000:5", 1, 1e-2, small) not in cache
+    # the lr is chosen on the first seed's validation AUC (over the grid and any extension past
+    # the edge that won) and kept for the second seed, which trains no baseline of its own
+    tried = {float(k.split("|")[2]): v["val_auc"] for k, v in cache.items() if k.split("|")[1] == "0"}
+    assert {1e-2, 1e-3} <= set(tried) and len(tried) <= 2 + claim.MAX_GRID_EXTENSIONS
+    chosen = max(tried, key=tried.get)
+    assert {r["baseline_lr"] for r in d["runs"]} == {chosen}
+    if chosen in (min(tried), max(tried)):  # still at an edge: only when the extensions ran out
+        assert len(tried) == 2 + claim.MAX_GRID_EXTENSIONS
+    assert not any(k.split("|")[1] == "1" for k in cache)
     # each run's baseline is the compression run's own baseline epoch, and the means add up
     for run in d["runs"]:
         assert run["params"] < run["baseline_params"] and [s["name"] for s in run["stages"]] == ["mlp", "emb"]
