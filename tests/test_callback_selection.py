@@ -208,3 +208,23 @@ def test_relu_init_reaches_the_factorisation(relu_init):
         assert callback.history[0]["pre_finetune_val_auc"] == pytest.approx(callback.baseline["val_auc"], abs=5e-3)
     with pytest.raises(ValueError, match="relu_init must be one of"):
         MLPStage(rank=4, relu_init="none")
+
+
+def test_grow_rank_doubles_the_embedding_rank_until_the_swap_keeps_validation():
+    """Tables of width 8 trained on a signal that needs them: rank 1 loses, so the stage grows it."""
+    pl.seed_everything(0)
+    train, val = _loaders(n=6000)
+    model = TinyCTR(lr=3e-2)
+    callback = AFMCompressionCallback(
+        [EmbeddingStage(rank=1, targets=["user", "item"], grow_rank=True, epochs=0)], baseline_epochs=3, progress=False)
+    _trainer(callback, max_epochs=3).fit(model, train_dataloaders=train, val_dataloaders=val)
+    record = callback.history[0]
+    search = record["rank_search"]
+    assert [s["rank"] for s in search] == [1, 2, 4][: len(search)]
+    assert search[0]["verdict_against_unswapped"] == "worse", "rank 1 must lose here, or the test shows nothing"
+    assert record["rank"] == search[-1]["rank"] > 1 and model.user.code_dim == record["rank"]
+    if search[-1]["verdict_against_unswapped"] != "worse":
+        # the hooks' projection is what the swap builds: the swapped model scores as its search did
+        assert record["pre_finetune_val_auc"] == pytest.approx(search[-1]["val_auc"], abs=1e-5)
+    with pytest.raises(ValueError, match="grow_rank needs method='afm'"):
+        EmbeddingStage(rank=2, method="svd", grow_rank=True)

@@ -30,7 +30,7 @@ from torch import nn
 from lightning_afm import compress
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
-from lightning_afm.callbacks.selection import BestState, check_batches
+from lightning_afm.callbacks.selection import BestState, check_batches, compare
 from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
 
 log = logging.getLogger(__name__)
@@ -215,14 +215,18 @@ class AFMCompressionCallback(pl.Callback):
                 forward=lambda batch: self.forward_fn(pl_module, self._to_device(trainer, batch)),
                 progress=self.progress and trainer.is_global_zero,
             )
+        rank = stage.rank
+        if isinstance(stage, EmbeddingStage) and stage.grow_rank and statistics:
+            rank, record["rank_search"] = self._grow_rank(trainer, pl_module, stage, statistics)
+            record["rank"] = rank
         # All or nothing: every replacement is built and checked before the first swap.
         if stage.method == "ttd":
             entries = compress.compress_embeddings_ttd(pl_module, names, tt_rank=stage.rank, init=stage.ttd_init)
         else:
             entries = compress.compress_targets(
-                pl_module, names, statistics or None, rank=stage.rank, method=stage.method,
+                pl_module, names, statistics or None, rank=rank, method=stage.method,
                 relu=getattr(stage, "relu", False), relu_init=getattr(stage, "relu_init", "shift"))
-        layers = {name: self._spectrum(stats, stage.rank) for name, stats in statistics.items()}
+        layers = {name: self._spectrum(stats, rank) for name, stats in statistics.items()}
         if isinstance(stage, EmbeddingStage) and stage.method != "ttd" and self._should_fold(pl_module, stage):
             entries.append(compress.fold_into_first_linear(pl_module))
         self.plan.extend(entries)
@@ -287,6 +291,45 @@ class AFMCompressionCallback(pl.Callback):
                           to_device=lambda b: self._to_device(trainer, b), keep_predictions=True)
         return {"val_auc": scores["auc"], "val_logloss": scores["logloss"],
                 **{k: scores[k] for k in ("logits", "labels") if k in scores}}
+
+    def _grow_rank(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: EmbeddingStage,
+                   statistics: dict[str, compress.OutputStatistics]) -> tuple[int, list[dict[str, Any]]]:
+        """The smallest of ``rank, 2 rank, 4 rank, ...`` (below the tables' width) whose AFM swap the
+        validation split cannot tell from the model as it is.
+
+        AFM's swapped tables give exactly ``mu + U_k U_k^T (e - mu)`` for every looked-up row (folded
+        or not), so each candidate is scored with forward hooks that project the tables' outputs,
+        without building it. "Cannot tell": not worse by ``significance`` paired standard errors
+        (:func:`~lightning_afm.callbacks.selection.compare`). None passing: the largest candidate.
+        """
+        width = min(pl_module.get_submodule(name).embedding_dim for name in statistics)
+        candidates = [stage.rank]
+        while candidates[-1] * 2 < width:
+            candidates.append(candidates[-1] * 2)
+        reference = self._val_check(trainer, pl_module)
+        trail: list[dict[str, Any]] = []
+        for rank in candidates:
+            handles = []
+            for name, stats in statistics.items():
+                module = pl_module.get_submodule(name)
+                u = compress.principal_components(stats.cov, rank)[1]
+                projector = (u @ u.T).to(module.weight)
+                mean = stats.mean.to(module.weight)
+                handles.append(module.register_forward_hook(
+                    lambda _m, _i, out, p=projector, mu=mean: (out - mu) @ p + mu))
+            try:
+                scores = self._val_check(trainer, pl_module)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            verdict = compare(stage.monitor, scores, reference, stage.significance)
+            trail.append({"rank": rank, "val_auc": scores["val_auc"], "val_logloss": scores["val_logloss"],
+                          "verdict_against_unswapped": verdict})
+            if verdict != "worse":
+                return rank, trail
+        log.warning("AFM stage %r: every rank up to %d loses on the validation split; using %d",
+                    stage.name, candidates[-1], candidates[-1])
+        return candidates[-1], trail
 
     @staticmethod
     def _current_lr(trainer: pl.Trainer) -> float | None:
@@ -424,12 +467,14 @@ class AFMCompressionCallback(pl.Callback):
         """What can be checked before any work: targets exist, ranks fit, the batch size can change."""
         for stage in self.stages[self.stages_started:]:
             self._check_ranks(pl_module, stage, self._targets(pl_module, stage))
-            if stage.select == "best" and self._eval_loader(trainer, "val") is None:
+            reads_val = [k for k, on in (("select='best'", stage.select == "best"),
+                                         ("grow_rank=True", getattr(stage, "grow_rank", False))) if on]
+            if reads_val and self._eval_loader(trainer, "val") is None:
                 raise MisconfigurationException(
-                    f"stage {stage.name!r} has select='best', which keeps the finetune's best state by the "
-                    "validation split, but the fit has no validation data; give it one (Hydra: "
-                    "data.val_fraction=0.1; Python: a datamodule with val_dataloader() or "
-                    "trainer.fit(model, train, val)) or set select='last'")
+                    f"stage {stage.name!r} has {' and '.join(reads_val)}, which read the validation split, but "
+                    "the fit has no validation data; give it one (Hydra: data.val_fraction=0.1; Python: a "
+                    "datamodule with val_dataloader() or trainer.fit(model, train, val)) or set select='last' "
+                    "and grow_rank=False (Hydra: protocol=paper)")
             if stage.batch_size is not None:
                 dm = trainer.datamodule
                 if dm is None or not hasattr(dm, "batch_size"):

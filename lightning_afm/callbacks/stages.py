@@ -138,6 +138,12 @@ class EmbeddingStage(CompressionStage):
     model's MLP reads the embeddings directly (DeepFM, DCN, DCNv2, GDCN, AutoInt; not NFM or
     FiBiNet); ``True`` demands it (an error where impossible); ``False`` never folds.
 
+    ``grow_rank`` (AFM only; needs validation data): ``rank`` is the first rank tried; the
+    stage doubles it, below the tables' width, until the swap is not worse than the model as it
+    is on the validation split by ``significance`` paired standard errors (no candidate passing:
+    the largest). The paper picks its ranks per dataset by the same criterion, by hand (line
+    825-830: "ensure that the AUC and Logloss of the compressed model are comparable").
+
     ``method="ttd"`` is the TT-Rec baseline: each table becomes tensor-train cores of TT-rank
     ``rank``, initialised by TT-SVD of the trained table (``ttd_init="svd"``) or at random as
     TT-Rec does (``"random"``); nothing to fold.
@@ -145,6 +151,7 @@ class EmbeddingStage(CompressionStage):
 
     fold: bool | str = "auto"
     ttd_init: str = "svd"
+    grow_rank: bool = False
 
     kind: ClassVar[str] = "emb"
     methods: ClassVar[tuple[str, ...]] = EMBEDDING_METHODS
@@ -156,5 +163,8 @@ class EmbeddingStage(CompressionStage):
             raise ValueError(f"EmbeddingStage({self.name!r}): ttd_init must be 'svd' or 'random', got {self.ttd_init!r}")
         if self.method == "ttd" and self.fold is True:
             raise ValueError(f"EmbeddingStage({self.name!r}): TT tables have no projection to fold; use fold='auto'")
+        if self.grow_rank and self.method != "afm":
+            raise ValueError(f"EmbeddingStage({self.name!r}): grow_rank needs method='afm' (it scores AFM's "
+                             f"projections), got method={self.method!r}")
         if self.fold not in ("auto", True, False):
             raise ValueError(f"EmbeddingStage({self.name!r}): fold must be 'auto', True or False, got {self.fold!r}")
