@@ -228,3 +228,11 @@ def test_grow_rank_doubles_the_embedding_rank_until_the_swap_keeps_validation():
         assert record["pre_finetune_val_auc"] == pytest.approx(search[-1]["val_auc"], abs=1e-5)
     with pytest.raises(ValueError, match="grow_rank needs method='afm'"):
         EmbeddingStage(rank=2, method="svd", grow_rank=True)
+
+
+def test_compare_tolerance_forgives_small_losses_only():
+    old = {"val_auc": 0.700, "val_logloss": 0.500}
+    assert compare("val_auc", {"val_auc": 0.6996, "val_logloss": 0.5005}, old) == "worse"
+    assert compare("val_auc", {"val_auc": 0.6996, "val_logloss": 0.5005}, old, tolerance=(0.0005, 0.001)) == "tie"
+    assert compare("val_auc", {"val_auc": 0.6990, "val_logloss": 0.5005}, old, tolerance=(0.0005, 0.001)) == "worse"
+    assert compare("val_auc", {"val_auc": 0.7000, "val_logloss": 0.5020}, old, tolerance=(0.0005, 0.001)) == "worse"

@@ -294,13 +294,14 @@ class AFMCompressionCallback(pl.Callback):
 
     def _grow_rank(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: EmbeddingStage,
                    statistics: dict[str, compress.OutputStatistics]) -> tuple[int, list[dict[str, Any]]]:
-        """The smallest of ``rank, 2 rank, 4 rank, ...`` (below the tables' width) whose AFM swap the
-        validation split cannot tell from the model as it is.
+        """The smallest of ``rank, 2 rank, 4 rank, ...`` (below the tables' width) whose AFM swap loses
+        no more than the stage's tolerances against the model as it is, on the validation split.
 
         AFM's swapped tables give exactly ``mu + U_k U_k^T (e - mu)`` for every looked-up row (folded
         or not), so each candidate is scored with forward hooks that project the tables' outputs,
-        without building it. "Cannot tell": not worse by ``significance`` paired standard errors
-        (:func:`~lightning_afm.callbacks.selection.compare`). None passing: the largest candidate.
+        without building it. "No more": not worse than ``grow_auc_tolerance`` / ``grow_logloss_tolerance``
+        plus ``significance`` paired standard errors (:func:`~lightning_afm.callbacks.selection.compare`).
+        None passing: the largest candidate.
         """
         width = min(pl_module.get_submodule(name).embedding_dim for name in statistics)
         candidates = [stage.rank]
@@ -322,7 +323,8 @@ class AFMCompressionCallback(pl.Callback):
             finally:
                 for handle in handles:
                     handle.remove()
-            verdict = compare(stage.monitor, scores, reference, stage.significance)
+            verdict = compare(stage.monitor, scores, reference, stage.significance,
+                              tolerance=(stage.grow_auc_tolerance, stage.grow_logloss_tolerance))
             trail.append({"rank": rank, "val_auc": scores["val_auc"], "val_logloss": scores["val_logloss"],
                           "verdict_against_unswapped": verdict})
             if verdict != "worse":

@@ -93,7 +93,8 @@ def paired_logloss_difference(labels: torch.Tensor, new: torch.Tensor, old: torc
     return float(d.mean()), float(se)
 
 
-def compare(monitor: str, new: dict[str, Any], old: dict[str, Any] | None, significance: float = 1.0) -> str:
+def compare(monitor: str, new: dict[str, Any], old: dict[str, Any] | None, significance: float = 1.0,
+            tolerance: tuple[float, float] = (0.0, 0.0)) -> str:
     """``"better"``, ``"worse"`` or ``"tie"``: a check's validation scores against the best's.
 
     ``new`` / ``old``: ``{"val_auc", "val_logloss"}`` and, for the paired test, ``"logits"`` and
@@ -102,7 +103,8 @@ def compare(monitor: str, new: dict[str, Any], old: dict[str, Any] | None, signi
 
     * better: ``monitor`` better by more than ``significance`` standard errors, and the other
       metric no worse (point estimate);
-    * worse: either metric worse by more than ``significance`` standard errors;
+    * worse: either metric worse by more than ``significance`` standard errors plus its
+      ``tolerance`` (AUC, logloss; default none);
     * tie: neither (a change the validation split cannot tell from noise).
 
     Without predictions the point estimates decide (standard errors of 0). NaN never wins.
@@ -126,8 +128,8 @@ def compare(monitor: str, new: dict[str, Any], old: dict[str, Any] | None, signi
         d_auc, se_auc = paired_auc_difference(new["labels"], new["logits"], old["logits"])
         d_ll, se_ll = paired_logloss_difference(new["labels"], new["logits"], old["logits"])
         se_auc, se_ll = (0.0 if math.isnan(v) else v for v in (se_auc, se_ll))
-    auc_up, auc_down = d_auc > significance * se_auc, d_auc < -significance * se_auc
-    ll_down, ll_up = d_ll < -significance * se_ll, d_ll > significance * se_ll
+    auc_up, auc_down = d_auc > significance * se_auc, d_auc < -(tolerance[0] + significance * se_auc)
+    ll_down, ll_up = d_ll < -significance * se_ll, d_ll > tolerance[1] + significance * se_ll
     if auc_down or ll_up:
         return "worse"
     if monitor == "val_auc" and auc_up and d_ll <= 0:
