@@ -236,12 +236,16 @@ class AFMCompressionCallback(pl.Callback):
         self._apply_training_settings(trainer, pl_module, stage, reload=reload, new_optimizer=True)
         record["params"] = compress.parameter_count(pl_module)
         record["layers"] = layers
-        pre = self._score(trainer, pl_module)
+        # select="best" scores the validation split with its predictions anyway: one pass serves both.
+        val_check = self._val_check(trainer, pl_module) if stage.select == "best" else None
+        pre = self._score(trainer, pl_module, [s for s in self.eval_splits if val_check is None or s != "val"])
+        if val_check is not None and "val" in self.eval_splits:
+            pre = {"val_auc": val_check["val_auc"], "val_logloss": val_check["val_logloss"], **pre}
         for split, scores in pre.items():
             record[f"pre_finetune_{split}"] = scores
-        if stage.select == "best":
+        if val_check is not None:
             self._best = BestState(stage.monitor, stage.significance)
-            self._best.offer(pl_module, self._val_check(trainer, pl_module), point=0.0, lr=self._current_lr(trainer))
+            self._best.offer(pl_module, val_check, point=0.0, lr=self._current_lr(trainer))
         self.history.append(record)
         self._log(trainer, {f"afm/{stage.name}_params": record["params"],
                             **{f"afm/{stage.name}_pre_finetune_{k}": v for k, v in record.items()
