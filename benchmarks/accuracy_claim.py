@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--baseline-lrs", nargs="+", type=float, default=[3e-3, 1e-3, 3e-4])
     parser.add_argument("--lr-per-seed", action="store_true", help="choose the baseline lr on every split seed")
+    parser.add_argument("--lr-seed", type=int, default=None,
+                        help="choose the baseline lr on this split seed (default: the first of --seeds); lets a "
+                             "long dataset run its seeds in separate invocations with one lr choice")
     parser.add_argument("--compression", default="afm")
     parser.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for the compression runs")
     parser.add_argument("--baseline-set", nargs="*", default=[],
@@ -113,32 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for spec in args.data:
         base = data_overrides(spec, args.workdir)
         runs, chosen_lr = [], None
-        for i, seed in enumerate(args.seeds):
+        if args.lr_seed is not None:
+            chosen_lr = choose_baseline_lr(spec, base, args.lr_seed, args, cache, cache_path)
+        for seed in args.seeds:
             seeded = [*base, f"data.seed={seed}", f"seed={seed}", *args.baseline_set]
             if chosen_lr is None or args.lr_per_seed:
-                scores: dict[float, float] = {}
-                grid = sorted(args.baseline_lrs)
-                for _ in range(1 + MAX_GRID_EXTENSIONS):
-                    for lr in grid:
-                        if lr in scores:
-                            continue
-                        key = baseline_key(spec, seed, lr, args.baseline_set)
-                        if key not in cache:
-                            summary = run_one([*seeded, f"model.lr={lr}", "compression=none"],
-                                              args.out / "baselines" / f"{spec.replace(':', '-')}_seed{seed}_lr{lr:g}")
-                            cache[key] = {k: summary[k] for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")}
-                            cache_path.write_text(json.dumps(cache, indent=1))
-                        scores[lr] = cache[key]["val_auc"]
-                    chosen_lr = max(scores, key=lambda lr: scores[lr])
-                    # The best at an edge of the grid may not be the best the data allows: extend the
-                    # grid by the edge's step in that direction and look again.
-                    if chosen_lr == grid[-1] and len(grid) > 1:
-                        grid.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}"))
-                    elif chosen_lr == grid[0] and len(grid) > 1:
-                        grid.insert(0, float(f"{grid[0] * grid[0] / grid[1]:.3g}"))
-                    else:
-                        break
-                print(f"[{spec} seed {seed}] baseline val AUC by lr: {scores} -> lr {chosen_lr:g}", flush=True)
+                chosen_lr = choose_baseline_lr(spec, base, seed, args, cache, cache_path)
             if args.baselines_only:
                 continue
             summary = run_one([*seeded, f"model.lr={chosen_lr}", f"compression={args.compression}", *args.set],
@@ -172,6 +155,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.out / "claim.md").write_text(table)
     print(table)
     return report
+
+
+def choose_baseline_lr(spec: str, base: list[str], seed: int, args: argparse.Namespace,
+                       cache: dict[str, Any], cache_path: Path) -> float:
+    """The baseline lr with the best validation AUC on split ``seed`` (runs cached in ``cache``)."""
+    seeded = [*base, f"data.seed={seed}", f"seed={seed}", *args.baseline_set]
+    scores: dict[float, float] = {}
+    grid = sorted(args.baseline_lrs)
+    for _ in range(1 + MAX_GRID_EXTENSIONS):
+        for lr in grid:
+            if lr in scores:
+                continue
+            key = baseline_key(spec, seed, lr, args.baseline_set)
+            if key not in cache:
+                summary = run_one([*seeded, f"model.lr={lr}", "compression=none"],
+                                  args.out / "baselines" / f"{spec.replace(':', '-')}_seed{seed}_lr{lr:g}")
+                cache[key] = {k: summary[k] for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")}
+                cache_path.write_text(json.dumps(cache, indent=1))
+            scores[lr] = cache[key]["val_auc"]
+        chosen_lr = max(scores, key=lambda lr: scores[lr])
+        # The best at an edge of the grid may not be the best the data allows: extend the grid by
+        # the edge's step in that direction and look again.
+        if chosen_lr == grid[-1] and len(grid) > 1:
+            grid.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}"))
+        elif chosen_lr == grid[0] and len(grid) > 1:
+            grid.insert(0, float(f"{grid[0] * grid[0] / grid[1]:.3g}"))
+        else:
+            break
+    print(f"[{spec} seed {seed}] baseline val AUC by lr: {scores} -> lr {chosen_lr:g}", flush=True)
+    return chosen_lr
 
 
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
