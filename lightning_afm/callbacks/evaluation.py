@@ -10,10 +10,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from torchmetrics.classification import BinaryAUROC
 
 from lightning_afm.data.schema import CATEGORICAL, LABEL, NUMERIC
-from lightning_afm.models.metrics import BinaryLogLoss
+from lightning_afm.models.metrics import BinaryAUC, BinaryLogLoss
 
 ForwardFn = Callable[[nn.Module, Any], torch.Tensor]
 LabelFn = Callable[[Any], torch.Tensor]
@@ -55,17 +54,19 @@ def evaluate(
     label_fn: LabelFn = default_labels,
     to_device: Callable[[Any], Any] = lambda b: b,
     keep_predictions: bool = False,
+    split: str = "",
 ) -> dict[str, Any]:
     """AUC and logloss of ``module`` over ``batches`` in eval mode; the module's mode is restored.
 
-    Returns ``{"auc": float, "logloss": float, "samples": int}`` (``nan`` for an empty loader);
+    Returns ``{"auc": float, "logloss": float, "samples": int}`` (``nan`` for an empty loader, and
+    an AUC of ``nan`` with a warning naming ``split`` when the rows hold one class);
     with ``keep_predictions`` also ``"logits"`` and ``"labels"`` (``[N]`` float32 on the CPU, in
     loader order; under DDP every rank's rows, rank by rank), for paired comparisons of two models
     on the same rows.
     """
     was_training = module.training
     module.eval()
-    auroc = BinaryAUROC(thresholds=None)
+    auroc = BinaryAUC(split, validate_args=False)
     logloss = BinaryLogLoss(from_logits=True)  # float64 sums, added over DDP ranks
     samples = 0
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []

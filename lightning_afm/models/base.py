@@ -8,13 +8,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import BinaryAUROC
 
 from ..data.schema import CATEGORICAL, LABEL, NUMERIC, Schema
 from .allocator import reuse_freed_memory
 from .layers.embedding import FieldEmbedding
 from .layers.linear_logit import LinearLogit
-from .metrics import BinaryLogLoss
+from .metrics import BinaryAUC, BinaryLogLoss
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -134,9 +133,9 @@ class CTRModel(L.LightningModule):
 
         self.train_metrics = bool(train_metrics)
         # validate_args=False: the checks cost a device sync per step and labels are ours
-        self.train_auc = BinaryAUROC(thresholds=None, validate_args=False)
-        self.val_auc = BinaryAUROC(thresholds=None, validate_args=False)
-        self.test_auc = BinaryAUROC(thresholds=None, validate_args=False)
+        self.train_auc = BinaryAUC("train", validate_args=False)
+        self.val_auc = BinaryAUC("val", validate_args=False)
+        self.test_auc = BinaryAUC("test", validate_args=False)
         self.train_logloss = BinaryLogLoss(from_logits=True)
         self.val_logloss = BinaryLogLoss(from_logits=True)
         self.test_logloss = BinaryLogLoss(from_logits=True)

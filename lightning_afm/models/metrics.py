@@ -1,10 +1,15 @@
-"""Float64 log loss as a torchmetrics ``Metric`` (sums over batches and DDP ranks)."""
+"""The metrics of the models: float64 log loss (sums over batches and DDP ranks) and an AUC that
+is null, not 0.0, where it is undefined."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.utilities.data import dim_zero_cat
 
 
 class BinaryLogLoss(Metric):
@@ -55,3 +60,38 @@ class BinaryLogLoss(Metric):
     def compute(self) -> torch.Tensor:
         # no rows seen: NaN rather than an error, like an empty mean
         return self.loss_sum / self.count
+
+
+class BinaryAUC(BinaryAUROC):
+    """Exact binary AUROC that is NaN, with a warning naming the split, when the AUC is undefined.
+
+    torchmetrics returns 0.0 when the targets hold one class only (a tiny file, an unlucky
+    split): a figure that reads as "the model is perfectly wrong". The AUC is undefined there,
+    so this reports NaN (``null`` in ``summary.json``) and says which split it was.
+
+    Args:
+        split: the split's name for the warning (``"val"``, ``"test"``...).
+
+    The check runs inside ``compute`` after torchmetrics has gathered the states over DDP
+    ranks, so one rank holding one class does not trip it.
+    """
+
+    def __init__(self, split: str = "", **kwargs) -> None:
+        kwargs.setdefault("thresholds", None)
+        super().__init__(**kwargs)
+        self.split = split
+
+    def compute(self) -> torch.Tensor:
+        target = dim_zero_cat(self.target) if isinstance(self.target, list) and self.target else self.target
+        if isinstance(target, list) or target.numel() == 0 or bool(target.min() == target.max()):
+            where = f"the {self.split} split" if self.split else "the data scored"
+            kind = "no rows" if isinstance(target, list) or target.numel() == 0 else \
+                f"only {'clicks' if bool(target.min() == 1) else 'non-clicks'}"
+            warnings.warn(f"AUC is undefined: {where} holds {kind}, so the AUC is reported as null (NaN). "
+                          "Use a larger split or a file with both labels.", UndefinedAUCWarning, stacklevel=2)
+            return torch.tensor(float("nan"))
+        return super().compute()
+
+
+class UndefinedAUCWarning(UserWarning):
+    """The AUC of a split is undefined (one class, or no rows); it is reported as NaN / null."""
