@@ -7,21 +7,31 @@ composed config; ``main`` is the ``@hydra.main`` entry point around it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_afm.app.errors import ConfigError, filter_noise, run_reporting_errors
+from lightning_afm.app.hparams import log_run_hparams
+from lightning_afm.app.resume import apply_baseline, load_baseline_weights, resume_checkpoint
+from lightning_afm.app.rundirs import register_resolvers
+from lightning_afm.callbacks.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lightning_afm.callbacks.throughput import TrainingThroughput
 from lightning_afm.models import count_parameters
 from lightning_afm.summary import write_summary
 
 log = logging.getLogger(__name__)
+
+register_resolvers()
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -38,7 +48,8 @@ def metric(metrics: dict[str, Any], split: str, name: str) -> float | None:
     for key in (f"{split}_{name}", f"{split}/{name}"):
         if key in metrics:
             value = metrics[key]
-            return float(value.item() if hasattr(value, "item") else value)
+            value = float(value.item() if hasattr(value, "item") else value)
+            return None if math.isnan(value) else value  # an undefined AUC is null, not NaN
     return None
 
 
@@ -55,11 +66,39 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """Refuse a GPU trainer on a machine without one before any data is read."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}); use trainer=cpu, or install a CUDA build of torch")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps but MPS is not available here; use trainer=cpu")
+
+
+def epoch_checkpoint(out: Path) -> ModelCheckpoint:
+    """``checkpoints/last.ckpt``, rewritten at the end of every training epoch.
+
+    At the train epoch's end rather than after validation: the compression callback starts a
+    stage there (before this callback, which Lightning runs last), so the file holds the state
+    the next epoch starts from, and resuming from it continues exactly.
+    """
+    # No monitor and top-1: each epoch's file replaces the one before, under one name.
+    return ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", monitor=None, save_top_k=1,
+                           every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, test and summarise one configuration; returns the summary dict."""
     start = time.perf_counter()
     out = _output_dir(cfg)
+    if (out / "summary.json").exists():
+        raise ConfigError(f"{out} already holds a finished run (summary.json); give this run another folder "
+                          "(hydra.run.dir=..., or output_dir=...) so that nothing is overwritten")
     out.mkdir(parents=True, exist_ok=True)
+    check_accelerator(cfg)
+    apply_baseline(cfg)
+    resume_from = resume_checkpoint(cfg, out)
     pl.seed_everything(int(cfg.seed), workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -67,14 +106,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     schema = datamodule.schema
     model = instantiate(cfg.model, schema=schema.to_dict(), _convert_="all")
+    if cfg.get("baseline"):
+        load_baseline_weights(model, cfg.baseline)
 
     callbacks = build_callbacks(cfg)
+    checkpointing = bool(cfg.trainer.get("enable_checkpointing", True))
+    if checkpointing:
+        callbacks += [RandomStateCheckpoint(), epoch_checkpoint(out)]
     logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out),
-        enable_checkpointing=False,
+        plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     metrics = dict(trainer.callback_metrics)  # val metrics: trainer.test replaces callback_metrics
     trainer.test(model, datamodule=datamodule, verbose=True)
     metrics.update(trainer.callback_metrics)
@@ -82,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = None
     if cfg.get("save_checkpoint", True):
         ckpt_path = out / "last.ckpt"
-        trainer.save_checkpoint(str(ckpt_path))
+        trainer.save_checkpoint(str(ckpt_path), weights_only=False)  # with callback states: resumable
 
     throughput = next(c for c in callbacks if isinstance(c, TrainingThroughput))
     summary: dict[str, Any] = {
@@ -100,11 +144,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "wall_s": None,
         "output_dir": str(out),
         "checkpoint": str(ckpt_path) if ckpt_path else None,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "baseline_checkpoint": str(cfg.baseline) if cfg.get("baseline") else None,
     }
+    if hasattr(datamodule, "data_report"):
+        summary["data_report"] = datamodule.data_report()
     for callback in callbacks:
         if hasattr(callback, "summary"):
             summary.update(callback.summary())
     summary["wall_s"] = round(time.perf_counter() - start, 2)
+    if logger:
+        log_run_hparams(trainer, cfg, summary)
     if trainer.is_global_zero:
         json_path, _ = write_summary(summary, out)
         log.info("summary written to %s", json_path)
@@ -113,8 +163,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    run(cfg)
+    filter_noise()
+
+    def task() -> None:
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        run(cfg)
+
+    run_reporting_errors(task)
 
 
 if __name__ == "__main__":
