@@ -259,3 +259,21 @@ def test_cli_prints_the_table_and_explains_bad_input(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_runs_that_differ_in_a_setting_the_table_does_not_show_are_refused(tmp_path):
+    # table4 shows methods, not ranks: runs of ranks 16 and 64 must not be averaged into one row
+    for job, rank in enumerate((16, 64)):
+        summary, compression = _afm()
+        _write(tmp_path, job, summary, overrides=["compression=afm", f"compression.mlp.rank={rank}"],
+               compression=compression)
+    with pytest.raises(ValueError, match=r"differ in compression.mlp.rank \(16, 64\), which table4 does not show"):
+        write_report("table4", [tmp_path], out=tmp_path / "out", plot=False)
+    # table8 shows the MLP rank: the same runs are fine there
+    write_report("table8", [tmp_path], out=tmp_path / "out8", plot=False)
+    # seeds are averaged on purpose
+    seeds = tmp_path / "seeds"
+    for job, seed in enumerate((0, 1)):
+        summary, compression = _afm(seed=seed)
+        _write(seeds, job, summary, overrides=["compression=afm", f"seed={seed}"], compression=compression)
+    write_report("table4", [seeds], out=tmp_path / "out_seeds", plot=False)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_afm.report import provenance
-from lightning_afm.report.common import Context, TableReport
+from lightning_afm.report.common import Context, TableReport, check_nothing_hidden_is_averaged
 from lightning_afm.report.runs import Run, find_runs, incomplete_runs
-from lightning_afm.report.tables import TABLES, get_table
+from lightning_afm.report.tables import SHOWN_KEYS, TABLES, get_table
 
 __all__ = ["main", "render", "write_report", "load_bench"]
 
@@ -117,6 +117,7 @@ def write_report(table: str, roots: Sequence[str | Path], out: str | Path | None
     if not roots:
         raise ValueError("give at least one directory with runs")
     runs = find_runs(roots)
+    check_nothing_hidden_is_averaged(runs, SHOWN_KEYS[name], name)
     out = Path(out) if out is not None else roots[0]
     out.mkdir(parents=True, exist_ok=True)
 

@@ -112,3 +112,36 @@ def ordered(keys: Sequence[str], preferred: Sequence[str]) -> list[str]:
     """``keys`` with those in ``preferred`` first, in that order."""
     first = [k for k in preferred if k in keys]
     return first + [k for k in keys if k not in first]
+
+
+# Always told apart (one section per data and model) or averaged on purpose (the seeds).
+GROUPED_KEYS = ("model", "data", "seed", "data.seed")
+
+
+def override_values(run: Run) -> dict[str, str]:
+    """The run's command-line overrides as ``{key: value}`` (``+``/``~`` prefixes dropped)."""
+    out = {}
+    for item in run.overrides:
+        key, _, value = item.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def check_nothing_hidden_is_averaged(runs: Sequence[Run], shown: Sequence[str], table: str) -> None:
+    """Refuse runs of one data and model that differ in a setting the table neither shows nor averages.
+
+    Tables average the runs of each row over seeds. Runs that differ in something else (a
+    rank, a learning rate) would be averaged silently into one figure; instead this names the
+    key and its values. ``shown``: the override keys the table tells apart in its rows.
+    """
+    allowed = set(GROUPED_KEYS) | set(shown)
+    for (data, model), members in group(runs, lambda r: (r.data, r.model)).items():
+        values = [override_values(r) for r in members]
+        keys = sorted({k for v in values for k in v} - allowed)
+        for key in keys:
+            seen = sorted({v.get(key, "(not set)") for v in values})
+            if len(seen) > 1:
+                raise ValueError(
+                    f"{table}: the {model} runs on {data} differ in {key} ({', '.join(seen)}), which {table} "
+                    f"does not show; its figures would average them. Report each value from its own "
+                    f"directory, or pick the runs of one value (the rank tables, table7 and table8, show ranks).")

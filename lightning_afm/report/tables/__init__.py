@@ -19,6 +19,8 @@ _MODULES: dict[str, ModuleType] = {
 }
 #: ``{"table4": build, ...}``: each ``build(runs, context) -> TableReport``.
 TABLES: dict[str, TableBuilder] = {name: module.build for name, module in _MODULES.items()}
+#: ``{"table4": ("compression",), ...}``: the override keys each table tells apart in its rows.
+SHOWN_KEYS: dict[str, tuple[str, ...]] = {name: tuple(module.SHOWN) for name, module in _MODULES.items()}
 
 
 def get_table(name: str) -> TableBuilder:

@@ -114,10 +114,10 @@ def build_rank_sweep(runs: list[Run], kind: str, title: str, notes: list[str], w
                     sub = {k: v for k, v in by_rank.items() if k[0] == method}
                     label = "" if len(methods) == 1 else f"{method} "
                     xs, ys = _points(sub, metric)
-                    ax.plot(xs, ys, "o-", label=f"{label}fine-tune")
+                    ax.plot(xs, ys, "o-", label=f"{label}after the finetune")
                     xs, ys = _points(sub, f"pre_{metric}")
                     if xs:
-                        ax.plot(xs, ys, "s--", alpha=0.7, label=f"{label}pre-train")
+                        ax.plot(xs, ys, "s--", alpha=0.7, label=f"{label}right after the swap")
                 if base[metric] is not None:
                     ax.axhline(base[metric], color="grey", linestyle=":", label="baseline")
                 ax.set_xlabel(what)

@@ -22,6 +22,9 @@ from lightning_afm.report.format import MISSING, finite, fmt_mean, markdown_tabl
 from lightning_afm.report.runs import Run
 
 TITLE = "Table 11: principal components needed per MLP layer"
+# Override keys this table tells apart in its rows (the others must not vary: see
+# common.check_nothing_hidden_is_averaged).
+SHOWN = ("compression", "compression.mlp.targets")
 THRESHOLDS = (90, 95, 99)
 _MLP_LAYER = re.compile(r"^mlp\.(\d+)\.linear$")
 
