@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -145,3 +146,27 @@ def test_skip_mode_with_nothing_left(tmp_path):
     path = _write(tmp_path / "t.csv", ["click,site", "5,a", "x,b"])
     with pytest.raises(DataConfigError, match="no valid training rows"):
         _run(table_source(path, "click", ["site"]), tmp_path / "c", on_bad_rows="skip", test_fraction=0.0)
+
+
+@pytest.mark.parametrize("value", ["1e39", "-4e38"])
+def test_value_beyond_float32_is_rejected_with_file_line_column_and_fix(tmp_path, value):
+    """1e39 fits float64 but not the float32 cache: as the training maximum it would squash the field to 0."""
+    path = _write(tmp_path / "t.csv", ["click,site,price", "1,a,3.5", f"0,b,{value}", "1,c,2"])
+    with pytest.raises(MalformedRowError) as info:
+        _run(table_source(path, "click", ["site"], ["price"]), tmp_path / "c", test_fraction=0.0)
+    err = info.value
+    assert (err.line, err.column) == (3, "price")
+    message = str(err)
+    assert str(path) in message and "line 3, column 'price'" in message and value in message
+    assert "float32" in message and "rescale the column" in message
+    result = _run(table_source(path, "click", ["site"], ["price"]), tmp_path / "c", test_fraction=0.0, on_bad_rows="skip")
+    assert result.stats["rows_skipped"] == 1
+    assert list(result.schema.extra["bad_rows"]["by_reason"]) == ["price: beyond the float32 range (|x| > 3.403e+38)"]
+    scaled = np.load(result.path / "train" / "numeric.npy")[:, 0]
+    assert scaled.tolist() == [1.0, 0.0]  # the field keeps its information: 3.5 -> 1, 2 -> 0
+
+
+def test_float64_parquet_value_beyond_float32_is_rejected(tmp_path):
+    pq.write_table(pa.table({"y": [0, 1, 1], "a": ["x", "y", "z"], "v": [1.0, -1e300, 2.0]}), tmp_path / "t.parquet")
+    with pytest.raises(MalformedRowError, match=r"row 2, column 'v': beyond the float32 range"):
+        _run(table_source(tmp_path / "t.parquet", "y", ["a"], ["v"]), tmp_path / "c", test_fraction=0.0)

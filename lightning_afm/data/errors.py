@@ -28,15 +28,18 @@ class MalformedRowError(DataError):
     and ``reason`` are kept for programs that want to react to the error.
     """
 
-    def __init__(self, path: str | Path, line: int | None, column: str | None, reason: str, where: str = "line"):
+    def __init__(
+        self, path: str | Path, line: int | None, column: str | None, reason: str, where: str = "line", hint: str | None = None
+    ):
         self.path = str(path)
         self.line = line
         self.column = column
         self.reason = reason
         loc = f"{self.path}, {where} {line if line is not None else '?'}"
         col = f", column {column!r}" if column is not None else ""
+        fix = f" {hint}." if hint else ""
         super().__init__(
-            f"{loc}{col}: {reason}. Fix the input, or pass on_bad_rows='skip' to skip such rows "
+            f"{loc}{col}: {reason}.{fix} Fix the input, or pass on_bad_rows='skip' to skip such rows "
             "(they are counted and reported)."
         )
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .cache import MemoryBudget, NpyAppender, atomic_directory, cache_key, default_cache_dir, is_complete, write_json
-from .convert import display, parse_label, parse_numeric
+from .convert import BEYOND_FLOAT32, BEYOND_FLOAT32_FIX, beyond_float32, display, parse_label, parse_numeric
 from .errors import DataConfigError, MalformedRowError, check_on_bad_rows
 from .keys import MISSING_BUCKET, GrowingDictionary, fixed8_row_keys, keys_to_arrow, string_keys
 from .numeric import RunningMinMax, log_bucket, minmax_scale
@@ -237,18 +237,23 @@ def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: 
 
     results = list(pool.map(parse, range(-1, len(spec.numeric))))  # Arrow and numpy release the GIL
     label = results[0][0]
-    problems = [(name, bad, why) for name, (_, bad, why) in zip((spec.label,) + spec.numeric, results)]
+    # (column, bad rows, reason, how to fix it or None)
+    problems = [(name, bad, why, None) for name, (_, bad, why) in zip((spec.label,) + spec.numeric, results)]
+    for j, name in enumerate(spec.numeric):
+        huge = beyond_float32(numeric[:, j])
+        if huge.any():
+            problems.append((name, huge, BEYOND_FLOAT32, BEYOND_FLOAT32_FIX))
     any_bad = np.zeros(table.num_rows, dtype=bool)
-    for _, mask, _ in problems:
+    for _, mask, _, _ in problems:
         any_bad |= mask
     if not any_bad.any():
         return label, numeric, None
     if on_bad_rows == "error":
         row = int(np.flatnonzero(any_bad)[0])
-        name, _, why = next(p for p in problems if p[1][row])
+        name, _, why, hint = next(p for p in problems if p[1][row])
         value = display(table.column(name)[row].as_py())
-        raise MalformedRowError(source.path, chunk.line_of(row), name, f"{why}, got {value!r}", where=source.where)
-    for name, mask, why in problems:
+        raise MalformedRowError(source.path, chunk.line_of(row), name, f"{why}, got {value!r}", where=source.where, hint=hint)
+    for name, mask, why, _ in problems:
         if mask.any():
             row = int(np.flatnonzero(mask)[0])
             value = display(table.column(name)[row].as_py())
