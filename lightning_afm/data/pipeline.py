@@ -88,6 +88,32 @@ class PreprocessResult:
     stats: dict[str, Any]
     reused: bool
 
+    def data_report(self) -> dict[str, Any]:
+        """What happened to the input's rows, as plain JSON types (for a run's ``summary.json``).
+
+        Read from the cache's ``stats.json``, so a reused cache reports the rows
+        skipped when it was built. Keys: ``source`` (file), ``cache``,
+        ``cache_reused``, ``rows_counted`` (data lines), ``rows_read`` (rows the
+        parser accepted), ``rows_encoded``, ``split_rows`` (rows per split),
+        ``blank_lines`` (ignored), ``rows_skipped`` and ``skipped``:
+        ``{"total", "by_reason": {reason: count}, "first": [{"line" (or "row"), "column", "reason"}, ...]}``
+        (the earliest skipped rows, at most 10).
+        """
+        stats = self.stats
+        bad = stats.get("bad_rows", {})
+        return {
+            "source": stats.get("source", {}).get("path"),
+            "cache": str(self.path),
+            "cache_reused": bool(self.reused),
+            "rows_counted": stats.get("rows_counted"),
+            "rows_read": stats.get("rows_read"),
+            "rows_encoded": stats.get("rows_encoded"),
+            "split_rows": dict(stats.get("split_rows", {})),
+            "blank_lines": stats.get("blank_lines", 0),
+            "rows_skipped": stats.get("rows_skipped", 0),
+            "skipped": {"total": bad.get("total", 0), "by_reason": dict(bad.get("by_reason", {})), "first": list(bad.get("first", []))},
+        }
+
 
 def cache_path(source: TableSource, options: EncodeOptions, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()).expanduser() / cache_key(source.identity(), options.to_dict())
@@ -184,7 +210,13 @@ class _Workers:
 
 
 class _SplitOf:
-    """The split of each row (:func:`split_assignment` over the counted rows)."""
+    """The split of each row, drawn from the row's own index among the file's data records.
+
+    :func:`split_assignment` over the counted data lines, looked up by the
+    row's 0-based record index (:meth:`RawChunk.data_index`). A row the parser
+    drops keeps its index, so skipping it leaves every other row's split as it
+    is; a file without skipped rows gets exactly the scikit-learn split.
+    """
 
     def __init__(self, total: int, options: EncodeOptions, source: TableSource) -> None:
         if total == 0:
@@ -194,12 +226,15 @@ class _SplitOf:
     def rows(self) -> int:
         return len(self._assignment)
 
-    def __call__(self, start_row: int, n: int) -> np.ndarray:
-        """Splits ``int8 [n]`` of the rows ``start_row ..`` (rows beyond the count, from odd line endings, train)."""
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        """Splits ``int8 [n]`` of the rows with 0-based data indices ``index`` ``int64 [n]``.
+
+        An index beyond the count (impossible while records <= lines) goes to train.
+        """
         assignment = self._assignment
-        split = np.full(n, TRAIN, dtype=np.int8)
-        inside = max(0, min(n, len(assignment) - start_row))
-        split[:inside] = assignment[start_row : start_row + inside]
+        inside = (index >= 0) & (index < len(assignment))
+        split = np.full(len(index), TRAIN, dtype=np.int8)
+        split[inside] = assignment[index[inside]]
         return split
 
 
@@ -255,9 +290,10 @@ def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: 
         raise MalformedRowError(source.path, chunk.line_of(row), name, f"{why}, got {value!r}", where=source.where, hint=hint)
     for name, mask, why, _ in problems:
         if mask.any():
-            row = int(np.flatnonzero(mask)[0])
-            value = display(table.column(name)[row].as_py())
-            bad_rows.add(f"{name}: {why}", int(mask.sum()), f"{source.where} {chunk.line_of(row)}, column {name!r}: {why}, got {value!r}")
+            for row in np.flatnonzero(mask)[: bad_rows.max_examples]:  # the earliest few are reported
+                value = display(table.column(name)[int(row)].as_py())
+                bad_rows.add(f"{name}: {why}", 0, records=[int(chunk.records[row])], column=name, detail=f"{why}, got {value!r}")
+            bad_rows.add(f"{name}: {why}", int(mask.sum()))
     return label, numeric, ~any_bad
 
 
@@ -363,7 +399,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
             ids = buffers.ids[:n]
             # fields are independent: one task each
             encoded = pool.map(partial(_encode_field, table, numeric, ids, dictionaries), range(num_fields))
-            split = split_of(chunk.start_row, chunk.table.num_rows)
+            split = split_of(chunk.data_index())
             if keep is not None:
                 split = split[keep]
             is_train = split == TRAIN
@@ -393,6 +429,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
 
     if sizes["train"] == 0:
         raise DataConfigError(f"{source.path}: no valid training rows (read {rows_read:,}, skipped {bad_rows.total:,})")
+    bad_rows.resolve(source)  # record numbers -> file lines, once
     if bad_rows.total:
         log.warning("%s: skipped %s malformed rows: %s; e.g. %s", source.path, f"{bad_rows.total:,}", bad_rows.by_reason, bad_rows.examples[:3])
 
@@ -453,6 +490,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
         "rows_encoded": int(sum(sizes.values())),
         "rows_skipped": bad_rows.total,
         "bad_rows": bad_rows.to_dict(),
+        "blank_lines": int(getattr(source, "blank_lines", None) or 0),
         "split_rows": sizes,
         "seconds_count_rows": round(count_seconds, 3),
         "seconds_read_encode": round(parse_seconds - count_seconds, 3),
