@@ -246,3 +246,18 @@ def test_skipping_rows_keeps_the_split_of_every_other_row(tmp_path):
     assert report["rows_skipped"] == 3 and report["blank_lines"] == 1
     # physical lines: header 1, rows 2.., a blank line after row 99 (line 101)
     assert [(r["line"], r["column"]) for r in report["skipped"]["first"]] == [(5, None), (253, None), (403, "click")]
+
+
+@pytest.mark.parametrize(
+    "data, blank",
+    [(b"a\n\nb\n", 1), (b"\nb\n", 1), (b"a\n\n\n\nb", 3), (b"a\r\n\r\nb\r\n", 1), (b"a\nb\n", 0), (b"\r\nx", 1), (b"\n\r\n", 2)],
+)
+def test_blank_lines_are_counted_exactly_across_block_seams(data, blank):
+    from lightning_afm.data.readers import _LineScan
+
+    for cut in range(len(data) + 1):
+        for cut2 in range(cut, len(data) + 1):
+            scan = _LineScan(b'"')
+            for part in (data[:cut], data[cut:cut2], data[cut2:]):
+                scan.feed(memoryview(bytearray(part)))
+            assert (scan.blank_lines, scan.newlines) == (blank, data.count(b"\n"))

@@ -307,21 +307,44 @@ class TableSource:
         raise NotImplementedError
 
 
-def _count_blank_lines(before: bytes, view: bytearray) -> int:
-    """Empty lines (LF LF or LF CR LF) that end inside ``view``; ``before``: the 2 bytes preceding it.
+class _LineScan:
+    """Counts line ends, blank lines and quote characters of a byte stream fed block by block.
 
-    ``bytes.count`` (a C scan) tells whether there is any at all; only then is
-    the exact count made with numpy (``count`` does not see overlapping runs).
+    One vectorised compare per block finds the LFs; blank lines (LF LF, or
+    LF CR LF) come from the gaps between consecutive LFs, so a run of them
+    counts exactly and no second pass over the bytes is needed. Quote
+    characters are only looked for until the first one is found.
     """
-    seam = before + bytes(view[:2])
-    if b"\n\n" not in view and b"\n\r\n" not in view and b"\n\n" not in seam and b"\n\r\n" not in seam:
-        return 0
-    data = np.frombuffer(before + bytes(view), dtype=np.uint8)
-    lf, cr = data == 10, data == 13
-    ends_lf_lf = lf[1:] & lf[:-1]  # index i: the pair ends at i + 1
-    ends_lf_cr_lf = lf[:-2] & cr[1:-1] & lf[2:]  # index i: the triple ends at i + 2
-    # count each blank line once, by its final LF, when that LF lies in `view` (index >= 2 of `data`)
-    return int(ends_lf_lf[1:].sum() + ends_lf_cr_lf.sum())
+
+    def __init__(self, quote: bytes | None) -> None:
+        self.newlines = 0
+        self.blank_lines = 0
+        self.quotes = 0
+        self.last_byte = 10  # LF: as if a line ended just before the file, so an empty first line is blank
+        self._quote = quote[0] if quote else None
+        self._since_lf = 0  # bytes from the last LF (exclusive) to the end of the previous block
+
+    def feed(self, view) -> None:
+        data = np.frombuffer(view, dtype=np.uint8)
+        if not len(data):
+            return
+        at = np.flatnonzero(data == 10)
+        self.newlines += len(at)
+        if len(at):
+            # gap = bytes between an LF and the previous one, LF included: 1 for LF LF, 2 for LF x LF
+            previous = np.concatenate([[-1 - self._since_lf], at[:-1]])
+            gap = at - previous
+            self.blank_lines += int(np.count_nonzero(gap == 1))
+            two = at[gap == 2]  # LF x LF: blank when x is CR (the byte before the LF)
+            if len(two):
+                before = np.where(two >= 1, data[np.maximum(two - 1, 0)], self.last_byte)
+                self.blank_lines += int(np.count_nonzero(before == 13))
+            self._since_lf = len(data) - 1 - int(at[-1])
+        else:
+            self._since_lf += len(data)
+        if self._quote is not None and not self.quotes:
+            self.quotes = int(np.count_nonzero(data == self._quote))
+        self.last_byte = int(data[-1])
 
 
 def _records_of(accepted: int, n: int, header_lines: int, skipped: list[int]) -> np.ndarray:
@@ -449,23 +472,19 @@ class CsvSource(TableSource):
         from tqdm.auto import tqdm
 
         size = self.path.stat().st_size
-        newlines, blank, quotes = 0, 0, 0
-        last = b"\0\n"  # as if a line ended just before the file: a leading empty line is blank
-        quote = self.quote_char.encode() if self.quote_char else None
+        scan = _LineScan(self.quote_char.encode() if self.quote_char else None)
         buffer = bytearray(8 << 20)  # reused: no fresh memory per block
         with self._open() as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"counting rows of {self.path.name}", disable=not progress, leave=False) as bar:
             while True:
                 got = f.readinto(buffer)
                 if not got:
                     break
-                view = buffer if got == len(buffer) else buffer[:got]
-                newlines += view.count(b"\n")
-                blank += _count_blank_lines(last, view)
-                quotes += view.count(quote) if quote else 0
-                last = (last + bytes(view[-2:]))[-2:]
+                scan.feed(memoryview(buffer)[:got])
                 bar.update(min(got, max(size - bar.n, 0)))  # compressed input: the bar counts towards the file size
-        lines = newlines + (0 if last.endswith(b"\n") else 1)
-        self._layout = {"lines": lines, "blank_lines": blank, "quotes": quotes}
+        lines = scan.newlines + (0 if scan.last_byte == 10 else 1)
+        blank = scan.blank_lines
+        # "quotes" only tells whether any quote character exists (the scan stops counting at the first block with one)
+        self._layout = {"lines": lines, "blank_lines": blank, "quotes": scan.quotes}
         return max(lines - blank - self.header_lines, 0)
 
     @property
