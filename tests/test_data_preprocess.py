@@ -209,6 +209,47 @@ def test_cache_is_reused_and_invalidated(crafted, tmp_path, caplog):
     assert sum(changed.schema.extra["rows"].values()) == 41
 
 
+def test_file_replaced_with_size_and_mtime_kept_is_not_served_from_the_old_cache(tmp_path):
+    """``cp -p`` / ``rsync -t`` / ``tar x`` keep size and mtime: the content fingerprint tells the files apart."""
+    rows = [[i % 2, f"s{i % 5}", i] for i in range(300)]
+    path = _write_csv(tmp_path / "t.csv", ["click", "site", "x"], rows)
+    cache = tmp_path / "cache"
+    source = lambda: table_source(path, "click", ["site"], ["x"])  # noqa: E731
+    first = preprocess(source(), EncodeOptions(test_fraction=0.0), cache, progress=False)
+    st = path.stat()
+    # Same length, other labels and sites, then size and mtime put back as `cp -p` would.
+    swapped = [[1 - r[0], f"t{i % 5}", r[2]] for i, r in enumerate(rows)]
+    _write_csv(path, ["click", "site", "x"], swapped)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    second = preprocess(source(), EncodeOptions(test_fraction=0.0), cache, progress=False)
+    assert not second.reused and second.path != first.path
+    assert _arrays(second, "train")["label"].tolist() == [float(r[0]) for r in swapped]
+    assert set(_vocab(second, "site")) == {f"t{k}" for k in range(5)}
+    assert preprocess(source(), EncodeOptions(test_fraction=0.0), cache, progress=False).reused  # unchanged: reused
+
+
+def test_content_fingerprint_samples_large_files(tmp_path):
+    from lightning_afm.data.cache import content_fingerprint
+
+    path = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes())
+    path.write_bytes(data)
+    small_blocks = dict(blocks=8, block_size=4096)  # 40 KiB sampled of 3 MiB
+    base = content_fingerprint(path, **small_blocks)
+    assert base == content_fingerprint(path, **small_blocks) and len(base) == 32
+    for where in (0, len(data) - 1, (len(data) - 4096) * 3 // 9 + 100):  # first, last, inside the 3rd sampled block
+        changed = bytearray(data)
+        changed[where] ^= 1
+        path.write_bytes(changed)
+        assert content_fingerprint(path, **small_blocks) != base
+    changed = bytearray(data)
+    changed[len(data) // 2 + 20000] ^= 1  # between sampled blocks: the documented blind spot
+    path.write_bytes(changed)
+    assert content_fingerprint(path, **small_blocks) == base
+    assert content_fingerprint(path) != base  # the default samples more than the file holds: hashed whole
+
+
 def test_interrupted_build_leaves_no_cache(crafted, tmp_path, monkeypatch):
     path, _, _ = crafted
     cache = tmp_path / "cache"

@@ -9,9 +9,11 @@ Layout of ``<cache_dir>/<name>-<hash>/``::
                                  numeric.npy      float32 [n, N]
                                  label.npy        float32 [n]
 
-The key hashes the source identity (resolved path, size, mtime) and every
-option that changes the arrays, so editing the file or an option rebuilds and
-anything else reuses. A build writes into ``<name>-<hash>.tmp-<pid>-<random>``
+The key hashes the source identity (resolved path, size, mtime, and a
+fingerprint of sampled content, :func:`content_fingerprint`) and every option
+that changes the arrays, so editing the file or an option rebuilds and
+anything else reuses; a file replaced with its size and mtime kept (``cp -p``,
+``rsync -t``, ``tar x``) is caught by the fingerprint. A build writes into ``<name>-<hash>.tmp-<pid>-<random>``
 and renames it into place only when complete: an interrupted run leaves no
 half cache behind (a stale ``.tmp-*`` directory is removed by the next build).
 """
@@ -38,6 +40,42 @@ def default_cache_dir() -> Path:
     """``$LIGHTNING_AFM_CACHE``, else ``~/.cache/lightning_afm``."""
     env = os.environ.get("LIGHTNING_AFM_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lightning_afm"
+
+
+FINGERPRINT_BLOCK = 64 << 10  # bytes per sampled block
+FINGERPRINT_BLOCKS = 256  # sampled blocks besides the first and last: 16 MiB read at most
+
+
+def content_fingerprint(path: str | Path, blocks: int = FINGERPRINT_BLOCKS, block_size: int = FINGERPRINT_BLOCK) -> str:
+    """A hash of the file's size, first and last block and ``blocks`` evenly spaced blocks: 32 hex digits.
+
+    Reads at most ``(blocks + 2) * block_size`` bytes (16.1 MiB), whatever the
+    file size: ~0.02 s warm per GB here, against ~16 s per GB of preprocessing
+    (measured, see the README's Reliability section); a file under that size is hashed whole.
+
+    What it catches: a different file put in place with the same size and mtime
+    (another day's export, a re-download, ``cp -p`` / ``rsync -t`` / ``tar x`` of
+    other data), since such files differ nearly everywhere, and any change to
+    the header, the start or the end. What it misses: an in-place edit of the
+    same length confined to the unsampled bytes (98% of a 1 GB file, more of a
+    larger one) whose mtime was then reset by hand. Delete the cache directory
+    (or change ``$LIGHTNING_AFM_CACHE``) after such an edit.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        if size <= (blocks + 2) * block_size:
+            for part in iter(lambda: f.read(1 << 20), b""):
+                digest.update(part)
+            return digest.hexdigest()
+        last = size - block_size
+        starts = [0] + [int(last * (k + 1) / (blocks + 1)) for k in range(blocks)] + [last]
+        for start in starts:
+            f.seek(start)
+            digest.update(f.read(block_size))
+    return digest.hexdigest()
 
 
 def cache_key(identity: dict[str, Any], options: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .cache import content_fingerprint
 from .errors import DataConfigError, MalformedRowError, check_on_bad_rows
 
 CRITEO_LABEL = "label"
@@ -262,13 +263,14 @@ class TableSource:
         self.chunk_rows = int(chunk_rows)
 
     def identity(self) -> dict:
-        """What the cache key depends on: the file (path, size, mtime) and how it is read."""
+        """What the cache key depends on: the file (path, size, mtime, sampled content) and how it is read."""
         st = self.path.stat()
         return {
             "kind": self.kind,
             "path": str(self.path.resolve()),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
+            "fingerprint": content_fingerprint(self.path),  # reads 16 MiB at most
             "label": self.spec.label,
             "categorical": list(self.spec.categorical),
             "numeric": list(self.spec.numeric),
