@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lightning_afm.data import pipeline as preprocess_module
+from lightning_afm.data.cache import remove_stale_builds
 from lightning_afm.data.pipeline import EncodeOptions, preprocess
 from lightning_afm.data.readers import criteo_source, table_source
 from lightning_afm.data.split import TEST, TRAIN, VAL, split_assignment
@@ -267,14 +268,61 @@ def test_interrupted_build_leaves_no_cache(crafted, tmp_path, monkeypatch):
 
 
 def test_stale_temporary_directory_is_removed(crafted, tmp_path):
+    """An unlocked build (its process died) is removed; so is a lockless one (an older version's) once a day old.
+
+    Changed deliberately with the lock files: a lockless directory used to be removed by a PID check at once.
+    """
     path, _, _ = crafted
     cache = tmp_path / "cache"
     source = table_source(path, "click", ["a"], ["x"])
     final = preprocess_module.cache_path(source, EncodeOptions(), cache)
-    stale = cache / f"{final.name}.tmp-999999999-deadbeef"  # a pid that cannot be alive
-    stale.mkdir(parents=True)
+    dead = cache / f"{final.name}.tmp-123-deadbeef"  # its builder died: the lock file is left, unlocked
+    dead.mkdir(parents=True)
+    (cache / f"{dead.name}.lock").write_text("")
+    old = cache / f"{final.name}.tmp-999999999-0ldc0de0"  # written by an older version, two days ago
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
     preprocess(source, EncodeOptions(), cache, progress=False)
-    assert not stale.exists() and final.is_dir()
+    assert sorted(p.name for p in cache.iterdir()) == [final.name]
+
+
+_HOLD_BUILD = """
+import sys, time
+from pathlib import Path
+from lightning_afm.data.cache import _build_lock
+tmp = Path(sys.argv[1])
+with _build_lock(tmp):
+    tmp.mkdir()
+    (tmp / "half.npy").write_bytes(b"x")
+    print("building", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_live_build_in_another_process_is_not_removed(crafted, tmp_path):
+    """A build whose PID means nothing here (another PID namespace) but which holds its lock is left alone."""
+    import subprocess
+    import sys
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    source = table_source(path, "click", ["a"], ["x"])
+    final = preprocess_module.cache_path(source, EncodeOptions(), cache)
+    cache.mkdir()
+    live = cache / f"{final.name}.tmp-999999999-11ve0000"  # no such PID in this namespace
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_BUILD, str(live)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "building"
+        result = preprocess(source, EncodeOptions(), cache, progress=False)
+        assert not result.reused and (live / "half.npy").is_file()  # the live build survived ours
+        assert remove_stale_builds(final) == [] and live.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the dead holder's lock: the next build clears its directory and lock file
+    assert remove_stale_builds(final) == [live]
+    assert sorted(p.name for p in cache.iterdir()) == [final.name]
 
 
 def test_stats_and_schema_extras(crafted, tmp_path):

@@ -15,15 +15,20 @@ that changes the arrays, so editing the file or an option rebuilds and
 anything else reuses; a file replaced with its size and mtime kept (``cp -p``,
 ``rsync -t``, ``tar x``) is caught by the fingerprint. A build writes into ``<name>-<hash>.tmp-<pid>-<random>``
 and renames it into place only when complete: an interrupted run leaves no
-half cache behind (a stale ``.tmp-*`` directory is removed by the next build).
+half cache behind. The build holds an exclusive ``flock`` on
+``<tmp>.lock`` meanwhile; the next build removes a stale ``.tmp-*`` directory
+only when it can take that lock without waiting (the kernel releases it when
+its holder dies, in any PID namespace or container sharing the file system).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,8 +55,8 @@ def content_fingerprint(path: str | Path, blocks: int = FINGERPRINT_BLOCKS, bloc
     """A hash of the file's size, first and last block and ``blocks`` evenly spaced blocks: 32 hex digits.
 
     Reads at most ``(blocks + 2) * block_size`` bytes (16.1 MiB), whatever the
-    file size: ~0.02 s warm per GB here, against ~16 s per GB of preprocessing
-    (measured, see the README's Reliability section); a file under that size is hashed whole.
+    file size: on a 1 GiB Criteo file here 0.13 s cold (0.03 s warm), against
+    25 s of preprocessing; a file under that size is hashed whole.
 
     What it catches: a different file put in place with the same size and mtime
     (another day's export, a re-download, ``cp -p`` / ``rsync -t`` / ``tar x`` of
@@ -90,41 +95,113 @@ def is_complete(path: Path) -> bool:
     return (path / "schema.json").is_file() and (path / "stats.json").is_file()
 
 
+LOCK_SUFFIX = ".lock"
+LOCKLESS_STALE_SECONDS = 24 * 3600  # a .tmp-* without a lock file (older versions) is removed after a day
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``final``; rename it to ``final`` on success.
 
-    If another process finished the same cache first, ours is discarded (both
-    are identical by construction). On error the temporary directory is removed.
+    While it builds, the temporary directory ``<tmp>`` is guarded by an
+    exclusive ``fcntl.flock`` on ``<tmp>.lock``, taken before the directory
+    exists. If another process finished the same cache first, ours is
+    discarded (both are identical by construction). On error the temporary
+    directory is removed.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(final.name + ".tmp-*"):
-        pid = stale.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_builds(final)
     tmp = final.parent / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
+    with _build_lock(tmp):
+        tmp.mkdir()
         try:
-            os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final):
-                raise
+            yield tmp
+            _move_into_place(tmp, final)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
 
 
-def _pid_alive(pid: int) -> bool:
+def _move_into_place(tmp: Path, final: Path) -> None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        os.rename(tmp, final)
+    except OSError:
+        if not is_complete(final):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+
+
+@contextmanager
+def _build_lock(tmp: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<tmp>.lock`` for the block; the lock file is removed afterwards."""
+    lock_path = tmp.with_name(tmp.name + LOCK_SUFFIX)
+    # Locked under a private name, then renamed into place: a cleaner never sees it unlocked.
+    private = tmp.with_name(f".{tmp.name}.locking")
+    with open(private, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
+        try:
+            os.rename(private, lock_path)
+            yield
+        finally:
+            _unlink(private)
+            _unlink(lock_path)  # while still locked: a cleaner that opened it meanwhile finds nothing left
+
+
+def remove_stale_builds(final: Path) -> list[Path]:
+    """Remove the temporary directories of ``final`` whose build is gone; returns those removed.
+
+    A directory is stale when the lock on its ``.lock`` file can be taken
+    without blocking: its builder died (the kernel drops a dead process's
+    locks) or finished. A process id is not used, since one in another PID
+    namespace (a container, another node's job) cannot be checked from here.
+    A directory without a lock file was made by an older version and is removed
+    once it is a day old.
+    """
+    removed = []
+    for stale in final.parent.glob(final.name + ".tmp-*"):
+        if stale.name.endswith(LOCK_SUFFIX):
+            if not stale.with_name(stale.name[: -len(LOCK_SUFFIX)]).exists():
+                _remove_if_unlocked(stale, None)  # a lock file whose directory is gone
+            continue
+        lock_path = stale.with_name(stale.name + LOCK_SUFFIX)
+        if lock_path.exists():
+            if _remove_if_unlocked(lock_path, stale):
+                removed.append(stale)
+        elif _age_seconds(stale) > LOCKLESS_STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def _remove_if_unlocked(lock_path: Path, directory: Path | None) -> bool:
+    """If nobody holds ``lock_path``, remove ``directory`` (under the lock) and the lock file."""
+    try:
+        lock = open(lock_path, "r")
+    except OSError:
+        return False  # removed meanwhile by its builder or another cleaner
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live build
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        _unlink(lock_path)
         return True
-    return True
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _age_seconds(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
