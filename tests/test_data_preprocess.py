@@ -363,3 +363,111 @@ def test_parquet_dictionary_column_with_a_dictionary_per_row_group(tmp_path):
     vocab = _vocab(result, "site")
     assert vocab == {"a": 1, "b": 2, "c": 3}
     assert _arrays(result, "train")["categorical"][:, 0].tolist() == [1, 2, 1, 3, 1]
+
+
+def _make_read_only(directory: Path):
+    """chmod 555; as root (which ignores modes) also the immutable attribute. Returns the undo, or skips."""
+    import subprocess
+
+    directory.chmod(0o555)
+    undo = [lambda: directory.chmod(0o755)]
+    probe = directory / ".probe"
+    try:
+        probe.touch()
+    except OSError:
+        return lambda: [u() for u in undo]
+    probe.unlink()
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        directory.chmod(0o755)
+        pytest.skip("cannot make a directory read-only here (root without chattr)")
+    undo.insert(0, lambda: subprocess.run(["chattr", "-i", str(directory)], check=True))
+    return lambda: [u() for u in undo]
+
+
+def test_read_only_cache_directory_says_what_to_do(crafted, tmp_path):
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    undo = _make_read_only(cache)
+    try:
+        with pytest.raises(CacheError, match=rf"cannot write the encoded cache in {cache}.*data.cache_dir.*writable"):
+            preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    finally:
+        undo()
+    assert list(cache.iterdir()) == []
+
+
+def test_full_disk_says_what_to_do_and_leaves_nothing(crafted, tmp_path, monkeypatch):
+    import errno
+
+    from lightning_afm.data import cache as cache_module
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.NpyAppender, "finish", full)
+    with pytest.raises(CacheError, match=r"no space left to write the encoded cache.*GiB free.*larger disk"):
+        preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    assert list(cache.iterdir()) == []  # no partial directory, no lock file
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / "schema.json").unlink(), "schema.json is missing"),
+        (lambda d: (d / "stats.json").write_text("{"), "stats.json is unreadable"),
+        (lambda d: os.truncate(d / "train" / "categorical.npy", (d / "train" / "categorical.npy").stat().st_size - 4), "truncated"),
+        (lambda d: os.truncate(d / "val" / "numeric.npy", 100), "no readable header"),
+        (lambda d: (d / "test" / "label.npy").unlink(), "test/label.npy is missing"),
+    ],
+)
+def test_damaged_cache_is_rebuilt_cleanly(crafted, tmp_path, caplog, damage, problem):
+    """A cache without schema.json used to be rebuilt and then crash on every rerun; a truncated .npy was memory-mapped."""
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    source = lambda: table_source(path, "click", ["a"], ["x"])  # noqa: E731
+    first = preprocess(source(), EncodeOptions(), cache, progress=False)
+    reference = {split: _arrays(first, split) for split in ("train", "test")}
+    damage(first.path)
+    with caplog.at_level(logging.WARNING, logger="lightning_afm.data.pipeline"):
+        rebuilt = preprocess(source(), EncodeOptions(), cache, progress=False)
+    assert not rebuilt.reused and rebuilt.path == first.path
+    assert any("is damaged" in r.getMessage() and problem in r.getMessage() for r in caplog.records)
+    for split, arrays in reference.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(_arrays(rebuilt, split)[name], array)
+    assert preprocess(source(), EncodeOptions(), cache, progress=False).reused  # and the next run reuses it
+    assert sorted(p.name for p in cache.iterdir()) == [first.path.name]
+
+
+def test_truncated_array_names_the_file_when_loaded(crafted, tmp_path):
+    from lightning_afm.data.cache import load_split
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    result = preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), tmp_path / "c", progress=False)
+    label = result.path / "train" / "label.npy"
+    os.truncate(label, label.stat().st_size - 4)
+    with pytest.raises(CacheError, match=rf"{result.path} is damaged: train/label.npy is .* bytes.*truncated.*Delete that directory"):
+        load_split(result.path / "train")
+
+
+def test_damaged_cache_in_a_read_only_directory_says_what_to_delete(crafted, tmp_path):
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    result = preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    (result.path / "schema.json").unlink()
+    undo = _make_read_only(cache)
+    try:
+        with pytest.raises(CacheError, match="cannot write the encoded cache"):
+            preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    finally:
+        undo()

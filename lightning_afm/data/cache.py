@@ -95,6 +95,54 @@ def is_complete(path: Path) -> bool:
     return (path / "schema.json").is_file() and (path / "stats.json").is_file()
 
 
+def cache_problem(path: Path) -> str | None:
+    """What is wrong with the complete-looking cache directory ``path``, or ``None`` if it is sound.
+
+    Checks what a reuse relies on, without reading the arrays: both JSON files
+    parse, and every split's ``.npy`` files have a readable header and exactly
+    the bytes it announces, with the row counts of ``schema.json``. Costs a
+    few small reads, whatever the cache size.
+    """
+    texts = {}
+    for name in ("schema.json", "stats.json"):
+        try:
+            texts[name] = json.loads((path / name).read_text())
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError) as exc:
+            return f"{name} is unreadable ({exc})"
+    rows = texts["schema.json"].get("extra", {}).get("rows", {})
+    for split, expected in rows.items():
+        for name in ARRAY_NAMES:
+            problem = npy_problem(path / split / f"{name}.npy")
+            if problem is None:
+                continue
+            if isinstance(problem, str):
+                return problem
+            if problem != int(expected):
+                return f"{split}/{name}.npy holds {problem} rows, schema.json says {expected}"
+    return None
+
+
+def npy_problem(path: Path) -> str | int:
+    """The rows of a ``.npy`` file if its size matches its header, else what is wrong (a sentence)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return f"{path.parent.name}/{path.name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{path.parent.name}/{path.name} has no readable header ({exc})"
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        return f"{path.parent.name}/{path.name} is {size:,} bytes, its header announces {expected:,} (truncated or overwritten)"
+    return int(shape[0]) if shape else 1
+
+
 LOCK_SUFFIX = ".lock"
 LOCKLESS_STALE_SECONDS = 24 * 3600  # a .tmp-* without a lock file (older versions) is removed after a day
 
@@ -326,13 +374,24 @@ def map_blocks(path: str | Path, fn, block_rows: int = 1 << 16) -> None:
 
 
 def load_split(directory: str | Path, mmap: bool = True) -> dict[str, np.ndarray]:
-    """The three arrays of one split directory, memory-mapped read-only by default."""
+    """The three arrays of one split directory, memory-mapped read-only by default.
+
+    Raises:
+        CacheError: an array is missing or damaged (e.g. truncated); names the file and the fix.
+    """
+    from .errors import CacheError
+
     directory = Path(directory)
     out = {}
     for name in ARRAY_NAMES:
         p = directory / f"{name}.npy"
-        arr = np.load(p, mmap_mode="r" if mmap else None)
-        out[name] = arr
+        problem = npy_problem(p)
+        if isinstance(problem, str):
+            raise CacheError(
+                f"the encoded cache {directory.parent} is damaged: {problem}. Delete that directory; "
+                "the next run rebuilds it from the data file"
+            )
+        out[name] = np.load(p, mmap_mode="r" if mmap else None)
     return out
 
 

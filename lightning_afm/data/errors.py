@@ -20,6 +20,10 @@ class DataConfigError(DataError):
     """The configuration does not fit the input: a missing file or column, empty input, bad options."""
 
 
+class CacheError(DataError):
+    """The encoded cache cannot be written (permissions, a full disk) or is damaged and cannot be rebuilt in place."""
+
+
 class MalformedRowError(DataError):
     """A row that cannot be parsed: wrong column count, a non-numeric number, a label not 0/1.
 

@@ -16,6 +16,7 @@ never the table. Measured with ``benchmarks/bench_preprocess.py``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -30,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .cache import MemoryBudget, NpyAppender, atomic_directory, cache_key, default_cache_dir, is_complete, write_json
+from .cache import MemoryBudget, NpyAppender, atomic_directory, cache_key, cache_problem, default_cache_dir, write_json
 from .convert import BEYOND_FLOAT32, BEYOND_FLOAT32_FIX, beyond_float32, display, parse_label, parse_numeric
-from .errors import DataConfigError, MalformedRowError, check_on_bad_rows
+from .errors import CacheError, DataConfigError, MalformedRowError, check_on_bad_rows
 from .keys import MISSING_BUCKET, GrowingDictionary, fixed8_row_keys, keys_to_arrow, string_keys
 from .numeric import RunningMinMax, log_bucket, minmax_scale
 from .readers import BadRows, RawChunk, TableSource, memory_pool
@@ -135,18 +136,76 @@ def preprocess(
     options = options or EncodeOptions()
     source.check()  # columns, emptiness: before any work
     final = cache_path(source, options, cache_dir)
-    if is_complete(final):
-        log.info("reusing the encoded cache %s (same file and options)", final)
-        return load_result(final, reused=True)
+    if final.exists():
+        problem = cache_problem(final)
+        if problem is None:
+            log.info("reusing the encoded cache %s (same file and options)", final)
+            return load_result(final, reused=True)
+        log.warning("the encoded cache %s is damaged (%s): rebuilding it", final, problem)
     started = time.perf_counter()
-    with atomic_directory(final) as tmp:
-        _encode(source, options, tmp, progress, final.name)
+    with cache_write_errors(final):
+        if final.exists():
+            discard_directory(final)
+        with atomic_directory(final) as tmp:
+            _encode(source, options, tmp, progress, final.name)
     result = load_result(final, reused=False)
     log.info(
         "encoded %s rows of %s in %.1f s into %s",
         f"{result.stats['rows_encoded']:,}", source.path, time.perf_counter() - started, final,
     )
     return result
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def cache_write_errors(final: Path):
+    """Turn a read-only or full cache directory into a :class:`CacheError` that says what to do.
+
+    Only those errnos are translated: other errors (a bad row, a bug) pass as they are.
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = final.parent
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if exc.errno in _NOT_WRITABLE:
+            raise CacheError(
+                f"cannot write the encoded cache in {where} ({what}). Set data.cache_dir (or $LIGHTNING_AFM_CACHE) "
+                f"to a writable directory, or make {where} writable"
+            ) from exc
+        if exc.errno in _NO_SPACE:
+            free = _free_bytes(where)
+            raise CacheError(
+                f"no space left to write the encoded cache in {where} ({what}; {free} free now; the partial cache "
+                "was removed). Free some space there, or set data.cache_dir (or $LIGHTNING_AFM_CACHE) to a "
+                "directory on a larger disk"
+            ) from exc
+        raise
+
+
+def _free_bytes(directory: Path) -> str:
+    import shutil
+
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB"
+    except OSError:
+        return "unknown"
+
+
+def discard_directory(path: Path) -> None:
+    """Remove a damaged cache directory: renamed aside first (atomic), so no reader finds it half deleted."""
+    import shutil
+    import uuid
+
+    aside = path.with_name(f".{path.name}.damaged-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process removed it already
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_result(path: Path, reused: bool) -> PreprocessResult:
