@@ -264,6 +264,39 @@ def test_csv_module_reads_parquet(tmp_path):
     assert sum(len(b["label"]) for b in dm.train_dataloader()) == 360
 
 
+def test_data_report_lists_skipped_rows_also_when_the_cache_is_reused(tmp_path):
+    """``data_report()`` is what the app writes into summary.json; it is read from the cache, so a rerun reports the same."""
+    lines = ["click,site,price"] + [f"{i % 2},s{i % 3},{i}" for i in range(200)]
+    lines[20] = "1,s1"  # line 21: too few columns
+    lines[70] = "1,s1,cheap"  # line 71: not a number
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+
+    def module():
+        return CSVDataModule(tmp_path / "t.csv", label="click", categorical=["site"], numeric=["price"], cache_dir=tmp_path / "c", on_bad_rows="skip", progress=False)
+
+    first = module()
+    first.prepare_data()
+    report = first.data_report()
+    assert report["cache_reused"] is False and report["rows_skipped"] == 2 and report["rows_encoded"] == 198
+    assert report["skipped"]["by_reason"] == {"wrong number of columns": 1, "price: not a finite number": 1}
+    assert report["skipped"]["first"] == [
+        {"line": 21, "column": None, "reason": "expected 3 columns, found 2"},
+        {"line": 71, "column": "price", "reason": "not a finite number, got 'cheap'"},
+    ]
+    assert report["split_rows"] == {"train": 178, "val": 0, "test": 20}
+    again = module()
+    again.setup()  # a rerun, or another DDP rank: the cache is reused
+    reused = again.data_report()
+    assert reused["cache_reused"] is True
+    assert {k: v for k, v in reused.items() if k != "cache_reused"} == {k: v for k, v in report.items() if k != "cache_reused"}
+    import json
+
+    json.dumps(reused)  # plain JSON types
+    synthetic = SyntheticDataModule(num_rows=500, vocab_sizes=(5, 7), num_numeric=1)
+    synthetic.setup()
+    assert synthetic.data_report()["rows_skipped"] == 0 and synthetic.data_report()["rows_encoded"] == 500
+
+
 def test_csv_module_checks_columns_at_construction(tmp_path):
     (tmp_path / "t.csv").write_text("click,site\n1,a\n")
     with pytest.raises(Exception, match="not found"):

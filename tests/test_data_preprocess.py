@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lightning_afm.data import pipeline as preprocess_module
+from lightning_afm.data.cache import remove_stale_builds
 from lightning_afm.data.pipeline import EncodeOptions, preprocess
 from lightning_afm.data.readers import criteo_source, table_source
 from lightning_afm.data.split import TEST, TRAIN, VAL, split_assignment
@@ -209,6 +210,47 @@ def test_cache_is_reused_and_invalidated(crafted, tmp_path, caplog):
     assert sum(changed.schema.extra["rows"].values()) == 41
 
 
+def test_file_replaced_with_size_and_mtime_kept_is_not_served_from_the_old_cache(tmp_path):
+    """``cp -p`` / ``rsync -t`` / ``tar x`` keep size and mtime: the content fingerprint tells the files apart."""
+    rows = [[i % 2, f"s{i % 5}", i] for i in range(300)]
+    path = _write_csv(tmp_path / "t.csv", ["click", "site", "x"], rows)
+    cache = tmp_path / "cache"
+    source = lambda: table_source(path, "click", ["site"], ["x"])  # noqa: E731
+    first = preprocess(source(), EncodeOptions(test_fraction=0.0), cache, progress=False)
+    st = path.stat()
+    # Same length, other labels and sites, then size and mtime put back as `cp -p` would.
+    swapped = [[1 - r[0], f"t{i % 5}", r[2]] for i, r in enumerate(rows)]
+    _write_csv(path, ["click", "site", "x"], swapped)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    second = preprocess(source(), EncodeOptions(test_fraction=0.0), cache, progress=False)
+    assert not second.reused and second.path != first.path
+    assert _arrays(second, "train")["label"].tolist() == [float(r[0]) for r in swapped]
+    assert set(_vocab(second, "site")) == {f"t{k}" for k in range(5)}
+    assert preprocess(source(), EncodeOptions(test_fraction=0.0), cache, progress=False).reused  # unchanged: reused
+
+
+def test_content_fingerprint_samples_large_files(tmp_path):
+    from lightning_afm.data.cache import content_fingerprint
+
+    path = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes())
+    path.write_bytes(data)
+    small_blocks = dict(blocks=8, block_size=4096)  # 40 KiB sampled of 3 MiB
+    base = content_fingerprint(path, **small_blocks)
+    assert base == content_fingerprint(path, **small_blocks) and len(base) == 32
+    for where in (0, len(data) - 1, (len(data) - 4096) * 3 // 9 + 100):  # first, last, inside the 3rd sampled block
+        changed = bytearray(data)
+        changed[where] ^= 1
+        path.write_bytes(changed)
+        assert content_fingerprint(path, **small_blocks) != base
+    changed = bytearray(data)
+    changed[len(data) // 2 + 20000] ^= 1  # between sampled blocks: the documented blind spot
+    path.write_bytes(changed)
+    assert content_fingerprint(path, **small_blocks) == base
+    assert content_fingerprint(path) != base  # the default samples more than the file holds: hashed whole
+
+
 def test_interrupted_build_leaves_no_cache(crafted, tmp_path, monkeypatch):
     path, _, _ = crafted
     cache = tmp_path / "cache"
@@ -226,14 +268,61 @@ def test_interrupted_build_leaves_no_cache(crafted, tmp_path, monkeypatch):
 
 
 def test_stale_temporary_directory_is_removed(crafted, tmp_path):
+    """An unlocked build (its process died) is removed; so is a lockless one (an older version's) once a day old.
+
+    Changed deliberately with the lock files: a lockless directory used to be removed by a PID check at once.
+    """
     path, _, _ = crafted
     cache = tmp_path / "cache"
     source = table_source(path, "click", ["a"], ["x"])
     final = preprocess_module.cache_path(source, EncodeOptions(), cache)
-    stale = cache / f"{final.name}.tmp-999999999-deadbeef"  # a pid that cannot be alive
-    stale.mkdir(parents=True)
+    dead = cache / f"{final.name}.tmp-123-deadbeef"  # its builder died: the lock file is left, unlocked
+    dead.mkdir(parents=True)
+    (cache / f"{dead.name}.lock").write_text("")
+    old = cache / f"{final.name}.tmp-999999999-0ldc0de0"  # written by an older version, two days ago
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
     preprocess(source, EncodeOptions(), cache, progress=False)
-    assert not stale.exists() and final.is_dir()
+    assert sorted(p.name for p in cache.iterdir()) == [final.name]
+
+
+_HOLD_BUILD = """
+import sys, time
+from pathlib import Path
+from lightning_afm.data.cache import _build_lock
+tmp = Path(sys.argv[1])
+with _build_lock(tmp):
+    tmp.mkdir()
+    (tmp / "half.npy").write_bytes(b"x")
+    print("building", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_live_build_in_another_process_is_not_removed(crafted, tmp_path):
+    """A build whose PID means nothing here (another PID namespace) but which holds its lock is left alone."""
+    import subprocess
+    import sys
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    source = table_source(path, "click", ["a"], ["x"])
+    final = preprocess_module.cache_path(source, EncodeOptions(), cache)
+    cache.mkdir()
+    live = cache / f"{final.name}.tmp-999999999-11ve0000"  # no such PID in this namespace
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_BUILD, str(live)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "building"
+        result = preprocess(source, EncodeOptions(), cache, progress=False)
+        assert not result.reused and (live / "half.npy").is_file()  # the live build survived ours
+        assert remove_stale_builds(final) == [] and live.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the dead holder's lock: the next build clears its directory and lock file
+    assert remove_stale_builds(final) == [live]
+    assert sorted(p.name for p in cache.iterdir()) == [final.name]
 
 
 def test_stats_and_schema_extras(crafted, tmp_path):
@@ -274,3 +363,111 @@ def test_parquet_dictionary_column_with_a_dictionary_per_row_group(tmp_path):
     vocab = _vocab(result, "site")
     assert vocab == {"a": 1, "b": 2, "c": 3}
     assert _arrays(result, "train")["categorical"][:, 0].tolist() == [1, 2, 1, 3, 1]
+
+
+def _make_read_only(directory: Path):
+    """chmod 555; as root (which ignores modes) also the immutable attribute. Returns the undo, or skips."""
+    import subprocess
+
+    directory.chmod(0o555)
+    undo = [lambda: directory.chmod(0o755)]
+    probe = directory / ".probe"
+    try:
+        probe.touch()
+    except OSError:
+        return lambda: [u() for u in undo]
+    probe.unlink()
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        directory.chmod(0o755)
+        pytest.skip("cannot make a directory read-only here (root without chattr)")
+    undo.insert(0, lambda: subprocess.run(["chattr", "-i", str(directory)], check=True))
+    return lambda: [u() for u in undo]
+
+
+def test_read_only_cache_directory_says_what_to_do(crafted, tmp_path):
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    undo = _make_read_only(cache)
+    try:
+        with pytest.raises(CacheError, match=rf"cannot write the encoded cache in {cache}.*data.cache_dir.*writable"):
+            preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    finally:
+        undo()
+    assert list(cache.iterdir()) == []
+
+
+def test_full_disk_says_what_to_do_and_leaves_nothing(crafted, tmp_path, monkeypatch):
+    import errno
+
+    from lightning_afm.data import cache as cache_module
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.NpyAppender, "finish", full)
+    with pytest.raises(CacheError, match=r"no space left to write the encoded cache.*GiB free.*larger disk"):
+        preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    assert list(cache.iterdir()) == []  # no partial directory, no lock file
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / "schema.json").unlink(), "schema.json is missing"),
+        (lambda d: (d / "stats.json").write_text("{"), "stats.json is unreadable"),
+        (lambda d: os.truncate(d / "train" / "categorical.npy", (d / "train" / "categorical.npy").stat().st_size - 4), "truncated"),
+        (lambda d: os.truncate(d / "val" / "numeric.npy", 100), "no readable header"),
+        (lambda d: (d / "test" / "label.npy").unlink(), "test/label.npy is missing"),
+    ],
+)
+def test_damaged_cache_is_rebuilt_cleanly(crafted, tmp_path, caplog, damage, problem):
+    """A cache without schema.json used to be rebuilt and then crash on every rerun; a truncated .npy was memory-mapped."""
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    source = lambda: table_source(path, "click", ["a"], ["x"])  # noqa: E731
+    first = preprocess(source(), EncodeOptions(), cache, progress=False)
+    reference = {split: _arrays(first, split) for split in ("train", "test")}
+    damage(first.path)
+    with caplog.at_level(logging.WARNING, logger="lightning_afm.data.pipeline"):
+        rebuilt = preprocess(source(), EncodeOptions(), cache, progress=False)
+    assert not rebuilt.reused and rebuilt.path == first.path
+    assert any("is damaged" in r.getMessage() and problem in r.getMessage() for r in caplog.records)
+    for split, arrays in reference.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(_arrays(rebuilt, split)[name], array)
+    assert preprocess(source(), EncodeOptions(), cache, progress=False).reused  # and the next run reuses it
+    assert sorted(p.name for p in cache.iterdir()) == [first.path.name]
+
+
+def test_truncated_array_names_the_file_when_loaded(crafted, tmp_path):
+    from lightning_afm.data.cache import load_split
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    result = preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), tmp_path / "c", progress=False)
+    label = result.path / "train" / "label.npy"
+    os.truncate(label, label.stat().st_size - 4)
+    with pytest.raises(CacheError, match=rf"{result.path} is damaged: train/label.npy is .* bytes.*truncated.*Delete that directory"):
+        load_split(result.path / "train")
+
+
+def test_damaged_cache_in_a_read_only_directory_says_what_to_delete(crafted, tmp_path):
+    from lightning_afm.data.errors import CacheError
+
+    path, _, _ = crafted
+    cache = tmp_path / "cache"
+    result = preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    (result.path / "schema.json").unlink()
+    undo = _make_read_only(cache)
+    try:
+        with pytest.raises(CacheError, match="cannot write the encoded cache"):
+            preprocess(table_source(path, "click", ["a"], ["x"]), EncodeOptions(), cache, progress=False)
+    finally:
+        undo()

@@ -14,14 +14,14 @@ loading torch or Lightning)::
     write_criteo_format, binary_auc                synthetic data
     EncodedSplit, BatchStream, batch_plan,
     num_batches                                    batching
-    DataError, DataConfigError, MalformedRowError  errors
+    DataError, DataConfigError, CacheError, MalformedRowError  errors
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .errors import DataConfigError, DataError, MalformedRowError
+from .errors import CacheError, DataConfigError, DataError, MalformedRowError
 from .schema import CATEGORICAL, LABEL, NUMERIC, CategoricalField, Schema
 
 _LAZY = {
@@ -56,7 +56,7 @@ _LAZY = {
 
 __all__ = [
     "CATEGORICAL", "LABEL", "NUMERIC", "CategoricalField", "Schema",
-    "DataConfigError", "DataError", "MalformedRowError", *_LAZY,
+    "CacheError", "DataConfigError", "DataError", "MalformedRowError", *_LAZY,
 ]  # fmt: skip
 
 

@@ -117,6 +117,27 @@ def parse_numeric(column: pa.Array | pa.ChunkedArray, integer: bool = False) -> 
     return values, bad, reason
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38: the cache stores numbers as float32
+
+
+def beyond_float32(values: np.ndarray) -> np.ndarray:
+    """Mask ``bool [n]`` of finite ``float64 [n]`` values whose magnitude float32 cannot hold.
+
+    Such a value would become +-inf in the float32 cache, and as the training
+    maximum it would squash every other value of its field to 0 in the min-max
+    scaling: the field would silently carry no information.
+    """
+    with np.errstate(invalid="ignore"):
+        return np.abs(values) > FLOAT32_MAX
+
+
+BEYOND_FLOAT32 = f"beyond the float32 range (|x| > {FLOAT32_MAX:.4g})"
+BEYOND_FLOAT32_FIX = (
+    "The cache stores numbers as float32: rescale the column (e.g. divide it by a power of ten, "
+    "or take a log) or clip it to that range"
+)
+
+
 def parse_label(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, str]:
     """Labels ``float32 [n]`` in {0, 1}, a ``bool [n]`` mask of values that are not 0/1 (missing included), the reason.
 

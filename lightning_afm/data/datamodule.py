@@ -89,6 +89,22 @@ class CTRDataModule(pl.LightningDataModule):
             sizes = {k: len(v) for k, v in self._splits.items()}
             log.info("%s data: %s rows per split, %d categorical + %d numeric fields", self.name, sizes, self.schema.num_categorical, self.schema.num_numeric)
 
+    def data_report(self) -> dict:
+        """What happened to the input's rows, for a run's ``summary.json`` (see :meth:`PreprocessResult.data_report`).
+
+        Generated data reads no file and skips nothing: the rows per split only.
+        """
+        if self.schema is None:
+            raise RuntimeError(f"{type(self).__name__}: call prepare_data() and setup() first")
+        sizes = {name: len(split) for name, split in self._splits.items()}
+        return {
+            "source": self.name,
+            "rows_encoded": sum(sizes.values()),
+            "split_rows": sizes,
+            "rows_skipped": 0,
+            "skipped": {"total": 0, "by_reason": {}, "first": []},
+        }
+
     def split(self, name: str) -> EncodedSplit:
         """The encoded rows of ``"train"``, ``"val"`` or ``"test"``."""
         if self.schema is None:
@@ -185,6 +201,15 @@ class _FileDataModule(CTRDataModule):
 
     def prepare_data(self) -> None:
         self.preprocess_result = preprocess(self.source(), self.options, self.cache_dir, progress=self.progress)
+
+    def data_report(self) -> dict:
+        """Rows read, encoded per split and skipped (count, reasons, the first lines) for ``summary.json``.
+
+        Available after ``prepare_data()`` (or ``setup()``), also when the cache was reused.
+        """
+        if self.preprocess_result is None:
+            raise RuntimeError(f"{type(self).__name__}: call prepare_data() or setup() first")
+        return self.preprocess_result.data_report()
 
     def _load(self) -> tuple[Schema, dict[str, EncodedSplit]]:
         if self.preprocess_result is None:  # another process prepared it, or setup() without prepare_data()

@@ -20,6 +20,10 @@ class DataConfigError(DataError):
     """The configuration does not fit the input: a missing file or column, empty input, bad options."""
 
 
+class CacheError(DataError):
+    """The encoded cache cannot be written (permissions, a full disk) or is damaged and cannot be rebuilt in place."""
+
+
 class MalformedRowError(DataError):
     """A row that cannot be parsed: wrong column count, a non-numeric number, a label not 0/1.
 
@@ -28,15 +32,18 @@ class MalformedRowError(DataError):
     and ``reason`` are kept for programs that want to react to the error.
     """
 
-    def __init__(self, path: str | Path, line: int | None, column: str | None, reason: str, where: str = "line"):
+    def __init__(
+        self, path: str | Path, line: int | None, column: str | None, reason: str, where: str = "line", hint: str | None = None
+    ):
         self.path = str(path)
         self.line = line
         self.column = column
         self.reason = reason
         loc = f"{self.path}, {where} {line if line is not None else '?'}"
         col = f", column {column!r}" if column is not None else ""
+        fix = f" {hint}." if hint else ""
         super().__init__(
-            f"{loc}{col}: {reason}. Fix the input, or pass on_bad_rows='skip' to skip such rows "
+            f"{loc}{col}: {reason}.{fix} Fix the input, or pass on_bad_rows='skip' to skip such rows "
             "(they are counted and reported)."
         )
 

@@ -16,6 +16,7 @@ never the table. Measured with ``benchmarks/bench_preprocess.py``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -30,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .cache import MemoryBudget, NpyAppender, atomic_directory, cache_key, default_cache_dir, is_complete, write_json
-from .convert import display, parse_label, parse_numeric
-from .errors import DataConfigError, MalformedRowError, check_on_bad_rows
+from .cache import MemoryBudget, NpyAppender, atomic_directory, cache_key, cache_problem, default_cache_dir, write_json
+from .convert import BEYOND_FLOAT32, BEYOND_FLOAT32_FIX, beyond_float32, display, parse_label, parse_numeric
+from .errors import CacheError, DataConfigError, MalformedRowError, check_on_bad_rows
 from .keys import MISSING_BUCKET, GrowingDictionary, fixed8_row_keys, keys_to_arrow, string_keys
 from .numeric import RunningMinMax, log_bucket, minmax_scale
 from .readers import BadRows, RawChunk, TableSource, memory_pool
@@ -88,6 +89,32 @@ class PreprocessResult:
     stats: dict[str, Any]
     reused: bool
 
+    def data_report(self) -> dict[str, Any]:
+        """What happened to the input's rows, as plain JSON types (for a run's ``summary.json``).
+
+        Read from the cache's ``stats.json``, so a reused cache reports the rows
+        skipped when it was built. Keys: ``source`` (file), ``cache``,
+        ``cache_reused``, ``rows_counted`` (data lines), ``rows_read`` (rows the
+        parser accepted), ``rows_encoded``, ``split_rows`` (rows per split),
+        ``blank_lines`` (ignored), ``rows_skipped`` and ``skipped``:
+        ``{"total", "by_reason": {reason: count}, "first": [{"line" (or "row"), "column", "reason"}, ...]}``
+        (the earliest skipped rows, at most 10).
+        """
+        stats = self.stats
+        bad = stats.get("bad_rows", {})
+        return {
+            "source": stats.get("source", {}).get("path"),
+            "cache": str(self.path),
+            "cache_reused": bool(self.reused),
+            "rows_counted": stats.get("rows_counted"),
+            "rows_read": stats.get("rows_read"),
+            "rows_encoded": stats.get("rows_encoded"),
+            "split_rows": dict(stats.get("split_rows", {})),
+            "blank_lines": stats.get("blank_lines", 0),
+            "rows_skipped": stats.get("rows_skipped", 0),
+            "skipped": {"total": bad.get("total", 0), "by_reason": dict(bad.get("by_reason", {})), "first": list(bad.get("first", []))},
+        }
+
 
 def cache_path(source: TableSource, options: EncodeOptions, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()).expanduser() / cache_key(source.identity(), options.to_dict())
@@ -109,18 +136,76 @@ def preprocess(
     options = options or EncodeOptions()
     source.check()  # columns, emptiness: before any work
     final = cache_path(source, options, cache_dir)
-    if is_complete(final):
-        log.info("reusing the encoded cache %s (same file and options)", final)
-        return load_result(final, reused=True)
+    if final.exists():
+        problem = cache_problem(final)
+        if problem is None:
+            log.info("reusing the encoded cache %s (same file and options)", final)
+            return load_result(final, reused=True)
+        log.warning("the encoded cache %s is damaged (%s): rebuilding it", final, problem)
     started = time.perf_counter()
-    with atomic_directory(final) as tmp:
-        _encode(source, options, tmp, progress, final.name)
+    with cache_write_errors(final):
+        if final.exists():
+            discard_directory(final)
+        with atomic_directory(final) as tmp:
+            _encode(source, options, tmp, progress, final.name)
     result = load_result(final, reused=False)
     log.info(
         "encoded %s rows of %s in %.1f s into %s",
         f"{result.stats['rows_encoded']:,}", source.path, time.perf_counter() - started, final,
     )
     return result
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def cache_write_errors(final: Path):
+    """Turn a read-only or full cache directory into a :class:`CacheError` that says what to do.
+
+    Only those errnos are translated: other errors (a bad row, a bug) pass as they are.
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = final.parent
+        what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if exc.errno in _NOT_WRITABLE:
+            raise CacheError(
+                f"cannot write the encoded cache in {where} ({what}). Set data.cache_dir (or $LIGHTNING_AFM_CACHE) "
+                f"to a writable directory, or make {where} writable"
+            ) from exc
+        if exc.errno in _NO_SPACE:
+            free = _free_bytes(where)
+            raise CacheError(
+                f"no space left to write the encoded cache in {where} ({what}; {free} free now; the partial cache "
+                "was removed). Free some space there, or set data.cache_dir (or $LIGHTNING_AFM_CACHE) to a "
+                "directory on a larger disk"
+            ) from exc
+        raise
+
+
+def _free_bytes(directory: Path) -> str:
+    import shutil
+
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB"
+    except OSError:
+        return "unknown"
+
+
+def discard_directory(path: Path) -> None:
+    """Remove a damaged cache directory: renamed aside first (atomic), so no reader finds it half deleted."""
+    import shutil
+    import uuid
+
+    aside = path.with_name(f".{path.name}.damaged-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process removed it already
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_result(path: Path, reused: bool) -> PreprocessResult:
@@ -184,7 +269,13 @@ class _Workers:
 
 
 class _SplitOf:
-    """The split of each row (:func:`split_assignment` over the counted rows)."""
+    """The split of each row, drawn from the row's own index among the file's data records.
+
+    :func:`split_assignment` over the counted data lines, looked up by the
+    row's 0-based record index (:meth:`RawChunk.data_index`). A row the parser
+    drops keeps its index, so skipping it leaves every other row's split as it
+    is; a file without skipped rows gets exactly the scikit-learn split.
+    """
 
     def __init__(self, total: int, options: EncodeOptions, source: TableSource) -> None:
         if total == 0:
@@ -194,12 +285,15 @@ class _SplitOf:
     def rows(self) -> int:
         return len(self._assignment)
 
-    def __call__(self, start_row: int, n: int) -> np.ndarray:
-        """Splits ``int8 [n]`` of the rows ``start_row ..`` (rows beyond the count, from odd line endings, train)."""
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        """Splits ``int8 [n]`` of the rows with 0-based data indices ``index`` ``int64 [n]``.
+
+        An index beyond the count (impossible while records <= lines) goes to train.
+        """
         assignment = self._assignment
-        split = np.full(n, TRAIN, dtype=np.int8)
-        inside = max(0, min(n, len(assignment) - start_row))
-        split[:inside] = assignment[start_row : start_row + inside]
+        inside = (index >= 0) & (index < len(assignment))
+        split = np.full(len(index), TRAIN, dtype=np.int8)
+        split[inside] = assignment[index[inside]]
         return split
 
 
@@ -237,22 +331,28 @@ def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: 
 
     results = list(pool.map(parse, range(-1, len(spec.numeric))))  # Arrow and numpy release the GIL
     label = results[0][0]
-    problems = [(name, bad, why) for name, (_, bad, why) in zip((spec.label,) + spec.numeric, results)]
+    # (column, bad rows, reason, how to fix it or None)
+    problems = [(name, bad, why, None) for name, (_, bad, why) in zip((spec.label,) + spec.numeric, results)]
+    for j, name in enumerate(spec.numeric):
+        huge = beyond_float32(numeric[:, j])
+        if huge.any():
+            problems.append((name, huge, BEYOND_FLOAT32, BEYOND_FLOAT32_FIX))
     any_bad = np.zeros(table.num_rows, dtype=bool)
-    for _, mask, _ in problems:
+    for _, mask, _, _ in problems:
         any_bad |= mask
     if not any_bad.any():
         return label, numeric, None
     if on_bad_rows == "error":
         row = int(np.flatnonzero(any_bad)[0])
-        name, _, why = next(p for p in problems if p[1][row])
+        name, _, why, hint = next(p for p in problems if p[1][row])
         value = display(table.column(name)[row].as_py())
-        raise MalformedRowError(source.path, chunk.line_of(row), name, f"{why}, got {value!r}", where=source.where)
-    for name, mask, why in problems:
+        raise MalformedRowError(source.path, chunk.line_of(row), name, f"{why}, got {value!r}", where=source.where, hint=hint)
+    for name, mask, why, _ in problems:
         if mask.any():
-            row = int(np.flatnonzero(mask)[0])
-            value = display(table.column(name)[row].as_py())
-            bad_rows.add(f"{name}: {why}", int(mask.sum()), f"{source.where} {chunk.line_of(row)}, column {name!r}: {why}, got {value!r}")
+            for row in np.flatnonzero(mask)[: bad_rows.max_examples]:  # the earliest few are reported
+                value = display(table.column(name)[int(row)].as_py())
+                bad_rows.add(f"{name}: {why}", 0, records=[int(chunk.records[row])], column=name, detail=f"{why}, got {value!r}")
+            bad_rows.add(f"{name}: {why}", int(mask.sum()))
     return label, numeric, ~any_bad
 
 
@@ -358,7 +458,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
             ids = buffers.ids[:n]
             # fields are independent: one task each
             encoded = pool.map(partial(_encode_field, table, numeric, ids, dictionaries), range(num_fields))
-            split = split_of(chunk.start_row, chunk.table.num_rows)
+            split = split_of(chunk.data_index())
             if keep is not None:
                 split = split[keep]
             is_train = split == TRAIN
@@ -388,6 +488,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
 
     if sizes["train"] == 0:
         raise DataConfigError(f"{source.path}: no valid training rows (read {rows_read:,}, skipped {bad_rows.total:,})")
+    bad_rows.resolve(source)  # record numbers -> file lines, once
     if bad_rows.total:
         log.warning("%s: skipped %s malformed rows: %s; e.g. %s", source.path, f"{bad_rows.total:,}", bad_rows.by_reason, bad_rows.examples[:3])
 
@@ -448,6 +549,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
         "rows_encoded": int(sum(sizes.values())),
         "rows_skipped": bad_rows.total,
         "bad_rows": bad_rows.to_dict(),
+        "blank_lines": int(getattr(source, "blank_lines", None) or 0),
         "split_rows": sizes,
         "seconds_count_rows": round(count_seconds, 3),
         "seconds_read_encode": round(parse_seconds - count_seconds, 3),

@@ -10,17 +10,24 @@ strings too, so ``"007"`` and ``"7"`` stay two values.
 Rows with the wrong number of columns are caught by Arrow's parser: with
 ``on_bad_rows="error"`` the first one raises :class:`MalformedRowError` naming
 its line, with ``"skip"`` they are counted in :class:`BadRows`.
+
+Rows are identified by their *record number*: the 1-based count of records in
+the file as the parser sees them (header included, blank lines not, a quoted
+value spanning lines still one record), which is what Arrow reports for an
+invalid row. The split is drawn from it, so skipping a row never moves another
+row's number. Error messages translate record numbers into physical line
+numbers (:meth:`TableSource.lines_of`), which differ after a blank line or a
+quoted newline.
 """
 
 from __future__ import annotations
 
-import bisect
 import csv
 import functools
 import io
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -29,6 +36,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .cache import content_fingerprint
 from .errors import DataConfigError, MalformedRowError, check_on_bad_rows
 
 CRITEO_LABEL = "label"
@@ -97,34 +105,83 @@ class TableSpec:
 class RawChunk:
     """Consecutive rows of the source, as an Arrow table with ``spec.columns``.
 
-    ``start_row`` is the index (0-based, among rows the parser accepted) of the
-    first row; ``line_of(i)`` gives the file line (or Parquet row) of chunk row ``i``.
+    ``records`` (``int64 [n]``) holds each row's 1-based record number in the
+    file (header included; for Parquet the 1-based row), ``data_records`` the
+    number of records before the first data row (1 with a header row, else 0),
+    so ``records - data_records - 1`` is the 0-based index the split is drawn
+    from. ``line_of(i)`` gives the physical file line of chunk row ``i``.
     """
 
-    start_row: int
     table: pa.Table
-    line_of: Callable[[int], int]
+    records: np.ndarray
+    source: "TableSource"
+
+    @property
+    def start_row(self) -> int:
+        """0-based data index of the first row (rows the parser skipped before it included)."""
+        return int(self.records[0]) - self.source.header_lines - 1 if len(self.records) else 0
+
+    def data_index(self) -> np.ndarray:
+        """``int64 [n]``: 0-based index of each row among the file's data records."""
+        return self.records - self.source.header_lines - 1
+
+    def line_of(self, i: int) -> int:
+        return int(self.source.lines_of(self.records[i : i + 1])[0])
 
 
-@dataclass
 class BadRows:
-    """Skipped rows: a count per reason and the first few examples (for the log and the schema)."""
+    """Skipped rows: a count per reason and the first few of them by position (for the log and the report).
 
-    max_examples: int = 10
-    by_reason: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
+    Thread-safe: the reader thread adds rows of the wrong width while the
+    encoder adds rows with bad values. Rows are noted by record number and
+    turned into file lines once, by :meth:`resolve`.
+    """
+
+    def __init__(self, max_examples: int = 10) -> None:
+        self.max_examples = int(max_examples)
+        self.by_reason: dict[str, int] = {}
+        self._first: list[tuple[int, str | None, str]] = []  # (record, column, reason), the earliest records
+        self._lines: list[int] | None = None
+        self._where = "line"
+        self._lock = threading.Lock()
 
     @property
     def total(self) -> int:
         return sum(self.by_reason.values())
 
-    def add(self, reason: str, count: int = 1, example: str | None = None) -> None:
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + int(count)
-        if example is not None and len(self.examples) < self.max_examples:
-            self.examples.append(example)
+    def add(self, reason: str, count: int = 1, records: Sequence[int] = (), column: str | None = None, detail: str | None = None) -> None:
+        """Count ``count`` rows skipped for ``reason``; ``records`` are (some of) their record numbers."""
+        with self._lock:
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + int(count)
+            for r in list(records)[: self.max_examples]:
+                self._first.append((int(r), column, detail or reason))
+            # keep the earliest rows: the reader thread may run ahead of the encoder
+            self._first = sorted(self._first)[: self.max_examples]
+            self._lines = None
+
+    def resolve(self, source: "TableSource") -> None:
+        """Translate the noted record numbers into the file's line numbers (one scan of the file at most)."""
+        with self._lock:
+            self._where = source.where
+            records = np.array([r for r, _, _ in self._first], dtype=np.int64)
+            self._lines = source.lines_of(records).tolist() if len(records) else []
+
+    def first(self) -> list[dict]:
+        """The earliest skipped rows: ``[{"line": int, "column": str | None, "reason": str}, ...]``."""
+        lines = self._lines if self._lines is not None else [r for r, _, _ in self._first]
+        return [{self._where: int(line), "column": col, "reason": why} for line, (_, col, why) in zip(lines, self._first)]
+
+    @property
+    def examples(self) -> list[str]:
+        """The same rows as one line of text each (``"line 57: expected 40 columns, found 10"``)."""
+        out = []
+        for row in self.first():
+            col = f", column {row['column']!r}" if row["column"] is not None else ""
+            out.append(f"{self._where} {row[self._where]}{col}: {row['reason']}")
+        return out
 
     def to_dict(self) -> dict:
-        return {"total": self.total, "by_reason": dict(self.by_reason), "examples": list(self.examples)}
+        return {"total": self.total, "by_reason": dict(self.by_reason), "examples": self.examples, "first": self.first()}
 
 
 class prefetch:  # noqa: N801 - used like a function
@@ -198,6 +255,7 @@ class TableSource:
 
     kind: str = "table"
     where: str = "line"  # how :class:`MalformedRowError` locates a row
+    header_lines: int = 0  # records before the first data row
 
     def __init__(self, path: str | Path, spec: TableSpec, chunk_rows: int = 1 << 18) -> None:
         self.path = Path(path).expanduser()
@@ -205,13 +263,14 @@ class TableSource:
         self.chunk_rows = int(chunk_rows)
 
     def identity(self) -> dict:
-        """What the cache key depends on: the file (path, size, mtime) and how it is read."""
+        """What the cache key depends on: the file (path, size, mtime, sampled content) and how it is read."""
         st = self.path.stat()
         return {
             "kind": self.kind,
             "path": str(self.path.resolve()),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
+            "fingerprint": content_fingerprint(self.path),  # reads 16 MiB at most
             "label": self.spec.label,
             "categorical": list(self.spec.categorical),
             "numeric": list(self.spec.numeric),
@@ -236,6 +295,10 @@ class TableSource:
         if missing:
             raise DataConfigError(f"{self.path}: configured columns not found: {missing}; {_describe_columns(available)}")
 
+    def lines_of(self, records: np.ndarray) -> np.ndarray:
+        """Where records ``int64 [k]`` (1-based record numbers) lie in the file: ``int64 [k]`` lines (or rows)."""
+        return np.asarray(records, dtype=np.int64)
+
     def check(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -244,6 +307,63 @@ class TableSource:
 
     def chunks(self, on_bad_rows: str, bad_rows: BadRows) -> Iterator[RawChunk]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class _LineScan:
+    """Counts line ends, blank lines and quote characters of a byte stream fed block by block.
+
+    One vectorised compare per block finds the LFs; blank lines (LF LF, or
+    LF CR LF) come from the gaps between consecutive LFs, so a run of them
+    counts exactly and no second pass over the bytes is needed. Quote
+    characters are only looked for until the first one is found.
+    """
+
+    def __init__(self, quote: bytes | None) -> None:
+        self.newlines = 0
+        self.blank_lines = 0
+        self.quotes = 0
+        self.last_byte = 10  # LF: as if a line ended just before the file, so an empty first line is blank
+        self._quote = quote[0] if quote else None
+        self._since_lf = 0  # bytes from the last LF (exclusive) to the end of the previous block
+
+    def feed(self, view) -> None:
+        data = np.frombuffer(view, dtype=np.uint8)
+        if not len(data):
+            return
+        at = np.flatnonzero(data == 10)
+        self.newlines += len(at)
+        if len(at):
+            # gap = bytes between an LF and the previous one, LF included: 1 for LF LF, 2 for LF x LF
+            previous = np.concatenate([[-1 - self._since_lf], at[:-1]])
+            gap = at - previous
+            self.blank_lines += int(np.count_nonzero(gap == 1))
+            two = at[gap == 2]  # LF x LF: blank when x is CR (the byte before the LF)
+            if len(two):
+                before = np.where(two >= 1, data[np.maximum(two - 1, 0)], self.last_byte)
+                self.blank_lines += int(np.count_nonzero(before == 13))
+            self._since_lf = len(data) - 1 - int(at[-1])
+        else:
+            self._since_lf += len(data)
+        if self._quote is not None and not self.quotes:
+            self.quotes = int(np.count_nonzero(data == self._quote))
+        self.last_byte = int(data[-1])
+
+
+def _records_of(accepted: int, n: int, header_lines: int, skipped: list[int]) -> np.ndarray:
+    """Record numbers ``int64 [n]`` of accepted rows ``accepted .. accepted + n - 1`` (0-based among accepted rows).
+
+    The ``a``-th accepted row is the ``a``-th record after the header that is
+    not in ``skipped`` (sorted record numbers of dropped rows). With
+    ``t_j = skipped_j - j`` (non-decreasing) it is record
+    ``first + a + #{j : t_j <= first + a}``, where ``first`` is the first data record.
+    Skips noted beyond the chunk (the parser reads ahead) do not change the result.
+    """
+    first = header_lines + 1
+    wanted = first + accepted + np.arange(n, dtype=np.int64)
+    if not skipped:
+        return wanted
+    s = np.asarray([r for r in skipped[: len(skipped)] if r is not None], dtype=np.int64)  # a snapshot: the list grows
+    return wanted + np.searchsorted(s - np.arange(len(s)), wanted, side="right")
 
 
 class CsvSource(TableSource):
@@ -304,8 +424,25 @@ class CsvSource(TableSource):
                     break
         return lines
 
+    def _check_line_ends(self) -> None:
+        """Refuse files whose lines end with a lone CR (classic Mac OS): rows would be miscounted.
+
+        Arrow would split such rows, but the row count (the split) and every
+        line number count LF line ends; a clear error beats a silent mismatch.
+        """
+        with self._open() as f:
+            head = f.read(1 << 16)
+        if b"\r" in head and b"\n" not in head:
+            name = self.path.name
+            raise DataConfigError(
+                f"{self.path}: its lines end with a carriage return only (CR, old Mac style); this reader "
+                f"needs LF or CRLF line ends. Convert the file, e.g. `tr '\\r' '\\n' < {name} > lf-{name}`, "
+                "and point data.path at the converted file"
+            )
+
     def check(self) -> None:
         self._check_file()
+        self._check_line_ends()
         first = self._first_lines(2)
         if self.column_names is not None:
             if not first:
@@ -326,42 +463,86 @@ class CsvSource(TableSource):
                 raise DataConfigError(f"{self.path} has a header row but no data rows")
 
     def count_rows(self, progress: bool = False) -> int:
-        """Data rows (an upper bound when rows are skipped or quoted values span lines)."""
+        """Data lines that are not blank: the data records, or an upper bound when quoted values span lines.
+
+        Blank lines are left out as the parser skips them, so a blank line does
+        not change the split of the other rows (it is drawn over this count).
+
+        The same pass notes whether the file has blank lines or quote characters,
+        which decide how record numbers map to line numbers (:meth:`lines_of`).
+        """
         from tqdm.auto import tqdm
 
         size = self.path.stat().st_size
-        newlines, last = 0, b"\n"
+        scan = _LineScan(self.quote_char.encode() if self.quote_char else None)
         buffer = bytearray(8 << 20)  # reused: no fresh memory per block
         with self._open() as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"counting rows of {self.path.name}", disable=not progress, leave=False) as bar:
             while True:
                 got = f.readinto(buffer)
                 if not got:
                     break
-                newlines += int(np.count_nonzero(np.frombuffer(buffer, dtype=np.uint8, count=got) == 10))
-                last = buffer[got - 1 : got]
+                scan.feed(memoryview(buffer)[:got])
                 bar.update(min(got, max(size - bar.n, 0)))  # compressed input: the bar counts towards the file size
-        lines = newlines + (0 if last == b"\n" else 1)
-        return max(lines - self.header_lines, 0)
+        lines = scan.newlines + (0 if scan.last_byte == 10 else 1)
+        blank = scan.blank_lines
+        # "quotes" only tells whether any quote character exists (the scan stops counting at the first block with one)
+        self._layout = {"lines": lines, "blank_lines": blank, "quotes": scan.quotes}
+        return max(lines - blank - self.header_lines, 0)
 
-    def _line_numbers(self, skipped_lines: list[int], start_row: int) -> Callable[[int], int]:
-        """Chunk row -> file line, accounting for rows Arrow skipped before it."""
-        first_data_line = self.header_lines + 1
+    @property
+    def blank_lines(self) -> int | None:
+        """Blank lines found by :meth:`count_rows` (the parser skips them), ``None`` before it ran."""
+        layout = getattr(self, "_layout", None)
+        return None if layout is None else layout["blank_lines"]
 
-        def line_of(i: int) -> int:
-            line = first_data_line + start_row + i
-            seen = 0
-            while True:  # a skipped line at or before `line` pushes it one further
-                now = bisect.bisect_right(skipped_lines, line)
-                if now == seen:
-                    return line
-                line += now - seen
-                seen = now
+    def lines_of(self, records: np.ndarray) -> np.ndarray:
+        """Physical lines ``int64 [k]`` of records ``int64 [k]`` (1-based, header included).
 
-        return line_of
+        A record is its line unless a blank line (skipped by the parser) or a
+        quoted line break comes before it; only then is the file scanned again,
+        up to the last record asked for.
+        """
+        records = np.asarray(records, dtype=np.int64)
+        layout = getattr(self, "_layout", None)
+        if layout is None:
+            self.count_rows()
+            layout = self._layout
+        if not len(records) or (layout["blank_lines"] == 0 and layout["quotes"] == 0):
+            return records.copy()
+        return self._scan_record_lines(records)
+
+    def _scan_record_lines(self, records: np.ndarray) -> np.ndarray:
+        """The slow path of :meth:`lines_of`: parse with Python's csv module, which counts physical lines.
+
+        Its dialect mirrors the Arrow parser's (delimiter, double-quoting, no
+        escape character, blank lines skipped); a record whose first line can
+        not be found (e.g. a field over the csv module's size limit) keeps its
+        record number.
+        """
+        wanted = np.unique(records)
+        found: dict[int, int] = {}
+        quoting = {"quotechar": self.quote_char, "doublequote": True} if self.quote_char else {"quoting": csv.QUOTE_NONE}
+        with self._open() as raw:
+            text = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", errors="replace", newline="")
+            reader = csv.reader(text, delimiter=self.sep, strict=False, **quoting)
+            record, before, k = 0, 0, 0
+            try:
+                for row in reader:
+                    if row:  # the csv module returns [] for a blank line, as the parser skips it
+                        record += 1
+                        while k < len(wanted) and wanted[k] == record:
+                            found[record] = before + 1
+                            k += 1
+                        if k == len(wanted):
+                            break
+                    before = reader.line_num
+            except csv.Error:
+                pass
+        return np.array([found.get(int(r), int(r)) for r in records], dtype=np.int64)
 
     def chunks(self, on_bad_rows: str, bad_rows: BadRows) -> Iterator[RawChunk]:
         check_on_bad_rows(on_bad_rows)
-        skipped_lines: list[int] = []
+        skipped_records: list[int] = []  # record numbers of the rows the parser dropped, in file order
         wrong_width: list[pa.csv.InvalidRow] = []
         expected = len(self.column_names) if self.column_names else None
         path = self.path
@@ -370,11 +551,13 @@ class CsvSource(TableSource):
             if on_bad_rows == "error":
                 wrong_width.append(row)
             else:
-                skipped_lines.append(row.number if row.number is not None else -1)
+                # row.number is the record number (serial parsing keeps it known)
+                skipped_records.append(row.number)
                 bad_rows.add(
                     "wrong number of columns",
                     1,
-                    f"line {row.number}: expected {row.expected_columns} columns, found {row.actual_columns}",
+                    records=[row.number],
+                    detail=f"expected {row.expected_columns} columns, found {row.actual_columns}",
                 )
             return "skip"
 
@@ -406,26 +589,33 @@ class CsvSource(TableSource):
             )
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
-            start_row = 0
+            accepted = 0  # rows the parser accepted before `pending`
+
+            def chunk() -> RawChunk:
+                records = _records_of(accepted, pending_rows, self.header_lines, skipped_records)
+                return RawChunk(pa.Table.from_batches(pending), records, self)
+
+            def refuse(row) -> MalformedRowError:
+                line = int(self.lines_of(np.array([row.number]))[0]) if row.number is not None else None
+                return MalformedRowError(
+                    path, line, None,
+                    f"expected {row.expected_columns or expected} columns separated by {self.sep!r}, found {row.actual_columns}",
+                )
+
             for batch in reader:
                 if wrong_width:
-                    row = wrong_width[0]
-                    raise MalformedRowError(
-                        path, row.number, None,
-                        f"expected {row.expected_columns or expected} columns separated by {self.sep!r}, found {row.actual_columns}",
-                    )
+                    raise refuse(wrong_width[0])
                 if batch.num_rows:
                     pending.append(batch)
                     pending_rows += batch.num_rows
                 if pending_rows >= self.chunk_rows:
-                    yield RawChunk(start_row, pa.Table.from_batches(pending), self._line_numbers(skipped_lines, start_row))
-                    start_row += pending_rows
+                    yield chunk()
+                    accepted += pending_rows
                     pending, pending_rows = [], 0
             if wrong_width:
-                row = wrong_width[0]
-                raise MalformedRowError(path, row.number, None, f"expected {row.expected_columns} columns, found {row.actual_columns}")
+                raise refuse(wrong_width[0])
             if pending:
-                yield RawChunk(start_row, pa.Table.from_batches(pending), self._line_numbers(skipped_lines, start_row))
+                yield chunk()
 
         return prefetch(batches)
 
@@ -457,7 +647,8 @@ class ParquetSource(TableSource):
             start = 0
             for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.chunk_rows, columns=columns):
                 if batch.num_rows:
-                    yield RawChunk(start, pa.Table.from_batches([batch]).select(columns), lambda i, s=start: s + i + 1)
+                    records = start + 1 + np.arange(batch.num_rows, dtype=np.int64)
+                    yield RawChunk(pa.Table.from_batches([batch]).select(columns), records, self)
                     start += batch.num_rows
 
         return prefetch(batches)
