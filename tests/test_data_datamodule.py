@@ -262,6 +262,7 @@ def test_csv_module_reads_parquet(tmp_path):
     dm.setup()
     assert dm.schema.vocab_sizes == [4] and dm.schema.numeric == ("price",)
     assert sum(len(b["label"]) for b in dm.train_dataloader()) == 360
+    assert dm.name == "parquet"  # summaries name the format the run read
 
 
 def test_data_report_lists_skipped_rows_also_when_the_cache_is_reused(tmp_path):

@@ -258,7 +258,7 @@ class CSVDataModule(_FileDataModule):
     """Any CTR table as CSV (with a header row) or Parquet, configured by column lists.
 
     Example (Hydra): ``data=csv data.path=/x/table.csv data.label=click
-    data.categorical=[site,device] data.numeric=[price] data.sep=,``
+    data.categorical=[site,device] data.numeric=[price] "data.sep=';'"``
 
     Args:
         path: the ``.csv`` / ``.parquet`` file.
@@ -288,7 +288,8 @@ class CSVDataModule(_FileDataModule):
         self.numeric = [str(c) for c in (numeric or ())]
         self.sep = str(sep)
         self.file_format = file_format
-        self.source()  # a bad column list fails here, at construction
+        # "csv" or "parquet", as read: summaries and reports name the format the run used
+        self.name = getattr(self.source(), "kind", "csv")  # a bad column list fails here, at construction
 
     def source(self) -> TableSource:
         return table_source(self.path, self.label, self.categorical, self.numeric, sep=self.sep, file_format=self.file_format)
