@@ -120,13 +120,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     metrics = dict(trainer.callback_metrics)  # val metrics: trainer.test replaces callback_metrics
-    trainer.test(model, datamodule=datamodule, verbose=True)
-    metrics.update(trainer.callback_metrics)
 
+    # Saved before testing, so that a failing test step (a test split too small for the DDP
+    # ranks, say) does not take the trained model with it.
     ckpt_path = None
     if cfg.get("save_checkpoint", True):
         ckpt_path = out / "last.ckpt"
         trainer.save_checkpoint(str(ckpt_path), weights_only=False)  # with callback states: resumable
+    trainer.test(model, datamodule=datamodule, verbose=True)
+    metrics.update(trainer.callback_metrics)
 
     throughput = next(c for c in callbacks if isinstance(c, TrainingThroughput))
     summary: dict[str, Any] = {
