@@ -230,3 +230,17 @@ def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     callback.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_a_failing_test_step_keeps_the_trained_model(tmp_path, monkeypatch):
+    from lightning_afm.models.deepfm import DeepFM
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("test step failed")
+
+    monkeypatch.setattr(DeepFM, "test_step", broken)
+    with pytest.raises(RuntimeError, match="test step failed"):
+        cli.run(_compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
+    assert (tmp_path / "last.ckpt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.undo()
+    assert DeepFM.load_from_checkpoint(tmp_path / "last.ckpt") is not None
