@@ -280,7 +280,7 @@ class AFMCompressionCallback(pl.Callback):
         file holds. Logged at validation end and at train epoch end, so both ModelCheckpoint save
         points (``save_on_train_epoch_end`` or not) see the value of the model they save.
         """
-        pl_module.log("stage", float(self.stages_started), on_step=False, on_epoch=True, sync_dist=False)
+        pl_module.log("stage", float(self.stages_started), on_step=False, on_epoch=True, sync_dist=True)
 
     # -- EarlyStopping and other stop requests -----------------------------------------------
     def _hold_early_stopping(self, trainer: pl.Trainer) -> None:
