@@ -68,7 +68,8 @@ def test_resume_inside_the_mlp_finetune_continues_with_the_compressed_structure(
     dm = _datamodule()
     saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True,
                             filename="{epoch}")
-    # Stop after epoch 1 (the MLP finetune): the checkpoint of epoch 0 already holds the MLP swap.
+    # Stop after epoch 1 (the MLP finetune). The checkpoint of epoch 0 holds the baseline it validated;
+    # resuming from it starts the MLP stage at fit start (the stage was due at epoch 1).
     _trainer([_callback(), saver], max_epochs=3, max_steps=18 + 9).fit(_model(dm), datamodule=dm)
     assert (tmp_path / "epoch=0.ckpt").exists()
 
