@@ -4,26 +4,39 @@ Schedule (epochs are the trainer's)::
 
     [baseline_epochs] -> stage 1: statistics, swap, finetune [epochs] -> stage 2: ... -> end
 
-A stage starts at the end of the epoch before it (after that epoch's validation), or at fit
-start when it begins at epoch 0 (``baseline_epochs=0``: compress an already trained model).
-Starting a stage means: a statistics pass over the training data (eval mode, no gradients,
+A stage starts at the start of its first finetune epoch (after the previous epoch's validation
+and checkpoints), or at fit start when it begins at epoch 0 (``baseline_epochs=0``: compress an
+already trained model); stages with no finetune epochs at the very end of the schedule swap at
+the end of its last epoch. A checkpoint written at the end of epoch N therefore holds the
+model that epoch N validated. Starting a stage means: a statistics pass over the training data (eval mode, no gradients,
 progress bar), the module swap, the stage's dropout, a fresh optimizer with the stage's
 settings, the stage's batch size, and an evaluation of the swapped model ("pre-train" in the
 paper's tables). When its finetune epochs end the stage is evaluated again ("fine-tune").
 
-The compression plan travels in every checkpoint (``checkpoint["afm_compression_plan"]``) and
-is replayed on the fresh model before its weights load, both when resuming a fit and in
-``load_from_checkpoint`` of our models.
+The compression plan as of the moment of saving travels in every checkpoint
+(``checkpoint["afm_compression_plan"]``, empty before the first swap). Whenever Lightning loads
+a checkpoint into the module during a trainer call with this callback (resume, or
+``trainer.test(ckpt_path="best")`` from an earlier stage), the module first gets exactly that
+structure; our models do the same in ``load_from_checkpoint``. The callback logs ``stage``
+(stages done: 0 for the baseline) each epoch for ``ModelCheckpoint(filename=...)``.
+
+Stop requests (``EarlyStopping``, ``trainer.should_stop``) are held off until the schedule has
+ended: a stop inside it would leave a stage swapped and never finetuned. At the end of the
+schedule every ``EarlyStopping`` starts afresh on the compressed model, and a warning lists
+the epochs whose stop was held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
@@ -58,7 +71,18 @@ class AFMCompressionCallback(pl.Callback):
         trainer.fit(model, datamodule=dm)
         callback.history  # one record per stage: params, AUC/logloss before and after finetuning
 
-    The records are in ``history``; the model before the first stage in ``baseline``.
+    The records are in ``history``; the model before the first stage in ``baseline``. Every record
+    has the same keys (``None`` where not measured; ``finished`` says whether its finetune ended).
+
+    Errors come before any module changes, at fit start: every stage's settings, targets (exist,
+    right type, no module in two stages), ranks, folding, and an empty training set.
+
+    Logged through the trainer's loggers: ``compression/{val,test}_{auc,logloss}``,
+    ``compression/params``, ``compression/stage``, ``compression/phase`` at step 0 (baseline),
+    ``2 i - 1`` (stage ``i`` right after its swap) and ``2 i`` (after its finetune);
+    ``compression/check_val_*`` for ``select="best"`` checks at the global step; and ``stage``
+    each epoch (``pl_module.log``), for checkpoint names such as
+    ``ModelCheckpoint(filename="{epoch}-{stage:.0f}-{val_auc:.4f}")``.
     """
 
     def __init__(
@@ -99,6 +123,11 @@ class AFMCompressionCallback(pl.Callback):
         # checkpoints: a fit resumed inside such a stage starts its selection afresh.
         self._best: BestState | None = None
         self._frozen: list[nn.Parameter] = []
+        # The trainer's own min_epochs while the callback holds stop requests off (a 1-tuple, as
+        # None is a value), and the epochs after which a stop was asked for and held.
+        self._user_min_epochs: tuple[int | None] | None = None
+        self._fitting = True
+        self._held_stops: list[int] = []
 
     # -- schedule ------------------------------------------------------------------------
     def start_epoch(self, index: int) -> int:
@@ -109,26 +138,67 @@ class AFMCompressionCallback(pl.Callback):
     def total_epochs(self) -> int:
         return self.start_epoch(len(self.stages))
 
+    @property
+    def schedule_done(self) -> bool:
+        return self.stages_finished == len(self.stages)
+
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not trainer.ckpt_path:
-            return
-        # Resuming: the checkpoint's weights have the compressed shapes, so the structure must
-        # be rebuilt before Lightning loads them (it restores right after this hook).
-        checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
-        restore_compressed_structure(pl_module, checkpoint)
+        # Lightning also hands callbacks their state from a checkpoint loaded by validate/test/
+        # predict; only a fit (resuming) takes it, so the fit's records outlive a test of "best".
+        self._fitting = stage == "fit"
+        # Any checkpoint Lightning loads into this module (resume, trainer.test(ckpt_path="best"), ...)
+        # must first get the structure of its own plan: see _install_structure_restore.
+        self._install_structure_restore(pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_structure_restore(pl_module)
+        self._release_min_epochs(trainer)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every check before any module changes: a bad setting fails here, not after an epoch.
         self._check_strategy(trainer, pl_module)
         self._check_schedule(trainer)
+        self._check_training_data(trainer)
         self._check_stages(trainer, pl_module)
+        self._hold_early_stopping(trainer)
         if self.stages_started > self.stages_finished:
             # Resumed inside a finetune: put back what the checkpoint does not hold.
-            self._apply_training_settings(trainer, pl_module, self.stages[self.stages_started - 1], reload=False)
-        self._advance(trainer, pl_module, next_epoch=trainer.current_epoch, at_fit_start=True)
+            self._apply_training_settings(trainer, pl_module, self.stages[self.stages_started - 1])
+        self._start_due(trainer, pl_module, epoch=trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note_held_stop(trainer, epoch=trainer.current_epoch - 1)
+        # Stages start here, after the previous epoch's checkpoints were written: a checkpoint of
+        # epoch N holds the model that epoch N validated.
+        self._start_due(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._advance(trainer, pl_module, next_epoch=trainer.current_epoch + 1, at_fit_start=False)
+        next_epoch = trainer.current_epoch + 1
+        self._finish_due(trainer, pl_module, next_epoch)
+        if self.stages_started == self.stages_finished and self._stages_due(next_epoch) == self._trailing_stages():
+            # Stages with no finetune at the very end of the schedule: swap now, so that the
+            # checkpoints of this epoch (and last.ckpt) hold the final model.
+            self._start_due(trainer, pl_module, epoch=next_epoch)
+        self._prepare_batch_size(trainer, next_epoch)
+        if self.schedule_done and next_epoch == self.total_epochs:
+            self._release_early_stopping(trainer)
+        self._log_stage(pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._log_stage(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.schedule_done:
+            open_stage = self.stages_started > self.stages_finished
+            rank_zero_warn(
+                f"AFMCompressionCallback: the fit ended at epoch {trainer.current_epoch} (global step "
+                f"{trainer.global_step}) before the compression schedule did ({self.total_epochs} epochs): "
+                f"{self.stages_finished} of {len(self.stages)} stages finished"
+                + (f"; stage {self.stages[self.stages_started - 1].name!r} is swapped but its finetune was cut "
+                   "short, so its history record has no after-finetune scores" if open_stage else "")
+                + ". Resume with trainer.fit(..., ckpt_path=...) or raise max_steps / max_time.")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -142,8 +212,9 @@ class AFMCompressionCallback(pl.Callback):
             self._check(trainer, pl_module, stage, point)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if self.plan.entries:
-            checkpoint[PLAN_KEY] = self.plan.to_dict()
+        # Always, an empty plan included: a checkpoint written before the first swap must make a
+        # compressed model plain again when it loads (restore_compressed_structure).
+        checkpoint[PLAN_KEY] = self.plan.to_dict()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -152,15 +223,19 @@ class AFMCompressionCallback(pl.Callback):
             "plan": self.plan.to_dict(),
             "stages_started": self.stages_started,
             "stages_finished": self.stages_finished,
+            "held_stops": list(self._held_stops),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._fitting:
+            return
         self.history = list(state_dict.get("history", []))
         self.baseline = state_dict.get("baseline")
         plan = state_dict.get("plan")
         self.plan = compress.CompressionPlan.from_dict(plan) if plan else compress.CompressionPlan()
         self.stages_started = int(state_dict.get("stages_started", 0))
         self.stages_finished = int(state_dict.get("stages_finished", 0))
+        self._held_stops = [int(e) for e in state_dict.get("held_stops", [])]
 
     def summary(self) -> dict[str, Any]:
         """Entries for the run's ``summary.json``: the baseline figures and one record per stage."""
@@ -172,68 +247,168 @@ class AFMCompressionCallback(pl.Callback):
             out["baseline_params"] = self.baseline.get("params")
         return out
 
-    # -- the pipeline ----------------------------------------------------------------------
-    def _advance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, next_epoch: int, at_fit_start: bool) -> None:
-        """Close the stage whose finetune ends before ``next_epoch``; start the stages due by then.
+    # -- checkpoints of earlier stages -------------------------------------------------------
+    def _install_structure_restore(self, pl_module: pl.LightningModule) -> None:
+        """Make ``pl_module.on_load_checkpoint`` rebuild the checkpoint's structure before anything else.
 
-        "Due by" rather than "due at": a fit resumed from a checkpoint written before the end of
-        the epoch that should have started a stage (e.g. ``ModelCheckpoint`` on validation end)
-        catches up at fit start.
+        Lightning loads a checkpoint's weights right after the module's ``on_load_checkpoint``; no
+        callback hook comes earlier with the loaded dict (``Trainer.ckpt_path`` is only set after
+        ``setup``). So the callback wraps the module's hook for the duration of the trainer call:
+        the structure comes from the dict Lightning itself loaded, with the user's
+        ``weights_only`` (the callback never reads the file).
         """
-        if self.stages_started > self.stages_finished:
-            index = self.stages_started - 1
-            if next_epoch >= self.start_epoch(index + 1) and not at_fit_start:
-                self._finish_stage(trainer, pl_module, index)
-            elif self._best is not None and not at_fit_start:
-                self._check(trainer, pl_module, self.stages[index], float(next_epoch - self.start_epoch(index)))
-        while self.stages_started < len(self.stages) and self.start_epoch(self.stages_started) <= next_epoch:
+        if getattr(pl_module.on_load_checkpoint, "_afm_structure_restore", False):
+            return
+        original = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            restore_compressed_structure(pl_module, checkpoint)
+            original(checkpoint)
+
+        on_load_checkpoint._afm_structure_restore = True  # type: ignore[attr-defined]
+        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+
+    @staticmethod
+    def _remove_structure_restore(pl_module: pl.LightningModule) -> None:
+        if getattr(pl_module.__dict__.get("on_load_checkpoint"), "_afm_structure_restore", False):
+            del pl_module.on_load_checkpoint
+
+    def _log_stage(self, pl_module: pl.LightningModule) -> None:
+        """``stage``: how many stages the model has gone through (0: baseline), for checkpoint names.
+
+        ``ModelCheckpoint(filename="{epoch}-{stage:.0f}-{val_auc:.4f}")`` then says which structure a
+        file holds. Logged at validation end and at train epoch end, so both ModelCheckpoint save
+        points (``save_on_train_epoch_end`` or not) see the value of the model they save.
+        """
+        pl_module.log("stage", float(self.stages_started), on_step=False, on_epoch=True, sync_dist=True)
+
+    # -- EarlyStopping and other stop requests -----------------------------------------------
+    def _hold_early_stopping(self, trainer: pl.Trainer) -> None:
+        """Keep the fit going until the schedule has ended, whatever asks it to stop.
+
+        A stop inside the schedule would leave a stage swapped and never finetuned. Lightning's own
+        ``min_epochs`` gate holds ``trainer.should_stop`` (EarlyStopping's or any other) off, also
+        when it is set by a validation inside an epoch; the user's value comes back in
+        :meth:`_release_early_stopping` / ``teardown``.
+        """
+        if trainer.current_epoch >= self.total_epochs or self._user_min_epochs is not None:
+            return
+        loop = trainer.fit_loop
+        self._user_min_epochs = (loop.min_epochs,)
+        loop.min_epochs = max(loop.min_epochs or 0, self.total_epochs)
+
+    def _release_min_epochs(self, trainer: pl.Trainer) -> None:
+        if self._user_min_epochs is not None:
+            trainer.fit_loop.min_epochs = self._user_min_epochs[0]
+            self._user_min_epochs = None
+
+    def _note_held_stop(self, trainer: pl.Trainer, epoch: int) -> None:
+        """A stop asked for during the schedule: remember the epoch and take the request back."""
+        if trainer.should_stop and not self.schedule_done and self._user_min_epochs is not None:
+            if epoch not in self._held_stops:
+                self._held_stops.append(epoch)
+            trainer.should_stop = False
+
+    def _release_early_stopping(self, trainer: pl.Trainer) -> None:
+        """The schedule has ended: stop requests act again, and EarlyStopping starts afresh.
+
+        Afresh, because the model it watched (the baseline, then each stage) is gone: measured
+        against the uncompressed baseline's best score, the compressed model would be stopped at
+        once, and the patience spent during the schedule was spent on other models.
+        """
+        self._note_held_stop(trainer, epoch=trainer.current_epoch)
+        self._release_min_epochs(trainer)
+        stoppers = [cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]
+        for stopper in stoppers:
+            stopper.wait_count = 0
+            stopper.stopped_epoch = 0
+            stopper.best_score = torch.tensor(math.inf if stopper.monitor_op == torch.lt else -math.inf)
+        if self._held_stops:
+            rank_zero_warn(
+                f"AFMCompressionCallback held off a request to stop the fit (EarlyStopping or trainer.should_stop) "
+                f"after epoch(s) {self._held_stops}, inside the compression schedule (epochs 0-{self.total_epochs - 1}); "
+                "every stage was swapped and finetuned. From here on stop requests act"
+                + (", and EarlyStopping starts afresh on the compressed model." if stoppers else "."))
+            self._held_stops = []
+
+    # -- the pipeline ----------------------------------------------------------------------
+    def _stages_due(self, epoch: int) -> list[int]:
+        """Indices of the stages not started yet whose first finetune epoch is ``epoch`` or earlier."""
+        return [i for i in range(self.stages_started, len(self.stages)) if self.start_epoch(i) <= epoch]
+
+    def _trailing_stages(self) -> list[int]:
+        """The stages without finetune epochs at the very end of the schedule."""
+        return [i for i in range(len(self.stages)) if self.start_epoch(i) == self.total_epochs
+                and self.stages[i].epochs == 0 and self.total_epochs > 0]
+
+    def _start_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Start the stages due by ``epoch`` (a stage without finetune epochs also ends at once).
+
+        "Due by" rather than "due at": a fit resumed from a checkpoint written before the epoch
+        that should have started a stage catches up at fit start.
+        """
+        for index in self._stages_due(epoch):
             if self.stages_started > self.stages_finished:
                 break  # the running stage has finetune epochs left
-            index = self.stages_started
-            self._start_stage(trainer, pl_module, index, reload=not at_fit_start)
+            self._start_stage(trainer, pl_module, index)
             if self.stages[index].epochs == 0:
                 self._finish_stage(trainer, pl_module, index)
 
-    def _start_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int, reload: bool) -> None:
+    def _finish_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule, next_epoch: int) -> None:
+        """End the running stage if its last finetune epoch ends before ``next_epoch``, else check it."""
+        if self.stages_started == self.stages_finished:
+            return
+        index = self.stages_started - 1
+        if next_epoch >= self.start_epoch(index + 1):
+            self._finish_stage(trainer, pl_module, index)
+        elif self._best is not None:
+            self._check(trainer, pl_module, self.stages[index], float(next_epoch - self.start_epoch(index)))
+
+    def _prepare_batch_size(self, trainer: pl.Trainer, next_epoch: int) -> None:
+        """A stage starting at ``next_epoch`` with its own ``batch_size``: set it now, so the fit loop
+        builds the next epoch's dataloader with it (it does so before ``on_train_epoch_start``)."""
+        due = [i for i in self._stages_due(next_epoch) if self.stages[i].batch_size is not None]
+        dm = trainer.datamodule
+        if due and dm is not None and self.stages_started == self.stages_finished:
+            dm.batch_size = int(self.stages[due[-1]].batch_size)
+            trainer.fit_loop._combined_loader = None
+
+    def _start_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         stage = self.stages[index]
+        self._check_finite_weights(pl_module, stage)
         if self.baseline is None:
             self.baseline = {"params": compress.parameter_count(pl_module), **self._score(trainer, pl_module)}
-            self._log(trainer, {f"afm/baseline_{k}": v for k, v in self.baseline.items()})
-        record: dict[str, Any] = {
-            "name": stage.name, "kind": stage.kind, "method": stage.method, "rank": stage.rank,
-            "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
-            "params_before": compress.parameter_count(pl_module),
-        }
+            self._log_point(trainer, stage_number=0, phase=0, params=self.baseline["params"], scores=self.baseline)
+        record = self._new_record(pl_module, stage, index)
         names = self._targets(pl_module, stage)
         self._check_ranks(pl_module, stage, names)
+        fold = isinstance(stage, EmbeddingStage) and self._should_fold(pl_module, stage, names)
 
         statistics = {}
         if stage.method == "afm":
             log.info("AFM stage %r: statistics pass over the training data for %s", stage.name, names)
-            statistics = compress.collect_statistics(
-                pl_module, names, self._statistics_batches(trainer),
-                forward=lambda batch: self.forward_fn(pl_module, self._to_device(trainer, batch)),
-                progress=self.progress and trainer.is_global_zero,
-            )
+            statistics = self._collect_statistics(trainer, pl_module, stage, names)
         rank = stage.rank
         if isinstance(stage, EmbeddingStage) and stage.grow_rank and statistics:
             rank, record["rank_search"] = self._grow_rank(trainer, pl_module, stage, statistics)
             record["rank"] = rank
-        # All or nothing: every replacement is built and checked before the first swap.
-        if stage.method == "ttd":
-            entries = compress.compress_embeddings_ttd(pl_module, names, tt_rank=stage.rank, init=stage.ttd_init)
-        else:
-            entries = compress.compress_targets(
-                pl_module, names, statistics or None, rank=rank, method=stage.method,
-                relu=getattr(stage, "relu", False), relu_init=getattr(stage, "relu_init", "shift"))
+        # All or nothing: every replacement is built and checked before the first swap; the plan
+        # grows with each structural change, so a checkpoint always matches its plan.
+        with self._stage_errors(stage):
+            if stage.method == "ttd":
+                entries = compress.compress_embeddings_ttd(pl_module, names, tt_rank=stage.rank, init=stage.ttd_init)
+            else:
+                entries = compress.compress_targets(
+                    pl_module, names, statistics or None, rank=rank, method=stage.method,
+                    relu=getattr(stage, "relu", False), relu_init=getattr(stage, "relu_init", "shift"))
+            self.plan.extend(entries)
+            if fold:
+                self.plan.append(compress.fold_into_first_linear(pl_module))
         layers = {name: self._spectrum(stats, rank) for name, stats in statistics.items()}
-        if isinstance(stage, EmbeddingStage) and stage.method != "ttd" and self._should_fold(pl_module, stage):
-            entries.append(compress.fold_into_first_linear(pl_module))
-        self.plan.extend(entries)
         self.stages_started = index + 1
 
         self._rewrap_for_ddp(trainer, pl_module)
-        self._apply_training_settings(trainer, pl_module, stage, reload=reload, new_optimizer=True)
+        self._apply_training_settings(trainer, pl_module, stage, new_optimizer=True)
         record["params"] = compress.parameter_count(pl_module)
         record["layers"] = layers
         # select="best" scores the validation split with its predictions anyway: one pass serves both.
@@ -247,10 +422,22 @@ class AFMCompressionCallback(pl.Callback):
             self._best = BestState(stage.monitor, stage.significance)
             self._best.offer(pl_module, val_check, point=0.0, lr=self._current_lr(trainer))
         self.history.append(record)
-        self._log(trainer, {f"afm/{stage.name}_params": record["params"],
-                            **{f"afm/{stage.name}_pre_finetune_{k}": v for k, v in record.items()
-                               if k.startswith(("val_", "test_"))}})
+        self._log_point(trainer, stage_number=index + 1, phase=1, params=record["params"], scores=pre)
         log.info("AFM stage %r: %s -> %s parameters", stage.name, f"{record['params_before']:,}", f"{record['params']:,}")
+
+    def _new_record(self, pl_module: nn.Module, stage: CompressionStage, index: int) -> dict[str, Any]:
+        """A history record with every key there is (None until measured), so records read alike
+        whether or not their stage finished, selected, or searched a rank."""
+        scores = [f"{split}_{metric}" for split in self.eval_splits for metric in ("auc", "logloss")]
+        record: dict[str, Any] = {
+            "name": stage.name, "kind": stage.kind, "method": stage.method, "rank": stage.rank,
+            "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
+            "params_before": compress.parameter_count(pl_module), "params": None, "layers": None,
+            "rank_search": None, "selected_point": None, "checks": None, "finished": False,
+        }
+        record.update(dict.fromkeys(f"pre_finetune_{k}" for k in scores))
+        record.update(dict.fromkeys(scores))
+        return record
 
     def _finish_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         record = self.history[index]
@@ -264,8 +451,9 @@ class AFMCompressionCallback(pl.Callback):
         self._unfreeze()
         scores = self._score(trainer, pl_module)
         record.update(scores)
+        record["finished"] = True
         self.stages_finished = index + 1
-        self._log(trainer, {f"afm/{record['name']}_{k}": v for k, v in scores.items()})
+        self._log_point(trainer, stage_number=index + 1, phase=2, params=record["params"], scores=scores)
 
     # -- best-state selection --------------------------------------------------------------
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: CompressionStage, point: float,
@@ -279,8 +467,7 @@ class AFMCompressionCallback(pl.Callback):
         assert self._best is not None
         lr = self._current_lr(trainer)
         verdict = self._best.offer(pl_module, self._val_check(trainer, pl_module), point=point, lr=lr)
-        self._log(trainer, {f"afm/{stage.name}_check_{k}": v for k, v in self._best.trail[-1].items()
-                            if k.startswith("val_")})
+        self._log_check(trainer, self._best.trail[-1])
         if verdict == "worse" and backoff and stage.lr_backoff is not None and lr is not None:
             self._best.restore(pl_module)
             self._build_optimizer(trainer, pl_module, stage, lr=lr * float(stage.lr_backoff))
@@ -438,7 +625,11 @@ class AFMCompressionCallback(pl.Callback):
 
     def _targets(self, pl_module: nn.Module, stage: CompressionStage) -> list[str]:
         types = (nn.Linear,) if stage.kind == "mlp" else (nn.Embedding,)
-        return compress.resolve_targets(pl_module, stage.target_patterns, types)
+        try:
+            return compress.resolve_targets(pl_module, stage.target_patterns, types)
+        except ValueError as err:
+            raise ValueError(f"stage {stage.name!r}: {err}. Set the stage's `targets` to names (or glob patterns) "
+                             f"of {types[0].__name__} modules of your model") from err
 
     @staticmethod
     def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
@@ -452,13 +643,104 @@ class AFMCompressionCallback(pl.Callback):
                     f"stage {stage.name!r}: rank {stage.rank} is larger than {name!r} allows "
                     f"({type(module).__name__} of width {width}); choose a rank in 1..{width}")
 
-    def _should_fold(self, pl_module: nn.Module, stage: EmbeddingStage) -> bool:
-        can_fold = bool(getattr(type(pl_module), "MLP_READS_EMBEDDINGS", False)) and hasattr(pl_module, "embeddings")
-        if stage.fold is True and not can_fold:
+    @staticmethod
+    def _fold_problem(pl_module: nn.Module, names: list[str], folded_earlier: bool) -> str | None:
+        """Why the projections of the tables ``names`` cannot be folded into the first MLP Linear, or None."""
+        cls = type(pl_module).__name__
+        if not getattr(type(pl_module), "MLP_READS_EMBEDDINGS", False):
+            return (f"{cls}'s MLP does not read the embeddings directly (an interaction layer sits in between, "
+                    "or the class does not declare MLP_READS_EMBEDDINGS = True)")
+        embeddings = getattr(pl_module, "embeddings", None)
+        if embeddings is None or not hasattr(embeddings, "module_names"):
+            return f"{cls} has no `embeddings` FieldEmbedding holding its field tables"
+        if folded_earlier or getattr(pl_module, "mlp_reads_codes", False):
+            return "an earlier stage already folded the tables"
+        fields = [f"embeddings.{n}" for n in embeddings.module_names]
+        missing = [n for n in fields if n not in names
+                   and not isinstance(pl_module.get_submodule(n), compress.LowRankEmbedding)]
+        if missing:
+            return f"the MLP reads every field table, and the stage leaves {missing} out of its targets"
+        try:
+            compress.first_mlp_linear_name(pl_module)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def _should_fold(self, pl_module: nn.Module, stage: EmbeddingStage, names: list[str],
+                     folded_earlier: bool = False) -> bool:
+        if stage.method == "ttd" or stage.fold is False:
+            return False
+        problem = self._fold_problem(pl_module, names, folded_earlier)
+        if stage.fold is True and problem is not None:
+            raise ValueError(f"stage {stage.name!r}: fold=True, but {problem}; use fold='auto' (folds where "
+                             "possible) or fold=False (keeps the per-field projections)")
+        return problem is None
+
+    @contextlib.contextmanager
+    def _stage_errors(self, stage: CompressionStage) -> Iterator[None]:
+        """Name the stage in an error from the compression code, with the likely cause of non-finite values."""
+        try:
+            yield
+        except (ValueError, TypeError, RuntimeError) as err:
+            message = f"stage {stage.name!r}: {err}"
+            if "NaN" in message or "Inf" in message:
+                message += (". Non-finite values on finite weights come from the data or an overflow: look for "
+                            "NaN/Inf input features (e.g. missing numeric values) or lower the learning rate")
+            raise (type(err) if type(err) in (ValueError, TypeError) else ValueError)(message) from err
+
+    def _collect_statistics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: CompressionStage,
+                            names: list[str]) -> dict[str, compress.OutputStatistics]:
+        with self._stage_errors(stage):
+            return compress.collect_statistics(
+                pl_module, names, self._statistics_batches(trainer),
+                forward=lambda batch: self.forward_fn(pl_module, self._to_device(trainer, batch)),
+                progress=self.progress and trainer.is_global_zero,
+            )
+
+    @staticmethod
+    def _check_finite_weights(pl_module: nn.Module, stage: CompressionStage) -> None:
+        """NaN/Inf weights before a swap: the training before it diverged; say so instead of a LinAlgError."""
+        # A float64 sum per parameter: NaN/Inf exactly when an entry is, with no entry-sized mask.
+        bad = [name for name, p in pl_module.named_parameters()
+               if p.is_floating_point() and not torch.isfinite(p.detach().sum(dtype=torch.float64))]
+        if bad:
+            shown = ", ".join(repr(n) for n in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise ValueError(
-                f"stage {stage.name!r}: fold=True, but {type(pl_module).__name__}'s MLP does not read the "
-                "embeddings directly (an interaction layer sits in between); use fold='auto' or False")
-        return can_fold if stage.fold == "auto" else bool(stage.fold)
+                f"stage {stage.name!r}: the model's weights contain NaN or Inf ({shown}) before the swap, so there is "
+                "nothing to compress: the training before this stage diverged. Lower the learning rate (the "
+                "model's lr, or the previous stage's `lr`) or clip gradients (Trainer(gradient_clip_val=1.0)), "
+                "then train again. Nothing was changed.")
+
+    def _check_training_data(self, trainer: pl.Trainer) -> None:
+        """An empty training set ends the fit before the first epoch: fail instead of compressing nothing."""
+        if self.schedule_done:
+            return
+        plan = " + ".join([f"{self.baseline_epochs} baseline"] + [f"{s.epochs} {s.name}" for s in self.stages])
+        if trainer.limit_train_batches == 0:
+            raise MisconfigurationException(
+                f"AFMCompressionCallback: Trainer(limit_train_batches=0) runs no training batches, so the compression "
+                f"schedule ({plan} epochs) would end with nothing compressed; remove limit_train_batches=0")
+        loaders = self._train_loaders(trainer)
+        empty = [loader for loader in loaders if _is_empty(loader)]
+        if trainer.strategy.reduce_boolean_decision(bool(empty), all=False):
+            raise MisconfigurationException(
+                f"AFMCompressionCallback: the training dataloader is empty ({_describe(empty[0]) if empty else 'on some rank'}), "
+                f"so Lightning would skip every epoch and the compression schedule ({plan} epochs) would end with "
+                "nothing compressed. Give the fit training data: check the training split (its file, filters and "
+                "fractions) and use a batch size no larger than the dataset when drop_last=True")
+
+    @staticmethod
+    def _train_loaders(trainer: pl.Trainer) -> list[Any]:
+        """The fit's training dataloader(s), asked from the data source (the fit loop builds its own later)."""
+        source = trainer.fit_loop._data_source
+        if not source.is_defined():
+            return []
+        loaders = source.dataloader()
+        if isinstance(loaders, dict):
+            return list(loaders.values())
+        if isinstance(loaders, (list, tuple)):
+            return list(loaders)
+        return [loaders]
 
     def _check_schedule(self, trainer: pl.Trainer) -> None:
         max_epochs = trainer.max_epochs
@@ -470,26 +752,41 @@ class AFMCompressionCallback(pl.Callback):
                 f"(Hydra: trainer.max_epochs={self.total_epochs})")
 
     def _check_stages(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
-        """What can be checked before any work: targets exist, ranks fit, the batch size can change."""
+        """Every stage still to come, completely, before any work: settings, targets (exist, right type,
+        no module in two stages), ranks, folding, validation data, batch size."""
+        claimed: dict[str, str] = {}
+        folded = bool(getattr(pl_module, "mlp_reads_codes", False))
         for stage in self.stages[self.stages_started:]:
-            self._check_ranks(pl_module, stage, self._targets(pl_module, stage))
-            reads_val = [k for k, on in (("select='best'", stage.select == "best"),
-                                         ("grow_rank=True", getattr(stage, "grow_rank", False))) if on]
-            if reads_val and self._eval_loader(trainer, "val") is None:
-                raise MisconfigurationException(
-                    f"stage {stage.name!r} has {' and '.join(reads_val)}, which read the validation split, but "
-                    "the fit has no validation data; give it one (Hydra: data.val_fraction=0.1; Python: a "
-                    "datamodule with val_dataloader() or trainer.fit(model, train, val)) or set select='last' "
-                    "and grow_rank=False (Hydra: protocol=paper)")
-            if stage.batch_size is not None:
-                dm = trainer.datamodule
-                if dm is None or not hasattr(dm, "batch_size"):
-                    raise MisconfigurationException(
-                        f"stage {stage.name!r} sets batch_size={stage.batch_size}, which needs a LightningDataModule "
-                        "with a `batch_size` attribute read by train_dataloader(); set batch_size=None to keep yours")
+            stage.validate()  # again: a stage's fields may have been changed since it was made
+            names = self._targets(pl_module, stage)
+            self._check_ranks(pl_module, stage, names)
+            for name in names:
+                if name in claimed:
+                    raise ValueError(
+                        f"stages {claimed[name]!r} and {stage.name!r} both target {name!r}: a module is compressed "
+                        "once; give the stages disjoint `targets`")
+                claimed[name] = stage.name
+            if isinstance(stage, EmbeddingStage):
+                folded = self._should_fold(pl_module, stage, names, folded) or folded
+            self._check_data_needs(trainer, stage)
 
-    def _apply_training_settings(self, trainer, pl_module, stage: CompressionStage, reload: bool,
-                                 new_optimizer: bool = False) -> None:
+    def _check_data_needs(self, trainer: pl.Trainer, stage: CompressionStage) -> None:
+        reads_val = [k for k, on in (("select='best'", stage.select == "best"),
+                                     ("grow_rank=True", getattr(stage, "grow_rank", False))) if on]
+        if reads_val and self._eval_loader(trainer, "val") is None:
+            raise MisconfigurationException(
+                f"stage {stage.name!r} has {' and '.join(reads_val)}, which read the validation split, but "
+                "the fit has no validation data; give it one (Hydra: data.val_fraction=0.1; Python: a "
+                "datamodule with val_dataloader() or trainer.fit(model, train, val)) or set select='last' "
+                "and grow_rank=False (Hydra: protocol=paper)")
+        if stage.batch_size is not None:
+            dm = trainer.datamodule
+            if dm is None or not hasattr(dm, "batch_size"):
+                raise MisconfigurationException(
+                    f"stage {stage.name!r} sets batch_size={stage.batch_size}, which needs a LightningDataModule "
+                    "with a `batch_size` attribute read by train_dataloader(); set batch_size=None to keep yours")
+
+    def _apply_training_settings(self, trainer, pl_module, stage: CompressionStage, new_optimizer: bool = False) -> None:
         if stage.dropout is not None:
             for module in pl_module.modules():
                 if isinstance(module, nn.Dropout):
@@ -498,11 +795,10 @@ class AFMCompressionCallback(pl.Callback):
             self._build_optimizer(trainer, pl_module, stage, lr=stage.lr)
         else:
             self._freeze(pl_module, stage)
+        # At fit start the fit loop has not built its dataloader yet; later stages had their batch
+        # size set at the end of the epoch before them (_prepare_batch_size).
         if stage.batch_size is not None and trainer.datamodule is not None:
             trainer.datamodule.batch_size = int(stage.batch_size)
-            if reload:
-                # Make the fit loop ask the datamodule for a new train dataloader at the next epoch.
-                trainer.fit_loop._combined_loader = None
 
     @staticmethod
     def _check_strategy(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -555,10 +851,49 @@ class AFMCompressionCallback(pl.Callback):
                 strategy._register_ddp_hooks()
 
     @staticmethod
-    def _log(trainer: pl.Trainer, metrics: dict[str, Any]) -> None:
-        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(float(v))}
+    def _log_scalars(trainer: pl.Trainer, metrics: dict[str, Any], step: int) -> None:
+        scalars = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))}
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
+            logger.log_metrics(scalars, step=step)
+
+    def _log_point(self, trainer: pl.Trainer, stage_number: int, phase: int, params: int | None,
+                   scores: dict[str, Any]) -> None:
+        """One point of the compression trajectory, through the trainer's loggers.
+
+        The step is the point's place in the schedule, so a chart of ``compression/val_auc`` shows
+        the stages in order: 0 the baseline, ``2 i - 1`` stage ``i`` right after its swap (AFM's
+        headline figure), ``2 i`` stage ``i`` after its finetune. ``compression/stage`` (``i``) and
+        ``compression/phase`` (0 baseline, 1 swapped, 2 finetuned) say which point it is.
+        """
+        step = 0 if phase == 0 else 2 * stage_number - 2 + phase
+        metrics: dict[str, Any] = {"compression/stage": stage_number, "compression/phase": phase,
+                                   "compression/params": params, "compression/global_step": trainer.global_step}
+        metrics.update({f"compression/{k}": v for k, v in scores.items() if k.startswith(("val_", "test_"))})
+        self._log_scalars(trainer, metrics, step=step)
+
+    def _log_check(self, trainer: pl.Trainer, check: dict[str, Any]) -> None:
+        """A select='best' validation check, at the global step it was made."""
+        self._log_scalars(trainer, {f"compression/check_{k}": v for k, v in check.items() if k.startswith("val_")},
+                          step=trainer.global_step)
+
+
+def _is_empty(loader: Any) -> bool:
+    """A sized loader of no batches (an unsized one may be empty too, but only iterating would tell)."""
+    try:
+        return len(loader) == 0
+    except TypeError:
+        return False
+
+
+def _describe(loader: Any) -> str:
+    dataset = getattr(loader, "dataset", None)
+    try:
+        rows = f"{len(dataset)} rows" if dataset is not None else "no dataset"
+    except TypeError:
+        rows = "an unsized dataset"
+    return (f"0 batches from {rows}, batch_size={getattr(loader, 'batch_size', '?')}, "
+            f"drop_last={getattr(loader, 'drop_last', '?')}")
 
 
 def _has_batches(loader: Any) -> bool:

@@ -10,6 +10,7 @@ in that order, plus the callback's own keys::
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,18 @@ from lightning_afm.callbacks.stages import EmbeddingStage, MLPStage
 
 STAGE_TYPES = {"mlp": MLPStage, "emb": EmbeddingStage}
 CALLBACK_KEYS = ("baseline_epochs", "eval_splits", "statistics_batch_size", "progress")
+
+
+def _build_stage(key: str, stage_type: type, block: dict[str, Any]):
+    """One stage from its config block; a key the stage does not have is named with the ones it has."""
+    allowed = sorted(f.name for f in fields(stage_type))
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ValueError(f"compression.{key} has unknown keys {unknown}; a {stage_type.__name__} takes {allowed}")
+    try:
+        return stage_type(**block)
+    except ValueError as err:
+        raise ValueError(f"compression.{key}: {err}") from err
 
 
 def build_compression_callback(cfg: DictConfig | Mapping[str, Any] | None) -> AFMCompressionCallback | None:
@@ -34,7 +47,7 @@ def build_compression_callback(cfg: DictConfig | Mapping[str, Any] | None) -> AF
     for key, stage_type in STAGE_TYPES.items():
         block = data.get(key)
         if block:
-            stages.append(stage_type(**block))
+            stages.append(_build_stage(key, stage_type, dict(block)))
     if not stages:
         return None
     kwargs = {k: data[k] for k in CALLBACK_KEYS if data.get(k) is not None}

@@ -21,6 +21,7 @@ for tables only, ``"ttd"``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -30,6 +31,24 @@ from lightning_afm.compress.factorize import RELU_INITS
 METHODS = ("afm", "svd", "random")
 EMBEDDING_METHODS = METHODS + ("ttd",)
 SELECTS = ("last", "best")
+
+
+_EXAMPLES = {"lr": 1e-3, "weight_decay": 1e-3, "dropout": 0.0, "significance": 1.0, "lr_backoff": 0.1,
+             "grow_auc_tolerance": 0.0005, "grow_logloss_tolerance": 0.001}
+
+
+_REQUIRED_NUMBERS = ("significance", "grow_auc_tolerance", "grow_logloss_tolerance")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_integral(value: Any) -> bool:
+    return not isinstance(value, bool) and _is_number(value) and float(value) == int(float(value))
 
 
 @dataclass
@@ -66,14 +85,15 @@ class CompressionStage:
     def validate(self) -> None:
         """Errors that need no model: raised when the stage is made, long before any work."""
         where = f"{type(self).__name__}({self.name!r})"
+        self._check_numbers(where)
         if self.method not in self.methods:
             raise ValueError(f"{where}: method must be one of {self.methods}, got {self.method!r}")
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise ValueError(f"{where}: rank must be a positive integer, got {self.rank!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 0:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
             raise ValueError(f"{where}: epochs must be an integer >= 0, got {self.epochs!r}")
-        if self.batch_size is not None and int(self.batch_size) <= 0:
-            raise ValueError(f"{where}: batch_size must be positive or None, got {self.batch_size!r}")
+        if self.batch_size is not None and (not _is_integral(self.batch_size) or int(self.batch_size) <= 0):
+            raise ValueError(f"{where}: batch_size must be a positive integer or None, got {self.batch_size!r}")
         if self.dropout is not None and not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"{where}: dropout must be in [0, 1) or None, got {self.dropout!r}")
         if self.lr is not None and float(self.lr) <= 0:
@@ -94,6 +114,23 @@ class CompressionStage:
                 raise ValueError(f"{where}: lr_backoff must be in (0, 1) or None, got {self.lr_backoff!r}")
             if self.select != "best":
                 raise ValueError(f"{where}: lr_backoff restores the best state, so it needs select='best'")
+
+    #: Fields that hold a real number (or None where ``None`` means "keep what the model has").
+    number_fields: ClassVar[tuple[str, ...]] = ("lr", "weight_decay", "dropout", "significance", "lr_backoff")
+
+    def _check_numbers(self, where: str) -> None:
+        """A number field holding text (``lr="fast"``) or a bool fails here, by name, not inside ``float()``
+        later; a numeric string from a config (``"1e-3"``) is taken as its number."""
+        for name in self.number_fields:
+            value = getattr(self, name)
+            optional = name not in _REQUIRED_NUMBERS
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not _is_number(value):
+                raise ValueError(f"{where}: {name} must be a number{' or None' if optional else ''}, "
+                                 f"got {value!r}; e.g. {name}={_EXAMPLES.get(name, 1.0)!r}")
+            if isinstance(value, str):
+                setattr(self, name, float(value))
 
     @property
     def target_patterns(self) -> list[str]:
@@ -159,6 +196,8 @@ class EmbeddingStage(CompressionStage):
 
     kind: ClassVar[str] = "emb"
     methods: ClassVar[tuple[str, ...]] = EMBEDDING_METHODS
+    number_fields: ClassVar[tuple[str, ...]] = CompressionStage.number_fields + (
+        "grow_auc_tolerance", "grow_logloss_tolerance")
     default_targets: ClassVar[tuple[str, ...]] = ("embeddings.*",)
 
     def validate(self) -> None:

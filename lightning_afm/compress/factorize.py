@@ -92,6 +92,21 @@ def _check_matrix(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a 2-d tensor, got {shape}")
     if not torch.is_floating_point(x):
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    _check_finite(x, name)
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    """NaN/Inf weights would reach eigh/svd as an opaque LinAlgError (or silently NaN factors)."""
+    # A float64 sum is NaN/Inf exactly when an entry is (short of a sum past 1e308), without the
+    # entry-sized boolean mask a table of millions of rows would need; the count only on failure.
+    if torch.isfinite(x.detach().sum(dtype=torch.float64)):
+        return
+    bad = int((~torch.isfinite(x.detach())).sum())
+    if bad:
+        raise ValueError(
+            f"{name} contains NaN or Inf ({bad} of {x.numel()} entries): the model diverged before compression; "
+            "lower the learning rate or clip gradients and train it again"
+        )
 
 
 def _check_moments(mean: Tensor, cov: Tensor, m: int, what: str) -> None:
@@ -106,6 +121,8 @@ def _check_moments(mean: Tensor, cov: Tensor, m: int, what: str) -> None:
 def _check_bias(bias: Tensor | None, m: int) -> None:
     if bias is not None and bias.shape != (m,):
         raise ValueError(f"bias must have shape ({m},), got {tuple(bias.shape)}")
+    if bias is not None:
+        _check_finite(bias, "bias")
 
 
 # --------------------------------------------------------------------------- eigen maths
