@@ -79,7 +79,7 @@ def check_accelerator(cfg: DictConfig) -> None:
 def epoch_checkpoint(out: Path) -> ModelCheckpoint:
     """``checkpoints/last.ckpt``, rewritten at the end of every training epoch.
 
-    At the train epoch's end rather than after validation: the compression callback starts a
+    At the train epoch's end rather than after validation: the compression callback closes a
     stage there (before this callback, which Lightning runs last), so the file holds the state
     the next epoch starts from, and resuming from it continues exactly.
     """

@@ -52,15 +52,21 @@ def _run_crashing_at(monkeypatch, cfg, epoch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["paper"])
+@pytest.mark.parametrize("protocol", ["paper", "guarded"])
 def test_a_crashed_compression_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, protocol):
-    common = TINY + AFM + [f"protocol={protocol}"]
+    # The embedding stage finetunes 2 epochs and the crash comes after its first: the resumed fit
+    # continues inside the stage (its optimizer, random state and, under the guarded protocol,
+    # the best state seen so far all come from the checkpoint).
+    common = TINY + AFM + [f"protocol={protocol}", "compression.emb.epochs=2", "trainer.max_epochs=4"]
     whole = cli.run(_compose(common + [f"+output_dir={tmp_path / 'whole'}"]))
 
     crashed = tmp_path / "crashed"
-    _run_crashing_at(monkeypatch, _compose(common + [f"+output_dir={crashed}"]), epoch=2)  # inside the emb stage
+    _run_crashing_at(monkeypatch, _compose(common + [f"+output_dir={crashed}"]), epoch=3)
     last = crashed / "checkpoints" / "last.ckpt"
     assert last.is_file() and not (crashed / "summary.json").exists()
+    state = torch.load(last, map_location="cpu", weights_only=True)["callbacks"]["AFMCompressionCallback"]
+    assert state["stages_started"] == 2 and state["stages_finished"] == 1
+    assert (state["best"] is not None) == (protocol == "guarded")
 
     resumed = cli.run(_compose(common + [f"+output_dir={tmp_path / 'resumed'}", f"ckpt_path={last}"]))
     assert resumed["resumed_from"] == str(last)
@@ -68,6 +74,7 @@ def test_a_crashed_compression_run_resumes_to_the_uninterrupted_result(tmp_path,
     assert resumed["test_logloss"] == pytest.approx(whole["test_logloss"], abs=1e-6)
     assert resumed["params"] == whole["params"]
     assert [s["name"] for s in resumed["stages"]] == ["mlp", "emb"]
+    assert resumed["stages"][-1].get("checks") == whole["stages"][-1].get("checks")
 
 
 @pytest.mark.slow

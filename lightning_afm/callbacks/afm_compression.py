@@ -119,8 +119,9 @@ class AFMCompressionCallback(pl.Callback):
         self.plan = compress.CompressionPlan()
         self.stages_started = 0
         self.stages_finished = 0
-        # The running stage's best state (select="best") and the tables it froze; neither is in
-        # checkpoints: a fit resumed inside such a stage starts its selection afresh.
+        # The running stage's best state (select="best"; in checkpoints, so that a fit resumed
+        # inside the stage selects as the uninterrupted fit would) and the tables it froze (frozen
+        # again on resume from the stage's settings).
         self._best: BestState | None = None
         self._frozen: list[nn.Parameter] = []
         # The trainer's own min_epochs while the callback holds stop requests off (a 1-tuple, as
@@ -224,6 +225,7 @@ class AFMCompressionCallback(pl.Callback):
             "stages_started": self.stages_started,
             "stages_finished": self.stages_finished,
             "held_stops": list(self._held_stops),
+            "best": self._best.to_dict() if self._best is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -236,6 +238,8 @@ class AFMCompressionCallback(pl.Callback):
         self.stages_started = int(state_dict.get("stages_started", 0))
         self.stages_finished = int(state_dict.get("stages_finished", 0))
         self._held_stops = [int(e) for e in state_dict.get("held_stops", [])]
+        best = state_dict.get("best")
+        self._best = BestState.from_dict(best) if best else None
 
     def summary(self) -> dict[str, Any]:
         """Entries for the run's ``summary.json``: the baseline figures and one record per stage."""
@@ -479,7 +483,7 @@ class AFMCompressionCallback(pl.Callback):
     def _val_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Validation AUC and logloss with the per-row logits and labels the paired test needs."""
         scores = evaluate(pl_module, self._eval_loader(trainer, "val"), self.forward_fn, self.label_fn,
-                          to_device=lambda b: self._to_device(trainer, b), keep_predictions=True)
+                          to_device=lambda b: self._to_device(trainer, b), keep_predictions=True, split="val")
         return {"val_auc": scores["auc"], "val_logloss": scores["logloss"],
                 **{k: scores[k] for k in ("logits", "labels") if k in scores}}
 
@@ -577,7 +581,7 @@ class AFMCompressionCallback(pl.Callback):
             if loader is None:
                 continue
             scores = evaluate(pl_module, loader, self.forward_fn, self.label_fn,
-                              to_device=lambda b: self._to_device(trainer, b))
+                              to_device=lambda b: self._to_device(trainer, b), split=split)
             out[f"{split}_auc"] = scores["auc"]
             out[f"{split}_logloss"] = scores["logloss"]
         return out

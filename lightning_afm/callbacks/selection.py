@@ -184,6 +184,23 @@ class BestState:
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return verdict
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the selection after a resume: tensors and plain types only
+        (a checkpoint holding it loads with ``torch.load(weights_only=True)``)."""
+        scores = None if self.scores is None else {
+            k: (v.detach().cpu() if isinstance(v, torch.Tensor) else float(v)) for k, v in self.scores.items()}
+        return {"monitor": self.monitor, "significance": self.significance, "scores": scores,
+                "point": self.point, "state": self.state, "trail": [dict(t) for t in self.trail]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BestState":
+        best = cls(data["monitor"], data["significance"])
+        best.scores = dict(data["scores"]) if data.get("scores") is not None else None
+        best.point = data.get("point")
+        best.state = dict(data["state"]) if data.get("state") is not None else None
+        best.trail = [dict(t) for t in data.get("trail", [])]
+        return best
+
     def restore(self, model: nn.Module) -> None:
         """Load the best state back into ``model`` (same structure: one stage never changes it)."""
         if self.state is None:
