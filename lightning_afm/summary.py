@@ -45,7 +45,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     stages = summary.get("stages") or []
     if stages:
         cols = [c for c in ("name", "method", "rank", "params", "pre_finetune_test_auc",
-                            "pre_finetune_test_logloss", "test_auc", "test_logloss") if any(c in s for s in stages)]
+                            "pre_finetune_test_logloss", "test_auc", "test_logloss") if any(s.get(c) is not None for s in stages)]
         align = ["---" if c in ("name", "method") else "---:" for c in cols]
         lines += ["", "## Compression stages", "", "| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
         for s in stages:

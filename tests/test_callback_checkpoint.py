@@ -189,3 +189,31 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
         with pytest.raises(pickle.UnpicklingError):
             trainer.fit(model, datamodule=dm, ckpt_path=crafted if how == "argument" else None, weights_only=True)
         assert not marker.exists(), how
+
+
+def test_fit_with_the_checkpoint_of_a_plain_model_compresses_it_like_loading_its_weights(tmp_path):
+    """``fit(model, ckpt_path=baseline.ckpt)`` with ``baseline_epochs=0``: the file's weights are the
+    baseline; its optimizer (whose groups no longer match after the swap) and epoch counters are not used."""
+    pl.seed_everything(0)
+    dm = _datamodule()
+    path = tmp_path / "baseline.ckpt"
+    trainer = _trainer([], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(_model(dm), datamodule=dm)  # a plain fit whose checkpoint is the baseline
+    trainer.save_checkpoint(path)
+
+    def compress(route):
+        pl.seed_everything(1)
+        callback = AFMCompressionCallback([MLPStage(rank=4, lr=3e-3), EmbeddingStage(rank=2)], baseline_epochs=0,
+                                          progress=False)
+        t = _trainer([callback], max_epochs=2, enable_checkpointing=False)
+        if route == "ckpt_path":
+            t.fit(_model(dm), datamodule=dm, ckpt_path=path)
+        else:
+            t.fit(DeepFM.load_from_checkpoint(path), datamodule=dm)
+        return callback
+
+    by_path, by_weights = compress("ckpt_path"), compress("load_from_checkpoint")
+    assert [r["finished"] for r in by_path.history] == [True, True]
+    assert by_path.baseline["test_auc"] == pytest.approx(by_weights.baseline["test_auc"], abs=1e-7)
+    for a, b in zip(by_path.history, by_weights.history):
+        assert a["test_auc"] == pytest.approx(b["test_auc"], abs=1e-6) and a["params"] == b["params"]

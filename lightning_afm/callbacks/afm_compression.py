@@ -266,11 +266,35 @@ class AFMCompressionCallback(pl.Callback):
         original = pl_module.on_load_checkpoint
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            if self._fitting and self._is_plain_model_checkpoint(checkpoint):
+                self._keep_only_weights(checkpoint)
             restore_compressed_structure(pl_module, checkpoint)
             original(checkpoint)
 
         on_load_checkpoint._afm_structure_restore = True  # type: ignore[attr-defined]
         pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+
+    def _is_plain_model_checkpoint(self, checkpoint: dict[str, Any]) -> bool:
+        """A checkpoint of a fit without this callback and without a compression plan: a trained baseline."""
+        plan = checkpoint.get(PLAN_KEY) or {}
+        return self.state_key not in (checkpoint.get("callbacks") or {}) and not plan.get("entries")
+
+    @staticmethod
+    def _keep_only_weights(checkpoint: dict[str, Any]) -> None:
+        """``trainer.fit(model, ckpt_path=baseline.ckpt)``: compress the trained baseline, from epoch 0.
+
+        The file comes from a fit without compression, so its optimizer state, epoch counters and
+        callback states belong to another schedule (and the optimizer's groups no longer match the
+        swapped modules). Lightning loads the weights; the rest is dropped here, from the dict it
+        goes on to restore the training state from, so the schedule starts at epoch 0 as with
+        ``trainer.fit(DeepFM.load_from_checkpoint(path))``.
+        """
+        log.info("compressing the trained model of the checkpoint: its weights are the starting point; its "
+                 "optimizer state, epoch counters and callback states are not used")
+        checkpoint.pop("loops", None)
+        checkpoint.pop("callbacks", None)
+        checkpoint["optimizer_states"] = []
+        checkpoint["lr_schedulers"] = []
 
     @staticmethod
     def _remove_structure_restore(pl_module: pl.LightningModule) -> None:
