@@ -251,3 +251,33 @@ def test_a_failing_test_step_keeps_the_trained_model(tmp_path, monkeypatch):
     assert (tmp_path / "last.ckpt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     monkeypatch.undo()
     assert DeepFM.load_from_checkpoint(tmp_path / "last.ckpt") is not None
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_the_run_settings_and_final_auc_reach_the_logger_as_hparams(tmp_path, logger):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    summary = cli.run(_compose(overrides + AFM + [f"logger={logger}", f"+output_dir={tmp_path}"]))
+    if logger == "csv":
+        import csv as csv_module
+
+        import yaml
+        (hparams,) = tmp_path.rglob("hparams.yaml")
+        saved = yaml.safe_load(hparams.read_text())
+        assert saved["compression"] == "mlp:afm,emb:afm" and saved["compression/emb/rank"] == 2
+        (metrics,) = tmp_path.rglob("metrics.csv")
+        rows = [r for r in csv_module.DictReader(metrics.open()) if r.get("hp_metric")]
+        assert float(rows[-1]["hp_metric"]) == pytest.approx(summary["test_auc"], abs=1e-6)
+    else:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+        found = {}
+        for events in tmp_path.rglob("events.out.tfevents.*"):
+            acc = EventAccumulator(str(events))
+            acc.Reload()
+            if "hp_metric" in acc.Tags().get("scalars", []):
+                found["hp_metric"] = acc.Scalars("hp_metric")[-1].value
+            for event in EventFileLoader(str(events)).Load():  # the HParams view's own records
+                if any(v.metadata.plugin_data.plugin_name == "hparams" for v in event.summary.value):
+                    found["hparams"] = True
+        assert found.get("hparams") and found["hp_metric"] == pytest.approx(summary["test_auc"], abs=1e-6)
