@@ -69,11 +69,15 @@ def test_table6_small_runs_its_sweep_and_writes_the_table(tmp_path):
     summaries = sorted(tmp_path.glob("synthetic/*/summary.json"))
     assert [s.parent.name for s in summaries] == ["0", "1"]
     overrides = [(s.parent / ".hydra" / "overrides.yaml").read_text() for s in summaries]
-    assert ["compression.mlp.relu=true" in o.lower() for o in overrides] == [True, False]
-    assert ["compression.mlp.relu=false" in o.lower() for o in overrides] == [False, True]
+    assert all("compression.mlp.relu=true" in o.lower() for o in overrides)
+    assert ["relu_init=shift" in o for o in overrides] == [True, False]
+    assert ["relu_init=plain" in o for o in overrides] == [False, True]
+    (no_relu,) = tmp_path.glob("synthetic_no_relu/*/summary.json")
+    assert "compression.mlp.relu=false" in (no_relu.parent / ".hydra" / "overrides.yaml").read_text().lower()
     markdown = (tmp_path / "table6.md").read_text()
     assert done.stdout.strip() == markdown.strip()
-    for variant in ("| AFM with ReLU | MLP |", "| AFM without ReLU | MLP |", "| Baseline | 1 epoch |"):
+    for variant in ("| AFM with ReLU | MLP |", "| AFM with ReLU, plain (the paper's) | MLP |", "| AFM without ReLU | MLP |",
+                    "| Baseline | 1 epoch |"):
         assert variant in markdown
     assert "3,000 generated rows" in markdown and "Command: `recipes/table6.sh small" in markdown
     record = json.loads((tmp_path / "recipe.json").read_text())

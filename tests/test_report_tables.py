@@ -215,14 +215,25 @@ def test_table14_compression_against_scratch(tmp_path):
                      _stage("emb", "random", 2, 435_414, (None, None), (None, None), 0)]
     scratch = _summary(stages=random_stages, final=(0.6900, 0.4900))
     scratch_1 = _summary(stages=random_stages, final=(0.7050, 0.4750), epochs=1)
+    # the paper's first two lines: only the MLP compressed, against the same structure from scratch
+    afm_mlp = _summary(stages=[_stage("mlp", "afm", 64, 1_997_564, (0.7000, 0.4800), (0.7060, 0.4760), 1)],
+                       epochs=2)
+    scratch_mlp = _summary(stages=[_stage("mlp", "random", 64, 1_997_564, (None, None), (None, None), 0)],
+                           final=(0.7030, 0.4790), epochs=2)
     _write(tmp_path, 0, scratch, ["compression=scratch"], {"baseline_epochs": 0})
     _write(tmp_path, 1, afm, ["compression=afm"], c)
+    _write(tmp_path, 2, afm_mlp, ["compression=afm_mlp"], {"baseline_epochs": 1})
+    _write(tmp_path, 3, scratch_mlp, ["compression=scratch_mlp"], {"baseline_epochs": 0})
     _write(tmp_path / "one_epoch", 0, scratch_1, ["compression=scratch", "trainer.max_epochs=1"], {"baseline_epochs": 0})
     md, _, png = write_report("table14", [tmp_path])
     assert png is None
     assert _row(md, "Baseline (uncompressed)")[1:5] == ["2.22M", "1", "0.7000", "0.4800"]
-    assert _row(md, "AFM (compress + finetune)")[1:5] == ["0.44M", "3", "0.7100", "0.4700"]
-    scratch_rows = [r for r in _rows(md) if r[0] == "From scratch (same structure)"]
+    names = [r[0] for r in _rows(md)]
+    assert names.index("AFM MLP (compress + finetune)") < names.index("From scratch MLP (same structure)") \
+        < names.index("AFM MLP + EMB (compress + finetune)")
+    assert _row(md, "From scratch MLP (same structure)")[1:] == ["2.00M", "2", "0.7030", "0.4790", "-0.0030"]
+    assert _row(md, "AFM MLP + EMB (compress + finetune)")[1:5] == ["0.44M", "3", "0.7100", "0.4700"]
+    scratch_rows = [r for r in _rows(md) if r[0] == "From scratch MLP + EMB (same structure)"]
     assert [r[1:] for r in scratch_rows] == [["0.44M", "1", "0.7050", "0.4750", "-0.0050"],
                                              ["0.44M", "3", "0.6900", "0.4900", "-0.0200"]]
     assert "structures differ" not in md

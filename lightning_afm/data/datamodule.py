@@ -47,7 +47,10 @@ class CTRDataModule(pl.LightningDataModule):
             (default: ``batch_size``).
         test_fraction, val_fraction: shares of all rows for test and validation
             (``val_fraction=0``: no validation loader).
-        seed: the split seed and the shuffle seed.
+        seed: the split seed and the shuffle seed (for synthetic data also the generator's).
+        split_seed: the seed of the train/val/test split alone, when it should differ from
+            ``seed`` (e.g. the paper's Table 13 divides the data with 5 seeds, line 1202-1203,
+            while the synthetic data stay the same table); ``None``: ``seed``.
         shuffle: reshuffle the training rows every epoch.
         pin_memory: pin batches (for GPU training).
     """
@@ -63,6 +66,7 @@ class CTRDataModule(pl.LightningDataModule):
         seed: int = 2020,
         shuffle: bool = True,
         pin_memory: bool = False,
+        split_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
@@ -70,6 +74,7 @@ class CTRDataModule(pl.LightningDataModule):
         self.test_fraction = float(test_fraction)
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
+        self.split_seed = self.seed if split_seed is None else int(split_seed)
         self.shuffle = bool(shuffle)
         self.pin_memory = bool(pin_memory)
         self.schema: Schema | None = None
@@ -190,7 +195,7 @@ class _FileDataModule(CTRDataModule):
             log_buckets=bool(log_buckets),
             test_fraction=self.test_fraction,
             val_fraction=self.val_fraction,
-            seed=self.seed,
+            seed=self.split_seed,
             on_bad_rows=str(on_bad_rows),
         )
         self.progress = bool(progress)
@@ -355,7 +360,7 @@ class SyntheticDataModule(CTRDataModule):
         numeric = np.concatenate([c.numeric for c in chunks])
         label = np.concatenate([c.label for c in chunks])
         logit = np.concatenate([c.logit for c in chunks])
-        assignment = split_assignment(len(label), self.test_fraction, self.val_fraction, self.seed)
+        assignment = split_assignment(len(label), self.test_fraction, self.val_fraction, self.split_seed)
         names = [f"C{i + 1}" for i in range(categorical.shape[1])]
         numeric_names = [f"I{j + 1}" for j in range(numeric.shape[1])]
         schema, arrays = encode_arrays(categorical, numeric, label, assignment, names, numeric_names, self.min_count)

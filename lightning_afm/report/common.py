@@ -115,7 +115,7 @@ def ordered(keys: Sequence[str], preferred: Sequence[str]) -> list[str]:
 
 
 # Always told apart (one section per data and model) or averaged on purpose (the seeds).
-GROUPED_KEYS = ("model", "data", "seed", "data.seed")
+GROUPED_KEYS = ("model", "data", "seed", "data.seed", "data.split_seed")
 
 
 def override_values(run: Run) -> dict[str, str]:
