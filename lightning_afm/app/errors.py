@@ -39,6 +39,7 @@ NOISE = (
     r".*litlogger.*", r".*LitLogger.*",                       # Lightning's cloud-logger tip
     r".*does not have many workers.*",                        # our loaders batch in the dataset
     r".*`IterableDataset` has `__len__` defined.*",           # ours is sharded by the datamodule
+    r".*smaller than the logging interval.*",                 # small data or large finetune batches: expected
 )
 
 
