@@ -42,6 +42,7 @@ from torch import nn
 
 from lightning_afm import compress
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
+from lightning_afm.callbacks import lightning_compat
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
 from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
@@ -96,6 +97,7 @@ class AFMCompressionCallback(pl.Callback):
         progress: bool = True,
     ) -> None:
         super().__init__()
+        lightning_compat.check_lightning_version()  # the callback reads Lightning internals
         self.stages = list(stages)
         if not self.stages:
             raise ValueError("AFMCompressionCallback needs at least one stage, e.g. [MLPStage(rank=64)]")
@@ -399,7 +401,7 @@ class AFMCompressionCallback(pl.Callback):
         dm = trainer.datamodule
         if due and dm is not None and self.stages_started == self.stages_finished:
             dm.batch_size = int(self.stages[due[-1]].batch_size)
-            trainer.fit_loop._combined_loader = None
+            lightning_compat.reset_train_dataloader(trainer)
 
     def _start_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         stage = self.stages[index]
@@ -626,8 +628,7 @@ class AFMCompressionCallback(pl.Callback):
             loaders = trainer.val_dataloaders
             if loaders is None:
                 # Before the first validation (fit start), the loop has not built its dataloader yet.
-                source = trainer.fit_loop.epoch_loop.val_loop._data_source
-                loaders = source.dataloader() if source.is_defined() else None
+                loaders = lightning_compat.val_source_loaders(trainer)
             if isinstance(loaders, (list, tuple)):
                 loaders = loaders[0] if loaders else None
             return loaders
@@ -640,7 +641,7 @@ class AFMCompressionCallback(pl.Callback):
         loader = trainer.train_dataloader
         if loader is None:
             # Before the fit loop has built it (a stage at epoch 0): ask the data source.
-            loader = trainer.fit_loop._data_source.dataloader()
+            loader = lightning_compat.train_source_loaders(trainer)
         if isinstance(loader, (list, tuple)):
             loader = loader[0]
         if isinstance(loader, dict):
@@ -760,10 +761,9 @@ class AFMCompressionCallback(pl.Callback):
     @staticmethod
     def _train_loaders(trainer: pl.Trainer) -> list[Any]:
         """The fit's training dataloader(s), asked from the data source (the fit loop builds its own later)."""
-        source = trainer.fit_loop._data_source
-        if not source.is_defined():
+        loaders = lightning_compat.train_source_loaders(trainer)
+        if loaders is None:
             return []
-        loaders = source.dataloader()
         if isinstance(loaders, dict):
             return list(loaders.values())
         if isinstance(loaders, (list, tuple)):
@@ -839,12 +839,11 @@ class AFMCompressionCallback(pl.Callback):
         * A wrapper other than ``DistributedDataParallel`` (FSDP, DeepSpeed) owns the parameters
           in its own layout; :meth:`_rewrap_for_ddp` cannot register new ones with it.
         """
-        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
         from torch.nn.parallel import DistributedDataParallel
 
         strategy = trainer.strategy
         launcher = getattr(strategy, "launcher", None)
-        if isinstance(launcher, _MultiProcessingLauncher):
+        if lightning_compat.trains_in_spawned_processes(strategy):
             raise MisconfigurationException(
                 f"AFMCompressionCallback cannot run under a strategy that trains in spawned processes "
                 f"({type(strategy).__name__} with start method {getattr(launcher, '_start_method', '?')!r}, "
@@ -874,9 +873,7 @@ class AFMCompressionCallback(pl.Callback):
 
         strategy = trainer.strategy
         if isinstance(getattr(strategy, "model", None), DistributedDataParallel):
-            strategy.model = strategy._setup_model(pl_module)
-            if hasattr(strategy, "_register_ddp_hooks"):
-                strategy._register_ddp_hooks()
+            lightning_compat.rewrap_ddp(strategy, pl_module)
 
     @staticmethod
     def _log_scalars(trainer: pl.Trainer, metrics: dict[str, Any], step: int) -> None:
