@@ -138,7 +138,7 @@ def table(records: list[dict]) -> str:
         epochs = [r["epochs"] for r in rs if r["epochs"] is not None]
         lines.append(f"| {name} | {config} | {statistics.mean(r['test_auc'] for r in rs):.4f} | "
                      f"{statistics.mean(r['test_logloss'] for r in rs):.4f} | "
-                     f"{statistics.mean(epochs) if epochs else '-'} | {statistics.mean(r['wall_s'] for r in rs):.0f} |")
+                     f"{format(statistics.mean(epochs), '.1f') if epochs else '-'} | {statistics.mean(r['wall_s'] for r in rs):.0f} |")
     return "\n".join(lines)
 
 
