@@ -17,13 +17,14 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_afm.app.errors import ConfigError, filter_noise, run_reporting_errors
 from lightning_afm.app.hparams import log_run_hparams
 from lightning_afm.app.resume import apply_baseline, load_baseline_weights, resume_checkpoint
 from lightning_afm.app.rundirs import register_resolvers
+from lightning_afm.callbacks.best_weights import BestWeights
 from lightning_afm.callbacks.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lightning_afm.callbacks.throughput import TrainingThroughput
 from lightning_afm.models import count_parameters
@@ -63,6 +64,34 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         callback = build_compression_callback(compression)
         if callback is not None:
             callbacks.insert(0, callback)
+    return callbacks
+
+
+def early_stopping_callbacks(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[pl.Callback]:
+    """Lightning's ``EarlyStopping`` and :class:`BestWeights` from the ``early_stopping`` block.
+
+    None when the block is null (the paper's data configs: a fixed epoch count) or when a
+    compression config runs: its schedule (baseline epochs, then one epoch per stage) fixes the
+    epochs, and stopping inside it would skip stages. Train the baseline with early stopping
+    first (``compression=none``), then compress its ``last.ckpt`` with ``baseline=PATH``.
+    """
+    block = cfg.get("early_stopping")
+    if not block:
+        return []
+    if cfg.get("compression"):
+        log.info("early_stopping is off: the compression config fixes the epochs (baseline epochs, then its "
+                 "stages). To compress an early-stopped model, train it with compression=none, then pass "
+                 "its last.ckpt as baseline=PATH")
+        return []
+    if hasattr(datamodule, "num_rows") and datamodule.num_rows("val") == 0:
+        raise ConfigError("early_stopping needs a validation split, and this data has none: set "
+                          "data.val_fraction above 0 (e.g. 0.05), or early_stopping=null for a fixed epoch count "
+                          "(trainer.max_epochs)")
+    monitor, mode = str(block.get("monitor", "val_auc")), str(block.get("mode", "max"))
+    callbacks: list[pl.Callback] = [EarlyStopping(monitor=monitor, mode=mode, patience=int(block.get("patience", 2)),
+                                                  min_delta=float(block.get("min_delta", 0.0)), strict=True)]
+    if block.get("restore_best", True):
+        callbacks.append(BestWeights(monitor=monitor, mode=mode))
     return callbacks
 
 
@@ -109,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("baseline"):
         load_baseline_weights(model, cfg.baseline)
 
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg) + early_stopping_callbacks(cfg, datamodule)
     checkpointing = bool(cfg.trainer.get("enable_checkpointing", True))
     if checkpointing:
         callbacks += [RandomStateCheckpoint(), epoch_checkpoint(out)]
@@ -120,6 +149,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     metrics = dict(trainer.callback_metrics)  # val metrics: trainer.test replaces callback_metrics
+    best = next((c for c in callbacks if isinstance(c, BestWeights)), None)
+    if best is not None and best.restored:
+        metrics.update(best.best_metrics)  # the validation figures of the weights that are saved and tested
 
     # Saved before testing, so that a failing test step (a test split too small for the DDP
     # ranks, say) does not take the trained model with it.

@@ -62,7 +62,7 @@ def test_cache_dir_defaults_to_home_cache(monkeypatch, tmp_path):
         ("synthetic", (10000, 5000), {"lr": 1e-3}),
         ("criteo", (20000, 10000), {}),
         ("avazu", (10000, 5000), {"embedding_dim": 50, "mlp_hidden": [2000, 2000, 2000]}),
-        ("csv", (10000, 5000), {}),
+        ("csv", (10000, 5000), {"lr": 1e-3, "dropout": 0.2}),  # its own: README, "Your own table"
     ],
 )
 def test_global_keys_set_by_data_configs(name, finetune, model):
