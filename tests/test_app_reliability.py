@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 import lightning_afm.cli as cli
 from lightning_afm.app.errors import ConfigError
@@ -25,11 +24,6 @@ TINY = ["data.num_rows=6000", "data.vocab_sizes=[5,20,50,200]", "data.num_numeri
 # Dropout on, so that resuming exactly needs the random state in the checkpoint.
 AFM = ["compression=afm", "compression.mlp.rank=8", "compression.emb.rank=2", "compression.progress=false",
        "model.dropout=0.3"]
-
-
-def _compose(overrides):
-    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 class _CrashAtEpoch(pl.Callback):
@@ -53,22 +47,22 @@ def _run_crashing_at(monkeypatch, cfg, epoch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["paper", "guarded"])
-def test_a_crashed_compression_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, protocol):
+def test_a_crashed_compression_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, protocol, compose_app):
     # The embedding stage finetunes 2 epochs and the crash comes after its first: the resumed fit
     # continues inside the stage (its optimizer, random state and, under the guarded protocol,
     # the best state seen so far all come from the checkpoint).
     common = TINY + AFM + [f"protocol={protocol}", "compression.emb.epochs=2", "trainer.max_epochs=4"]
-    whole = cli.run(_compose(common + [f"+output_dir={tmp_path / 'whole'}"]))
+    whole = cli.run(compose_app(common + [f"+output_dir={tmp_path / 'whole'}"]))
 
     crashed = tmp_path / "crashed"
-    _run_crashing_at(monkeypatch, _compose(common + [f"+output_dir={crashed}"]), epoch=3)
+    _run_crashing_at(monkeypatch, compose_app(common + [f"+output_dir={crashed}"]), epoch=3)
     last = crashed / "checkpoints" / "last.ckpt"
     assert last.is_file() and not (crashed / "summary.json").exists()
     state = torch.load(last, map_location="cpu", weights_only=True)["callbacks"]["AFMCompressionCallback"]
     assert state["stages_started"] == 2 and state["stages_finished"] == 1
     assert (state["best"] is not None) == (protocol == "guarded")
 
-    resumed = cli.run(_compose(common + [f"+output_dir={tmp_path / 'resumed'}", f"ckpt_path={last}"]))
+    resumed = cli.run(compose_app(common + [f"+output_dir={tmp_path / 'resumed'}", f"ckpt_path={last}"]))
     assert resumed["resumed_from"] == str(last)
     assert resumed["test_auc"] == pytest.approx(whole["test_auc"], abs=1e-6)
     assert resumed["test_logloss"] == pytest.approx(whole["test_logloss"], abs=1e-6)
@@ -78,28 +72,28 @@ def test_a_crashed_compression_run_resumes_to_the_uninterrupted_result(tmp_path,
 
 
 @pytest.mark.slow
-def test_resume_true_finds_the_unfinished_run_of_the_same_config(tmp_path, monkeypatch):
+def test_resume_true_finds_the_unfinished_run_of_the_same_config(tmp_path, monkeypatch, compose_app):
     common = TINY + ["trainer.max_epochs=3", "model.dropout=0.3"]
-    whole = cli.run(_compose(common + [f"+output_dir={tmp_path / 'a' / 'b' / 'whole'}"]))
+    whole = cli.run(compose_app(common + [f"+output_dir={tmp_path / 'a' / 'b' / 'whole'}"]))
     crashed = tmp_path / "outputs" / "day" / "t1"
-    _run_crashing_at(monkeypatch, _compose(common + [f"+output_dir={crashed}"]), epoch=1)
+    _run_crashing_at(monkeypatch, compose_app(common + [f"+output_dir={crashed}"]), epoch=1)
     # the app keeps its config in .hydra/config.yaml when Hydra runs it; write it as Hydra would
     (crashed / ".hydra").mkdir()
     from omegaconf import OmegaConf
-    OmegaConf.save(_compose(common), crashed / ".hydra" / "config.yaml")
+    OmegaConf.save(compose_app(common), crashed / ".hydra" / "config.yaml")
 
-    resumed = cli.run(_compose(common + ["resume=true", f"+output_dir={tmp_path / 'outputs' / 'day' / 't2'}"]))
+    resumed = cli.run(compose_app(common + ["resume=true", f"+output_dir={tmp_path / 'outputs' / 'day' / 't2'}"]))
     assert resumed["resumed_from"] == str(crashed / "checkpoints" / "last.ckpt")
     assert resumed["test_auc"] == pytest.approx(whole["test_auc"], abs=1e-6)
 
     with pytest.raises(ConfigError, match="no unfinished run of this configuration"):
-        cli.run(_compose(common + ["resume=true", "seed=5", f"+output_dir={tmp_path / 'outputs' / 'day' / 't3'}"]))
+        cli.run(compose_app(common + ["resume=true", "seed=5", f"+output_dir={tmp_path / 'outputs' / 'day' / 't3'}"]))
 
 
 @pytest.mark.slow
-def test_a_saved_baseline_is_compressed_from_the_command_line(tmp_path):
-    base = cli.run(_compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path / 'base'}"]))
-    cfg = _compose(TINY + AFM + [f"baseline={base['checkpoint']}", f"+output_dir={tmp_path / 'afm'}"])
+def test_a_saved_baseline_is_compressed_from_the_command_line(tmp_path, compose_app):
+    base = cli.run(compose_app(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path / 'base'}"]))
+    cfg = compose_app(TINY + AFM + [f"baseline={base['checkpoint']}", f"+output_dir={tmp_path / 'afm'}"])
     summary = cli.run(cfg)
     # no baseline epoch: the compression starts from the loaded weights, whose test AUC it reports
     assert summary["baseline_test_auc"] == pytest.approx(base["test_auc"], abs=1e-6)
@@ -107,29 +101,29 @@ def test_a_saved_baseline_is_compressed_from_the_command_line(tmp_path):
     assert summary["baseline_checkpoint"] == base["checkpoint"]
 
     with pytest.raises(ConfigError, match="already compressed"):
-        cli.run(_compose(TINY + AFM + [f"baseline={summary['checkpoint']}", f"+output_dir={tmp_path / 'x'}"]))
+        cli.run(compose_app(TINY + AFM + [f"baseline={summary['checkpoint']}", f"+output_dir={tmp_path / 'x'}"]))
     with pytest.raises(ConfigError, match="no compression is configured"):
-        cli.run(_compose(TINY + [f"baseline={base['checkpoint']}", f"+output_dir={tmp_path / 'y'}"]))
+        cli.run(compose_app(TINY + [f"baseline={base['checkpoint']}", f"+output_dir={tmp_path / 'y'}"]))
     with pytest.raises(ConfigError, match="other data"):
-        cli.run(_compose(TINY + AFM + ["data.vocab_sizes=[5,20,50,300]", f"baseline={base['checkpoint']}",
+        cli.run(compose_app(TINY + AFM + ["data.vocab_sizes=[5,20,50,300]", f"baseline={base['checkpoint']}",
                                        f"+output_dir={tmp_path / 'z'}"]))
 
 
-def test_epoch_checkpoints_are_written_and_can_be_switched_off(tmp_path):
-    on = cli.run(_compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path / 'on'}"]))
+def test_epoch_checkpoints_are_written_and_can_be_switched_off(tmp_path, compose_app):
+    on = cli.run(compose_app(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path / 'on'}"]))
     ckpt = torch.load(tmp_path / "on" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 24 and "torch" in ckpt["callbacks"]["RandomStateCheckpoint"]
     assert on["checkpoint"]
-    cli.run(_compose(TINY + ["trainer.max_epochs=1", "trainer.enable_checkpointing=false",
+    cli.run(compose_app(TINY + ["trainer.max_epochs=1", "trainer.enable_checkpointing=false",
                              f"+output_dir={tmp_path / 'off'}"]))
     assert not (tmp_path / "off" / "checkpoints").exists()
 
 
-def test_a_finished_run_folder_is_never_overwritten(tmp_path):
-    cli.run(_compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
+def test_a_finished_run_folder_is_never_overwritten(tmp_path, compose_app):
+    cli.run(compose_app(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
     before = (tmp_path / "summary.json").read_text()
     with pytest.raises(ConfigError, match="already holds a finished run"):
-        cli.run(_compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
+        cli.run(compose_app(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
     assert (tmp_path / "summary.json").read_text() == before
 
 
@@ -179,8 +173,8 @@ def test_a_sweep_writes_folders_named_after_swept_keys(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0_seed=1", "1_seed=2"]
 
 
-def test_a_split_with_one_class_reports_a_null_auc_with_a_warning(tmp_path):
-    cfg = _compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}", "data.base_rate=1e-7"])
+def test_a_split_with_one_class_reports_a_null_auc_with_a_warning(tmp_path, compose_app):
+    cfg = compose_app(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}", "data.base_rate=1e-7"])
     with pytest.warns(UserWarning, match="the (val|test) split holds only non-clicks"):
         summary = cli.run(cfg)
     assert summary["test_auc"] is None and summary["val_auc"] is None
@@ -239,7 +233,7 @@ def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
-def test_a_failing_test_step_keeps_the_trained_model(tmp_path, monkeypatch):
+def test_a_failing_test_step_keeps_the_trained_model(tmp_path, monkeypatch, compose_app):
     from lightning_afm.models.deepfm import DeepFM
 
     def broken(self, batch, batch_idx):
@@ -247,16 +241,16 @@ def test_a_failing_test_step_keeps_the_trained_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DeepFM, "test_step", broken)
     with pytest.raises(RuntimeError, match="test step failed"):
-        cli.run(_compose(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
+        cli.run(compose_app(TINY + ["trainer.max_epochs=1", f"+output_dir={tmp_path}"]))
     assert (tmp_path / "last.ckpt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     monkeypatch.undo()
     assert DeepFM.load_from_checkpoint(tmp_path / "last.ckpt") is not None
 
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard"])
-def test_the_run_settings_and_final_auc_reach_the_logger_as_hparams(tmp_path, logger):
+def test_the_run_settings_and_final_auc_reach_the_logger_as_hparams(tmp_path, logger, compose_app):
     overrides = [o for o in TINY if not o.startswith("logger=")]
-    summary = cli.run(_compose(overrides + AFM + [f"logger={logger}", f"+output_dir={tmp_path}"]))
+    summary = cli.run(compose_app(overrides + AFM + [f"logger={logger}", f"+output_dir={tmp_path}"]))
     if logger == "csv":
         import csv as csv_module
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from lightning_afm.bench.cli import run, settings_from_config
 from lightning_afm.bench.deepctr import build_deepctr_model
@@ -33,11 +32,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _compose(overrides):
-    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
-        return compose(config_name="bench", overrides=overrides)
 
 
 def _fake_stats(model, names, width_of):
@@ -69,16 +63,16 @@ def _independent_count(name: str, dataset: str, variant: str, cap: int) -> int:
     return count_parameters(model)
 
 
-def test_default_config_is_the_papers_benchmark():
-    settings = settings_from_config(_compose([]))
+def test_default_config_is_the_papers_benchmark(compose_bench):
+    settings = settings_from_config(compose_bench([]))
     assert settings.models == ["dcn", "deepfm", "nfm", "autoint", "fibinet", "dcnv2", "gdcn"]
     assert settings.datasets == ["criteo", "avazu"]
     assert settings.variants == ["baseline", "afm_mlp", "afm_emb", "svd_mlp", "svd_emb", "ttd_emb", "deepctr_torch"]
     assert (settings.batch, settings.vocab_cap, settings.tt_rank, settings.threads) == (10000, None, 16, None)
 
 
-def test_tiny_run_writes_consistent_rows(tmp_path):
-    cfg = _compose(TINY + ["models=[deepfm,nfm]", "datasets=[criteo]", f"out={tmp_path}"])
+def test_tiny_run_writes_consistent_rows(tmp_path, compose_bench):
+    cfg = compose_bench(TINY + ["models=[deepfm,nfm]", "datasets=[criteo]", f"out={tmp_path}"])
     rows = run(cfg)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved == json.loads(json.dumps(rows))
@@ -103,8 +97,8 @@ def test_tiny_run_writes_consistent_rows(tmp_path):
     assert "Paper's +AFM EMB gain (paper's machine)" in md and "not our measurement" in md
 
 
-def test_avazu_and_gdcn_without_deepctr_model(tmp_path):
-    cfg = _compose(TINY + ["models=[gdcn]", "datasets=[avazu]", "variants=[afm_emb,deepctr_torch]",
+def test_avazu_and_gdcn_without_deepctr_model(tmp_path, compose_bench):
+    cfg = compose_bench(TINY + ["models=[gdcn]", "datasets=[avazu]", "variants=[afm_emb,deepctr_torch]",
                            "mlp_rank=8", "emb_rank=4", f"out={tmp_path}"])
     rows = run(cfg)
     # the baseline is always measured: gains need it
@@ -114,9 +108,9 @@ def test_avazu_and_gdcn_without_deepctr_model(tmp_path):
     assert "avazu/gdcn/DeepCTR-Torch skipped" in (tmp_path / "bench.md").read_text()
 
 
-def test_missing_deepctr_is_skipped_with_a_message(tmp_path, monkeypatch):
+def test_missing_deepctr_is_skipped_with_a_message(tmp_path, monkeypatch, compose_bench):
     monkeypatch.setitem(sys.modules, "deepctr_torch", None)  # import deepctr_torch now raises ImportError
-    cfg = _compose(TINY + ["models=[dcn]", "datasets=[criteo]", "variants=[baseline,deepctr_torch]", f"out={tmp_path}"])
+    cfg = compose_bench(TINY + ["models=[dcn]", "datasets=[criteo]", "variants=[baseline,deepctr_torch]", f"out={tmp_path}"])
     rows = run(cfg)
     assert rows[0]["samples_per_s"] > 0
     assert "not importable" in rows[1]["skipped"] and "pip install" in rows[1]["skipped"]
@@ -134,9 +128,9 @@ def test_missing_deepctr_is_skipped_with_a_message(tmp_path, monkeypatch):
         ("models=[]", "no model selected"),
     ],
 )
-def test_bad_selection_is_a_clear_error(override, message):
+def test_bad_selection_is_a_clear_error(override, message, compose_bench):
     with pytest.raises(ValueError, match=message):
-        settings_from_config(_compose([override]))
+        settings_from_config(compose_bench([override]))
 
 
 def test_main_reports_bad_selection_without_traceback(tmp_path, capsys, monkeypatch):
@@ -150,7 +144,7 @@ def test_main_reports_bad_selection_without_traceback(tmp_path, capsys, monkeypa
     assert "unknown model ['nope']" in capsys.readouterr().err
 
 
-def test_threads_setting_is_restored_after_the_run(tmp_path):
+def test_threads_setting_is_restored_after_the_run(tmp_path, compose_bench):
     torch.set_num_threads(2)
-    rows = run(_compose(TINY + ["models=[nfm]", "datasets=[criteo]", "variants=[baseline]", f"out={tmp_path}"]))
+    rows = run(compose_bench(TINY + ["models=[nfm]", "datasets=[criteo]", "variants=[baseline]", f"out={tmp_path}"]))
     assert rows[0]["threads"] == 1 and torch.get_num_threads() == 2

@@ -11,13 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_afm import AFMCompressionCallback, EmbeddingStage, MLPStage
 from lightning_afm.compress import LowRankEmbedding, LowRankLinear
-from lightning_afm.data import SyntheticDataModule
 from lightning_afm.models import DeepFM
-
-
-def _datamodule():
-    return SyntheticDataModule(num_rows=4000, vocab_sizes=[5, 20, 60, 200], num_numeric=2, batch_size=200,
-                               eval_batch_size=1000, val_fraction=0.1, test_fraction=0.1, seed=1)
 
 
 def _model(dm):
@@ -36,9 +30,9 @@ def _trainer(callbacks, max_epochs=3, **kwargs):
                       enable_model_summary=False, accelerator="cpu", **kwargs)
 
 
-def test_compressed_checkpoint_loads_in_a_fresh_process_with_identical_predictions(tmp_path):
+def test_compressed_checkpoint_loads_in_a_fresh_process_with_identical_predictions(tmp_path, tiny_synthetic):
     pl.seed_everything(0)
-    dm = _datamodule()
+    dm = tiny_synthetic()
     model = _model(dm)
     trainer = _trainer([_callback()], enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)
@@ -63,9 +57,9 @@ def test_compressed_checkpoint_loads_in_a_fresh_process_with_identical_predictio
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
 
 
-def test_resume_inside_the_mlp_finetune_continues_with_the_compressed_structure(tmp_path):
+def test_resume_inside_the_mlp_finetune_continues_with_the_compressed_structure(tmp_path, tiny_synthetic):
     pl.seed_everything(0)
-    dm = _datamodule()
+    dm = tiny_synthetic()
     saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True,
                             filename="{epoch}")
     # Stop after epoch 1 (the MLP finetune). The checkpoint of epoch 0 holds the baseline it validated;
@@ -73,7 +67,7 @@ def test_resume_inside_the_mlp_finetune_continues_with_the_compressed_structure(
     _trainer([_callback(), saver], max_epochs=3, max_steps=18 + 9).fit(_model(dm), datamodule=dm)
     assert (tmp_path / "epoch=0.ckpt").exists()
 
-    dm = _datamodule()
+    dm = tiny_synthetic()
     fresh = _model(dm)
     callback = _callback()
     trainer = _trainer([callback], enable_checkpointing=False)
@@ -99,11 +93,11 @@ class _OutputsAtSave(pl.Callback):
         pl_module.train(was_training)
 
 
-def test_every_checkpoint_of_a_compressing_fit_loads_its_own_structure(tmp_path):
+def test_every_checkpoint_of_a_compressing_fit_loads_its_own_structure(tmp_path, tiny_synthetic):
     from lightning_afm.callbacks.evaluation import evaluate
 
     pl.seed_everything(0)
-    dm = _datamodule()
+    dm = tiny_synthetic()
     model = _model(dm)
     batch = next(iter(dm.test_dataloader()))
     saver = ModelCheckpoint(dirpath=tmp_path, monitor="val_auc", mode="max", save_top_k=-1,
@@ -171,13 +165,13 @@ class _RunsCode:
         return pathlib.Path.touch, (pathlib.Path(self.marker),)
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_synthetic):
     import pickle
 
     import pytest
 
     marker = tmp_path / "code_ran"
-    dm = _datamodule()
+    dm = tiny_synthetic()
     model = _model(dm)
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"state_dict": model.state_dict(), "afm_compression_plan": {"version": 1, "entries": []},
@@ -191,11 +185,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
         assert not marker.exists(), how
 
 
-def test_fit_with_the_checkpoint_of_a_plain_model_compresses_it_like_loading_its_weights(tmp_path):
+def test_fit_with_the_checkpoint_of_a_plain_model_compresses_it_like_loading_its_weights(tmp_path, tiny_synthetic):
     """``fit(model, ckpt_path=baseline.ckpt)`` with ``baseline_epochs=0``: the file's weights are the
     baseline; its optimizer (whose groups no longer match after the swap) and epoch counters are not used."""
     pl.seed_everything(0)
-    dm = _datamodule()
+    dm = tiny_synthetic()
     path = tmp_path / "baseline.ckpt"
     trainer = _trainer([], max_epochs=1, enable_checkpointing=False)
     trainer.fit(_model(dm), datamodule=dm)  # a plain fit whose checkpoint is the baseline

@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from lightning_afm import AFMCompressionCallback, EmbeddingStage, MLPStage
 from lightning_afm.callbacks.factory import build_compression_callback
@@ -19,16 +18,7 @@ from lightning_afm.compress import (
     replay_plan,
     resolve_targets,
 )
-from lightning_afm.data import SyntheticDataModule
 from lightning_afm.models import DeepFM
-
-
-def _datamodule():
-    dm = SyntheticDataModule(num_rows=4000, vocab_sizes=[5, 20, 60, 200], num_numeric=2, batch_size=200,
-                             eval_batch_size=1000, val_fraction=0.1, test_fraction=0.1, seed=1)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def _model(dm, seed=0):
@@ -57,8 +47,8 @@ def _compress(model, dm, method, mlp_rank=4, emb_rank=2):
     return plan
 
 
-def test_random_builds_the_afm_structure_with_fresh_weights():
-    dm = _datamodule()
+def test_random_builds_the_afm_structure_with_fresh_weights(tiny_synthetic):
+    dm = tiny_synthetic()
     afm, scratch = _model(dm), _model(dm)
     _compress(afm, dm, "afm")
     plan = _compress(scratch, dm, "random")
@@ -80,8 +70,8 @@ def test_random_builds_the_afm_structure_with_fresh_weights():
     fresh.load_state_dict(scratch.state_dict())
 
 
-def test_random_rank_errors_name_the_module_and_change_nothing():
-    dm = _datamodule()
+def test_random_rank_errors_name_the_module_and_change_nothing(tiny_synthetic):
+    dm = tiny_synthetic()
     model = _model(dm)
     before = _structure(model)
     with pytest.raises(ValueError, match=r"'embeddings.C2': code_dim 9 is out of range"):
@@ -91,8 +81,8 @@ def test_random_rank_errors_name_the_module_and_change_nothing():
     assert _structure(model) == before
 
 
-def test_scratch_fit_trains_the_small_structure_from_fit_start():
-    dm = _datamodule()
+def test_scratch_fit_trains_the_small_structure_from_fit_start(tiny_synthetic):
+    dm = tiny_synthetic()
     pl.seed_everything(0)
     model = _model(dm)
     callback = AFMCompressionCallback(
@@ -111,12 +101,17 @@ def test_scratch_fit_trains_the_small_structure_from_fit_start():
     assert auc > 0.6
 
 
-def test_scratch_config_builds_from_scratch_for_as_many_epochs_as_afm():
-    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
-        scratch = compose(config_name="config", overrides=["compression=scratch"])
-        afm = compose(config_name="config", overrides=["compression=afm"])
+def test_scratch_config_builds_from_scratch_for_as_many_epochs_as_afm(compose_app):
+    scratch, afm = compose_app(["compression=scratch"]), compose_app(["compression=afm"])
     callback = build_compression_callback(scratch.compression)
     assert [s.method for s in callback.stages] == ["random", "random"]
     assert callback.baseline_epochs == 0 and callback.total_epochs == scratch.trainer.max_epochs
     assert scratch.trainer.max_epochs == afm.trainer.max_epochs
     assert [s.rank for s in callback.stages] == [afm.compression.mlp.rank, afm.compression.emb.rank]
+
+
+def test_scratch_mlp_config_builds_the_mlp_structure_for_as_many_epochs_as_afm_mlp(compose_app):
+    scratch, afm = compose_app(["compression=scratch_mlp"]), compose_app(["compression=afm_mlp"])
+    callback = build_compression_callback(scratch.compression)
+    assert [(s.name, s.method) for s in callback.stages] == [("mlp", "random")]
+    assert callback.total_epochs == scratch.trainer.max_epochs == afm.trainer.max_epochs == 2

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from lightning_afm.cli import run
@@ -14,26 +13,21 @@ TINY_DATA = ["data.num_rows=6000", "data.vocab_sizes=[5,20,50,200]", "data.num_n
              "data.eval_batch_size=1000", "model.embedding_dim=8", "model.mlp_hidden=[32,32,32]", "model.lr=1e-3"]
 
 
-def _compose(overrides):
-    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_every_model_config_composes(model):
-    cfg = _compose([f"model={model}"])
+def test_every_model_config_composes(model, compose_app):
+    cfg = compose_app([f"model={model}"])
     assert cfg.model._target_.split(".")[-1] == MODELS[model].__name__
 
 
 @pytest.mark.parametrize("data", ["synthetic", "criteo", "avazu", "csv"])
-def test_every_data_config_composes(data):
-    cfg = _compose([f"data={data}"])
+def test_every_data_config_composes(data, compose_app):
+    cfg = compose_app([f"data={data}"])
     assert "_target_" in cfg.data
 
 
 @pytest.mark.parametrize("option", ["none", "afm", "afm_mlp", "afm_emb", "svd", "svd_mlp", "svd_emb", "ttd_emb"])
-def test_every_compression_config_composes(option):
-    cfg = _compose([f"compression={option}"])
+def test_every_compression_config_composes(option, compose_app):
+    cfg = compose_app([f"compression={option}"])
     if option == "none":
         assert cfg.compression is None
     else:
@@ -43,27 +37,27 @@ def test_every_compression_config_composes(option):
         assert cfg.trainer.max_epochs >= callback.total_epochs
 
 
-def test_compression_ranks_are_overridable():
-    cfg = _compose(["compression=afm", "compression.mlp.rank=32", "compression.emb.rank=4"])
+def test_compression_ranks_are_overridable(compose_app):
+    cfg = compose_app(["compression=afm", "compression.mlp.rank=32", "compression.emb.rank=4"])
     assert (cfg.compression.mlp.rank, cfg.compression.emb.rank) == (32, 4)
 
 
-def test_paper_settings_for_criteo_and_avazu():
-    criteo = _compose(["data=criteo", "compression=afm"])
+def test_paper_settings_for_criteo_and_avazu(compose_app):
+    criteo = compose_app(["data=criteo", "compression=afm"])
     assert criteo.data.batch_size == 1000 and criteo.data.test_fraction == 0.1
     assert criteo.model.embedding_dim == 16 and list(criteo.model.mlp_hidden) == [400, 400, 400]
     assert criteo.compression.mlp.batch_size == 20000 and criteo.compression.emb.batch_size == 10000
     assert (criteo.compression.mlp.rank, criteo.compression.emb.rank) == (64, 2)
-    avazu = _compose(["data=avazu", "model=dcn", "compression=afm"])
+    avazu = compose_app(["data=avazu", "model=dcn", "compression=afm"])
     assert avazu.data.batch_size == 500 and avazu.data.test_fraction == 0.2
     assert avazu.model.embedding_dim == 50 and list(avazu.model.mlp_hidden) == [2000, 2000, 2000]
     assert avazu.compression.mlp.batch_size == 10000 and avazu.compression.emb.batch_size == 5000
     assert (avazu.compression.mlp.rank, avazu.compression.emb.rank) == (320, 8)
-    assert _compose(["data=avazu", "compression=svd_emb"]).compression.emb.rank == 8
+    assert compose_app(["data=avazu", "compression=svd_emb"]).compression.emb.rank == 8
 
 
-def test_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
-    cfg = _compose(TINY_DATA + ["trainer.max_epochs=1", f"+output_dir={tmp_path}", "logger=csv",
+def test_run_writes_summary_and_a_loadable_checkpoint(tmp_path, compose_app):
+    cfg = compose_app(TINY_DATA + ["trainer.max_epochs=1", f"+output_dir={tmp_path}", "logger=csv",
                                 "trainer.enable_progress_bar=false"])
     summary = run(cfg)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -76,8 +70,8 @@ def test_run_writes_summary_and_a_loadable_checkpoint(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == summary["params"]
 
 
-def test_run_with_afm_compression_records_stages(tmp_path):
-    cfg = _compose(TINY_DATA + ["compression=afm", "compression.mlp.rank=8", "compression.emb.rank=2",
+def test_run_with_afm_compression_records_stages(tmp_path, compose_app):
+    cfg = compose_app(TINY_DATA + ["compression=afm", "compression.mlp.rank=8", "compression.emb.rank=2",
                                 f"+output_dir={tmp_path}", "logger=csv", "trainer.enable_progress_bar=false",
                                 "compression.progress=false"])
     summary = run(cfg)
@@ -99,7 +93,7 @@ def test_run_with_afm_compression_records_stages(tmp_path):
     assert torch.isfinite(model.eval()(batch["categorical"], batch["numeric"])).all()
 
 
-def test_criteo_sample_experiment_composes():
-    cfg = _compose(["experiment=criteo_sample", "compression=afm"])
+def test_criteo_sample_experiment_composes(compose_app):
+    cfg = compose_app(["experiment=criteo_sample", "compression=afm"])
     assert cfg.data._target_.endswith("CriteoDataModule") and cfg.data.path.endswith("criteo_sample_10k.txt")
     assert cfg.model.lr == 1e-3 and cfg.compression.mlp.batch_size == 2048

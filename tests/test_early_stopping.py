@@ -8,7 +8,6 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
@@ -18,27 +17,22 @@ from lightning_afm.cli import early_stopping_callbacks, run
 from lightning_afm.models import MODELS
 
 
-def _compose(overrides):
-    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def test_csv_composes_with_early_stopping_and_the_paper_datasets_keep_the_papers_settings():
-    cfg = _compose(["data=csv"])
+def test_csv_composes_with_early_stopping_and_the_paper_datasets_keep_the_papers_settings(compose_app):
+    cfg = compose_app(["data=csv"])
     assert (cfg.model.lr, cfg.model.dropout, cfg.trainer.max_epochs) == (1e-3, 0.2, 30)
     assert cfg.early_stopping.monitor == "val_auc" and cfg.early_stopping.mode == "max"
     assert cfg.early_stopping.patience == 2 and cfg.early_stopping.restore_best
     assert cfg.data.val_fraction == 0.05
     # the trainer group comes before the data group: a trainer choice keeps data=csv's epoch cap
-    assert _compose(["data=csv", "trainer=gpu"]).trainer.max_epochs == 30
-    assert _compose(["data=csv", "trainer.max_epochs=5"]).trainer.max_epochs == 5
+    assert compose_app(["data=csv", "trainer=gpu"]).trainer.max_epochs == 30
+    assert compose_app(["data=csv", "trainer.max_epochs=5"]).trainer.max_epochs == 5
     # a compression config's schedule fixes the epochs
-    assert _compose(["data=csv", "compression=afm"]).trainer.max_epochs == 3
+    assert compose_app(["data=csv", "compression=afm"]).trainer.max_epochs == 3
     for data in ("criteo", "avazu", "synthetic"):
-        paper = _compose([f"data={data}"])
+        paper = compose_app([f"data={data}"])
         assert paper.early_stopping is None and paper.trainer.max_epochs == 1, data
         assert paper.model.dropout == 0.5, data
-    assert _compose(["data=criteo"]).model.lr == 1e-4
+    assert compose_app(["data=criteo"]).model.lr == 1e-4
 
 
 class _Scripted(pl.LightningModule):
@@ -100,16 +94,16 @@ def test_best_weights_survive_a_checkpoint_round_trip():
     assert again.best_epoch == 2 and again.state_dict()["weights"]["w"].item() == 2.0
 
 
-def test_early_stopping_needs_a_validation_split_and_yields_to_compression(tmp_path):
+def test_early_stopping_needs_a_validation_split_and_yields_to_compression(tmp_path, compose_app):
     class _NoVal:
         def num_rows(self, split):
             return 0
 
     with pytest.raises(ConfigError, match="val_fraction"):
-        early_stopping_callbacks(_compose(["data=csv"]), _NoVal())
-    assert early_stopping_callbacks(_compose(["data=csv", "compression=afm"]), _NoVal()) == []
-    assert early_stopping_callbacks(_compose(["data=criteo"]), _NoVal()) == []
-    kinds = [type(c) for c in early_stopping_callbacks(_compose(["data=csv", "early_stopping.restore_best=false"]),
+        early_stopping_callbacks(compose_app(["data=csv"]), _NoVal())
+    assert early_stopping_callbacks(compose_app(["data=csv", "compression=afm"]), _NoVal()) == []
+    assert early_stopping_callbacks(compose_app(["data=criteo"]), _NoVal()) == []
+    kinds = [type(c) for c in early_stopping_callbacks(compose_app(["data=csv", "early_stopping.restore_best=false"]),
                                                        object())]
     assert kinds == [EarlyStopping]
 
@@ -125,11 +119,11 @@ def _tiny_csv(path, rows=3000, seed=0):
     return path
 
 
-def test_a_csv_run_stops_early_and_saves_and_tests_the_best_epoch(tmp_path):
+def test_a_csv_run_stops_early_and_saves_and_tests_the_best_epoch(tmp_path, compose_app):
     table = _tiny_csv(tmp_path / "tiny.csv")
     out = tmp_path / "run"
     # lr 1e-2 and no dropout memorise the noise field within a few epochs: validation AUC peaks, then falls
-    cfg = _compose(["data=csv", f"data.path={table}", "data.label=label", "data.categorical=[signal,noise]",
+    cfg = compose_app(["data=csv", f"data.path={table}", "data.label=label", "data.categorical=[signal,noise]",
                     f"data.cache_dir={tmp_path / 'cache'}", "data.progress=false", "data.batch_size=100",
                     "data.val_fraction=0.2", "model.embedding_dim=8", "model.mlp_hidden=[32,32]", "model.lr=1e-2",
                     "model.dropout=0.0", "model.l2_reg=0", "early_stopping.patience=1", "trainer.max_epochs=25",
