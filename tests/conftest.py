@@ -1,5 +1,5 @@
-"""Fixtures shared by the test files: composing the app's Hydra config, a tiny synthetic
-DataModule and a quiet CPU trainer.
+"""Fixtures shared by the test files: composing the app's (and the benchmark's) Hydra config,
+and a tiny synthetic DataModule.
 
 Each test file used to carry its own copy of these; they live here so that a change of the
 config layout or of the DataModule's arguments is made once.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import lightning.pytorch as pl
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
@@ -40,19 +39,6 @@ def tiny_synthetic() -> Callable[..., SyntheticDataModule]:
         dm.prepare_data()
         dm.setup("fit")
         return dm
-
-    return make
-
-
-@pytest.fixture
-def quiet_trainer() -> Callable[..., pl.Trainer]:
-    """``quiet_trainer(callbacks=(), max_epochs=1, **kwargs)``: a CPU trainer without logger, bar or summary."""
-
-    def make(callbacks: Sequence[pl.Callback] = (), max_epochs: int = 1, **kwargs) -> pl.Trainer:
-        settings = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        enable_checkpointing=False)
-        settings.update(kwargs)
-        return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **settings)
 
     return make
 
