@@ -97,8 +97,7 @@ class BenchSettings:
             mlp_rank=self.mlp_rank if self.mlp_rank is not None else shape.mlp_rank,
             emb_rank=self.emb_rank if self.emb_rank is not None else shape.emb_rank,
             tt_rank=self.tt_rank,
-            # capped vocabularies (quick runs) would leave no table that large: cap the threshold alike
-            tt_min_rows=self.tt_min_rows if shape.vocab_cap is None else min(self.tt_min_rows, shape.vocab_cap),
+            tt_min_rows=self.tt_min_rows,
             tt_lr=self.tt_lr,
             afm_relu=self.afm_relu,
             svd_relu=self.svd_relu,

@@ -88,7 +88,7 @@ class VariantSettings:
         mlp_rank: ``k`` of MLP layers 2 and 3 (AFM and SVD).
         emb_rank: ``k`` of the tables (AFM and SVD).
         tt_rank: TT-rank of the ``ttd_emb`` tables.
-        tt_min_rows: tables with fewer rows stay dense in ``ttd_emb``.
+        tt_min_rows: tables with fewer rows stay dense in ``ttd_emb`` (at most the shape's ``vocab_cap``).
         tt_lr: ``ttd_emb`` compresses the LR tables of the compressed fields too.
         afm_relu: ReLU between the AFM factors (the paper's default).
         svd_relu: ReLU between the SVD factors (as ``conf/compression/svd.yaml``'s ``mlp.relu``).
@@ -214,7 +214,9 @@ def build_structure(model_name: str, shape: PaperShape, variant: str, settings: 
         fold_into_first_linear(model)
     if variant == "ttd_emb":
         tables = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
-        names = select_tt_tables(model, tables, settings.tt_min_rows, settings.tt_lr)
+        # capped vocabularies (quick runs) may leave no table that large: the cap bounds the threshold
+        min_rows = settings.tt_min_rows if shape.vocab_cap is None else min(settings.tt_min_rows, shape.vocab_cap)
+        names = select_tt_tables(model, tables, min_rows, settings.tt_lr)
         # random TT-Rec cores, as the TTD stage's default (their scale needs no values of the meta table)
         compress_embeddings_ttd(model, names, tt_rank=settings.tt_rank, init="random")
     return model
