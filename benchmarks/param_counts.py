@@ -5,8 +5,9 @@ the full datasets, widths and ranks) live in :mod:`lightning_afm.bench.shapes`, 
 variant is built by :func:`lightning_afm.bench.build_structure`, exactly as
 ``lightning-afm-bench`` builds it before timing: the baseline, AFM on MLP layers 2 and 3 (rank 64
 on Criteo, 320 on Avazu), cumulative AFM on the embeddings (rank 2 / 8, folded where the model
-allows it), the same with SVD, and TT-Rec tables (TT-rank 16). The last column quotes Table 2's
-+AFM MLP and +AFM EMB counts for comparison.
+allows it), the same with SVD, and TT-Rec tables (TT-rank 16, the tables of >= 10^5 rows and
+their LR tables). The last column quotes Table 2's +AFM MLP and +AFM EMB counts for comparison;
+a second table puts DeepFM's TTD counts next to Table 4's (line 715).
 
     .venv/bin/python benchmarks/param_counts.py
 """
@@ -21,7 +22,7 @@ try:  # run from a checkout without installing the package
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_AFM_PARAMS_M, TABLE_2_PARAMS_M
+from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_AFM_PARAMS_M, TABLE_2_PARAMS_M, TABLE_4_TTD_PARAMS_M
 from lightning_afm.bench.variants import OUR_VARIANTS, VariantSettings, build_structure
 from lightning_afm.models import MODELS, count_parameters
 
@@ -44,6 +45,16 @@ def main() -> None:
             print(f"| {dataset} | {name} | {TABLE_2_PARAMS_M[dataset][name]:.2f} | "
                   + " | ".join(f"{c:,}" for c in counts)
                   + " | {:.2f} / {:.2f} |".format(*TABLE_2_AFM_PARAMS_M[dataset][name]))
+    print()
+    print("| dataset | DeepFM + TTD EMB (ours) | Table 4 (M) | difference (M) | TT tables (with their LR tables) |")
+    print("|---|---|---|---|---|")
+    for dataset, shape in PAPER_SHAPES.items():
+        settings = VariantSettings(mlp_rank=shape.mlp_rank, emb_rank=shape.emb_rank)
+        model = build_structure("deepfm", shape, "ttd_emb", settings)
+        ours, paper = count_parameters(model), TABLE_4_TTD_PARAMS_M[dataset]
+        large = sum(1 for s in shape.vocab_sizes if s >= settings.tt_min_rows)
+        print(f"| {dataset} | {ours:,} ({ours / 1e6:.2f}M) | {paper:.2f} | {ours / 1e6 - paper:+.3f} | "
+              f"{large} of {shape.num_fields} (>= {settings.tt_min_rows:,} rows) |")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def _independent_count(name: str, dataset: str, variant: str, cap: int) -> int:
         if MODELS[name].MLP_READS_EMBEDDINGS:
             fold_into_first_linear(model)
     if variant == "ttd_emb":
-        tables = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
-        compress_embeddings_ttd(model, tables, 16, init="random")
+        # TT-Rec's selection: tables that reach the (capped) threshold, and their LR tables
+        tables = [n for n in resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
+                  if model.get_submodule(n).num_embeddings >= min(100_000, cap)]
+        compress_embeddings_ttd(model, tables + [n.replace("embeddings.", "linear.") for n in tables], 16,
+                                init="random")
     return count_parameters(model)
 
 

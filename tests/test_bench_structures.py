@@ -109,8 +109,34 @@ def test_svd_and_ttd_counts(dataset, name):
     # SVD's first factors have no bias (2 layers x k), nor do its table projections (F x t)
     assert count["svd_mlp"] == count["afm_mlp"] - 2 * k
     assert count["svd_emb"] == count["afm_emb"] - 2 * k - f * t
-    tt = sum(TTEmbedding(s, t, 16, device="meta").num_parameters for s in shape.vocab_sizes)
-    assert count["ttd_emb"] == count["baseline"] - sum(shape.vocab_sizes) * t + tt
+    # TT-Rec's layout (changed with the paper's Table 4 convention): tables of >= 10^5 rows and
+    # their LR tables become rank-16 trains, the rest stay dense (independent formula: _tt_count)
+    large = [s for s in shape.vocab_sizes if s >= 100_000]
+    tt = sum(_tt_count(s, t) + _tt_count(s, 1) for s in large)
+    assert count["ttd_emb"] == count["baseline"] - sum(large) * (t + 1) + tt
+
+
+def _tt_count(rows: int, width: int, rank: int = 16) -> int:
+    """Entries of a 3-core train, by hand: rows split as ``ceil`` cube roots, width factors inner-small."""
+    n1 = next(n for n in range(1, rows + 1) if n ** 3 >= rows)
+    n2 = next(n for n in range(1, rows + 1) if n ** 2 >= -(-rows // n1))
+    n3 = -(-rows // (n1 * n2))
+    d = {16: (2, 2, 4), 50: (5, 2, 5), 1: (1, 1, 1)}[width]
+    return n1 * d[0] * rank + n2 * rank * d[1] * rank + n3 * rank * d[2]
+
+
+@pytest.mark.parametrize("dataset,paper,ours", [("criteo", 3.76, 3_810_766), ("avazu", 12.21, 12_234_078)])
+def test_deepfm_ttd_counts_at_the_paper_shapes(dataset, paper, ours):
+    """Table 4's TTD row (line 715): the nearest TT-Rec convention found, within 0.06M of the paper."""
+    shape = paper_shape(dataset)
+    model = build_structure("deepfm", shape, "ttd_emb", _settings(shape))
+    assert count_parameters(model) == ours
+    assert abs(ours / 1e6 - paper) < 0.06
+    tt = {n for n, m in model.named_modules() if isinstance(m, TTEmbedding)}
+    large = {f for f, s in zip(model.embeddings.module_names, shape.vocab_sizes) if s >= 100_000}
+    assert tt == {f"embeddings.{f}" for f in large} | {f"linear.{f}" for f in large}  # LR tables compressed
+    small = [f for f in model.embeddings.module_names if f not in large]
+    assert all(type(model.get_submodule(f"{p}.{f}")) is nn.Embedding for f in small for p in ("embeddings", "linear"))
 
 
 def test_variants_are_built_on_meta_without_memory():
@@ -146,8 +172,11 @@ def test_materialized_variants_share_kept_parameters_and_are_finite():
         assert all(torch.isfinite(p).all() for p in model.parameters())
         # FiBiNet's pair-index buffers come from the twin
         assert torch.equal(model.bilinear.left, twin.bilinear.left)
-        # the LR tables are unchanged by every variant: same storage as the baseline's
-        assert model.linear.C1.weight is base.linear.C1.weight
+        # the LR tables are unchanged by every variant (ttd_emb: those of the fields it leaves dense,
+        # C9's 3 rows; it makes trains of the large fields' LR tables): same storage as the baseline's
+        assert model.linear.C9.weight is base.linear.C9.weight
+        if variant != "ttd_emb":
+            assert model.linear.C1.weight is base.linear.C1.weight
         kept = {n for n, _ in model.named_parameters()} & set(shared)
         assert all(dict(model.named_parameters())[n] is shared[n] for n in kept
                    if dict(model.named_parameters())[n].shape == shared[n].shape)

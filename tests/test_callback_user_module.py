@@ -122,7 +122,8 @@ def test_ttd_stage_replaces_tables_with_tensor_train_cores():
 
     train, val = _loaders()
     model = TinyCTR()
-    callback = AFMCompressionCallback([EmbeddingStage(rank=2, method="ttd", targets=["user"], epochs=1)],
+    callback = AFMCompressionCallback([EmbeddingStage(rank=2, method="ttd", targets=["user"], epochs=1,
+                                                     ttd_min_rows=1)],
                                       baseline_epochs=1, progress=False)
     _trainer(callback, max_epochs=2).fit(model, train_dataloaders=train, val_dataloaders=val)
     assert isinstance(model.user, TTEmbedding) and model.user.tt_rank == 2

@@ -25,7 +25,8 @@ def test_every_data_config_composes(data, compose_app):
     assert "_target_" in cfg.data
 
 
-@pytest.mark.parametrize("option", ["none", "afm", "afm_mlp", "afm_emb", "svd", "svd_mlp", "svd_emb", "ttd_emb"])
+@pytest.mark.parametrize("option", ["none", "afm", "afm_mlp", "afm_emb", "svd", "svd_mlp", "svd_emb", "ttd_emb",
+                                    "ttd_svd_emb", "scratch", "scratch_mlp"])
 def test_every_compression_config_composes(option, compose_app):
     cfg = compose_app([f"compression={option}"])
     if option == "none":
@@ -35,6 +36,10 @@ def test_every_compression_config_composes(option, compose_app):
 
         callback = build_compression_callback(cfg.compression)
         assert cfg.trainer.max_epochs >= callback.total_epochs
+        if option.startswith("ttd"):  # TT-Rec's selection; random init unless the TT-SVD variant
+            stage = callback.stages[0]
+            assert (stage.ttd_min_rows, stage.ttd_lr) == (100_000, True)
+            assert stage.ttd_init == ("svd" if option == "ttd_svd_emb" else "random")
 
 
 def test_compression_ranks_are_overridable(compose_app):

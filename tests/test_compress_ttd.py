@@ -24,7 +24,13 @@ from lightning_afm.compress import (
     tt_svd,
 )
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, entry_is_applied, restore_compressed_structure
-from lightning_afm.compress.ttd import sampled_gaussian_, tt_ranks_for
+from lightning_afm.compress.ttd import (
+    sampled_gaussian_,
+    select_tt_tables,
+    tt_ranks_for,
+    tt_rec_dim_factors,
+    tt_rec_init_std,
+)
 
 VOCAB, DIM, NUMERIC = [7, 11, 50, 9], 8, 3
 
@@ -318,9 +324,10 @@ def test_deepfm_with_tt_tables_replays_and_loads_identically(init):
     if init == "svd":  # full TT-rank: the model is unchanged up to float32 rounding
         assert max(e.flags["relative_error"] for e in plan) < 1e-5
         torch.testing.assert_close(compressed, dense, rtol=1e-4, atol=1e-4)
-    else:  # random cores at the old tables' scale
+    else:  # random cores at TT-Rec's scale 1/sqrt(3 rows), whatever the old table's (0.3 here)
         stds = [float(model.get_submodule(n).full_table().detach().std()) for n in names]
-        assert all(0.05 < s < 1.5 for s in stds)
+        targets = [tt_rec_init_std(model.get_submodule(n).num_embeddings) for n in names]
+        assert all(0.3 * t < s < 3 * t for s, t in zip(stds, targets))
 
     fresh = _deepfm(seed=9)
     replay_plan(fresh, CompressionPlan.from_json(plan.to_json()))
@@ -374,3 +381,90 @@ def test_plan_entries_check_the_method_per_kind():
         PlanEntry("e", "embedding", "ttd", 16, [10, 4])
     with pytest.raises(ValueError, match="rank must be a positive int"):
         PlanEntry("e", "tt_embedding", "ttd", 0, [10, 4])
+
+
+# --------------------------------------------------------------------------- TT-Rec's layout (Table 4)
+
+
+def test_tt_rec_width_factors_put_the_small_factor_inside():
+    # the inner cores carry two TT-ranks, the end cores one: the smallest width factor goes inside
+    assert tt_rec_dim_factors(16) == [2, 2, 4] and tt_rec_dim_factors(50) == [5, 2, 5]
+    assert tt_rec_dim_factors(1) == [1, 1, 1] and tt_rec_dim_factors(30, 4) == [3, 1, 2, 5]
+    for t in (1, 6, 16, 50, 64, 97):
+        assert sorted(tt_rec_dim_factors(t)) == sorted(balanced_dim_factors(t))
+    # fewest entries among the orders of the same factors, at rank 16 on a cube of rows
+    def entries(d, n=100, r=16):
+        return n * d[0] * r + n * r * d[1] * r + n * r * d[2]
+    for t in (16, 50, 12, 98):
+        orders = {tuple(p) for p in __import__("itertools").permutations(balanced_dim_factors(t))}
+        assert entries(tt_rec_dim_factors(t)) == min(entries(p) for p in orders)
+    assert TTEmbedding(6_729_486, 50).dim_factors == [5, 2, 5]  # the default layout
+
+
+def test_random_init_has_tt_rec_scale():
+    assert tt_rec_init_std(3) == pytest.approx(1 / 3) and tt_rec_init_std(1_000_000) == pytest.approx(1 / math.sqrt(3e6))
+    with pytest.raises(ValueError, match="num_embeddings must be >= 1"):
+        tt_rec_init_std(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20_000, 16))
+    compress_embedding_ttd(model, "0", tt_rank=16, init="random")
+    std = float(model[0].full_table().detach().double().std())
+    assert std == pytest.approx(tt_rec_init_std(20_000), rel=0.15)  # U(-1/sqrt(s), 1/sqrt(s))'s std
+
+
+def test_select_tt_tables_keeps_small_tables_dense_and_adds_lr_tables():
+    model = _deepfm()  # VOCAB [7, 11, 50, 9]
+    names = [f"embeddings.C{i}" for i in range(1, 5)]
+    assert select_tt_tables(model, names, min_rows=10) == ["embeddings.C2", "embeddings.C3", "linear.C2", "linear.C3"]
+    assert select_tt_tables(model, names, min_rows=10, lr_tables=False) == ["embeddings.C2", "embeddings.C3"]
+    assert select_tt_tables(model, names, min_rows=1)[-4:] == [f"linear.C{i}" for i in range(1, 5)]
+    with pytest.raises(ValueError, match=r"no table has 51 rows or more \(the largest of 4 has 50\)"):
+        select_tt_tables(model, names, min_rows=51)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="min_rows must be a positive int"):
+            select_tt_tables(model, names, min_rows=bad)
+    # a module without a `linear` part: the tables alone
+    plain = nn.ModuleDict({"embeddings": nn.ModuleDict({"a": nn.Embedding(30, 4), "b": nn.Embedding(3, 4)})})
+    assert select_tt_tables(plain, ["embeddings.a", "embeddings.b"], min_rows=10) == ["embeddings.a"]
+
+
+def test_tt_rec_deepfm_checkpoint_reloads_with_lr_trains():
+    model = _deepfm(seed=0).eval()
+    names = select_tt_tables(model, [f"embeddings.C{i}" for i in range(1, 5)], min_rows=10)
+    plan = CompressionPlan(compress_embeddings_ttd(model, names, tt_rank=4, init="random"))
+    assert isinstance(model.linear.C3, TTEmbedding) and model.linear.C3.dim_factors == [1, 1, 1]
+    assert type(model.linear.C1) is nn.Embedding and type(model.embeddings.C4) is nn.Embedding
+    cat, num = _inputs(seed=3)
+    with torch.no_grad():
+        out = model(cat, num)
+    # the model's own hook (what Lightning's load_from_checkpoint calls) rebuilds the structure
+    fresh = _deepfm(seed=5)
+    checkpoint = {PLAN_CHECKPOINT_KEY: plan.to_dict(), "state_dict": copy.deepcopy(model.state_dict())}
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(cat, num), out)
+    # the L2 term's "full" mode covers the LR trains' cores
+    table_params = {id(p) for p in fresh.table_weights()}
+    assert all(id(p) in table_params for p in fresh.linear.C3.parameters())
+
+
+def test_random_tt_rec_deepfm_learns_a_tiny_problem():
+    torch.manual_seed(0)
+    model = _deepfm(seed=1)
+    names = select_tt_tables(model, [f"embeddings.C{i}" for i in range(1, 5)], min_rows=10)
+    compress_embeddings_ttd(model, names, tt_rank=4, init="random")
+    cat, num = _inputs(seed=2, n=256)
+    # a label the trains must carry: whether C3's id is even (C3 is a 50-row train, with its LR train)
+    label = (cat[:, 2] % 2 == 0).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(150):
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(model(cat, num), label)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is not None for p in model.linear.C3.parameters())

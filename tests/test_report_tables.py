@@ -146,6 +146,18 @@ def test_table4_methods_stages_and_baseline(tmp_path):
     assert methods == ["Baseline", "AFM", "SVD", "TTD"]
 
 
+def test_table4_shows_both_ttd_initialisations_as_rows(tmp_path):
+    random_ = _summary(stages=[_stage("emb", "ttd", 16, 900_000, (0.60, 0.55), (0.690, 0.490), 1)])
+    svd = _summary(stages=[_stage("emb", "ttd", 16, 900_000, (0.65, 0.52), (0.698, 0.481), 1)])
+    emb = {"method": "ttd", "rank": 16, "ttd_min_rows": 100000, "ttd_lr": True}
+    _write(tmp_path, 0, random_, ["compression=ttd_emb"], {"baseline_epochs": 1, "emb": {**emb, "ttd_init": "random"}})
+    _write(tmp_path, 1, svd, ["compression=ttd_emb", "compression.emb.ttd_init=svd"],
+           {"baseline_epochs": 1, "emb": {**emb, "ttd_init": "svd"}})
+    md, _, _ = write_report("table4", [tmp_path])  # the override is shown, so nothing is refused
+    assert _row(md, "TTD (random init, TT-Rec)")[4:] == ["0.6000", "0.5500", "0.6900", "0.4900"]
+    assert _row(md, "TTD (TT-SVD init)")[4:] == ["0.6500", "0.5200", "0.6980", "0.4810"]
+
+
 def test_table6_reads_the_relu_from_the_config_and_averages_seeds(tmp_path):
     for job, (relu, seed, auc) in enumerate([(True, 0, 0.7010), (False, 0, 0.6900), (True, 1, 0.7030)]):
         s, c = _afm(seed=seed, relu=relu, mlp=(auc, 0.47))

@@ -30,6 +30,7 @@ from lightning_afm.bench.throughput import (
     time_interleaved,
 )
 from lightning_afm.bench.variants import VARIANTS, VariantSettings, build_twin, build_variant
+from lightning_afm.compress import DEFAULT_TT_MIN_ROWS
 from lightning_afm.models import MODELS, count_parameters
 from lightning_afm.models.allocator import reuse_freed_memory
 
@@ -65,6 +66,8 @@ class BenchSettings:
     mlp_rank: int | None = None
     emb_rank: int | None = None
     tt_rank: int = 16
+    tt_min_rows: int = DEFAULT_TT_MIN_ROWS
+    tt_lr: bool = True
     afm_relu: bool = True
     svd_relu: bool = True
     fold: bool = True
@@ -94,6 +97,8 @@ class BenchSettings:
             mlp_rank=self.mlp_rank if self.mlp_rank is not None else shape.mlp_rank,
             emb_rank=self.emb_rank if self.emb_rank is not None else shape.emb_rank,
             tt_rank=self.tt_rank,
+            tt_min_rows=self.tt_min_rows,
+            tt_lr=self.tt_lr,
             afm_relu=self.afm_relu,
             svd_relu=self.svd_relu,
             fold=self.fold,
@@ -125,7 +130,7 @@ def _variant_details(variant: str, model_name: str, vs: VariantSettings) -> dict
         return {"ranks": {"mlp": vs.mlp_rank, "emb": vs.emb_rank},
                 "folded": bool(vs.fold and MODELS[model_name].MLP_READS_EMBEDDINGS)}
     if variant == "ttd_emb":
-        return {"ranks": {"tt": vs.tt_rank}}
+        return {"ranks": {"tt": vs.tt_rank}, "tt_min_rows": vs.tt_min_rows, "tt_lr": vs.tt_lr}
     return {}
 
 

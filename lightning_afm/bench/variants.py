@@ -16,8 +16,10 @@ needed: the structure is built on the ``meta`` device with the public compress A
 ``svd_mlp``    SVD on MLP layers 2 and 3 (first factor without a bias).
 ``svd_emb``    cumulative like ``afm_emb``: ``svd_mlp`` plus SVD tables (projections without a
                bias), folded likewise.
-``ttd_emb``    TT-Rec tables of TT-rank ``tt_rank`` on the baseline (MLP unchanged); no fold
-               (a TT table has no projection).
+``ttd_emb``    TT-Rec tables of TT-rank ``tt_rank`` on the baseline (MLP unchanged): the tables
+               of ``>= tt_min_rows`` rows and (``tt_lr``) their LR tables, the others dense, as
+               ``compression=ttd_emb`` builds them (the paper's Table 4 TTD); no fold (a TT table
+               has no projection).
 =============  ==============================================================================
 
 The factored structures (which factor has a bias) are not written down here: they are read off
@@ -43,6 +45,7 @@ from torch import nn
 from lightning_afm.compress import (
     DEFAULT_EMBEDDING_TARGETS,
     DEFAULT_MLP_TARGETS,
+    DEFAULT_TT_MIN_ROWS,
     CompressionPlan,
     OutputStatistics,
     PlanEntry,
@@ -54,6 +57,7 @@ from lightning_afm.compress import (
     get_submodule,
     replay_plan,
     resolve_targets,
+    select_tt_tables,
 )
 from lightning_afm.compress.ttd import sampled_gaussian_
 from lightning_afm.models import MODELS, CTRModel
@@ -84,6 +88,8 @@ class VariantSettings:
         mlp_rank: ``k`` of MLP layers 2 and 3 (AFM and SVD).
         emb_rank: ``k`` of the tables (AFM and SVD).
         tt_rank: TT-rank of the ``ttd_emb`` tables.
+        tt_min_rows: tables with fewer rows stay dense in ``ttd_emb`` (at most the shape's ``vocab_cap``).
+        tt_lr: ``ttd_emb`` compresses the LR tables of the compressed fields too.
         afm_relu: ReLU between the AFM factors (the paper's default).
         svd_relu: ReLU between the SVD factors (as ``conf/compression/svd.yaml``'s ``mlp.relu``).
         fold: fold the table projections into the first MLP Linear where the model allows it.
@@ -92,12 +98,14 @@ class VariantSettings:
     mlp_rank: int
     emb_rank: int
     tt_rank: int = 16
+    tt_min_rows: int = DEFAULT_TT_MIN_ROWS
+    tt_lr: bool = True
     afm_relu: bool = True
     svd_relu: bool = True
     fold: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("mlp_rank", "emb_rank", "tt_rank"):
+        for name in ("mlp_rank", "emb_rank", "tt_rank", "tt_min_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -205,9 +213,12 @@ def build_structure(model_name: str, shape: PaperShape, variant: str, settings: 
     if variant in ("afm_emb", "svd_emb") and settings.fold and type(model).MLP_READS_EMBEDDINGS:
         fold_into_first_linear(model)
     if variant == "ttd_emb":
-        names = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
-        # random TT-Rec cores; init_std given, since a meta table has no values to take a scale from
-        compress_embeddings_ttd(model, names, tt_rank=settings.tt_rank, init="random", init_std=1.0)
+        tables = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
+        # capped vocabularies (quick runs) may leave no table that large: the cap bounds the threshold
+        min_rows = settings.tt_min_rows if shape.vocab_cap is None else min(settings.tt_min_rows, shape.vocab_cap)
+        names = select_tt_tables(model, tables, min_rows, settings.tt_lr)
+        # random TT-Rec cores, as the TTD stage's default (their scale needs no values of the meta table)
+        compress_embeddings_ttd(model, names, tt_rank=settings.tt_rank, init="random")
     return model
 
 

@@ -426,6 +426,8 @@ class AFMCompressionCallback(pl.Callback):
         # grows with each structural change, so a checkpoint always matches its plan.
         with self._stage_errors(stage):
             if stage.method == "ttd":
+                # TT-Rec: the large tables and their LR tables; the small ones stay dense
+                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
                 entries = compress.compress_embeddings_ttd(pl_module, names, tt_rank=stage.rank, init=stage.ttd_init)
             else:
                 entries = compress.compress_targets(
@@ -787,6 +789,8 @@ class AFMCompressionCallback(pl.Callback):
         for stage in self.stages[self.stages_started:]:
             stage.validate()  # again: a stage's fields may have been changed since it was made
             names = self._targets(pl_module, stage)
+            if stage.method == "ttd":  # the tables it will really take: the large ones and their LR tables
+                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
             self._check_ranks(pl_module, stage, names)
             for name in names:
                 if name in claimed:

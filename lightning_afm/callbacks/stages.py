@@ -183,13 +183,19 @@ class EmbeddingStage(CompressionStage):
     small, significant: rank 8 of 16 lost 0.0002 AUC on a 200k-row file and still "lost". The paper picks its ranks per dataset by the same criterion, by hand (line
     825-830: "ensure that the AUC and Logloss of the compressed model are comparable").
 
-    ``method="ttd"`` is the TT-Rec baseline: each table becomes tensor-train cores of TT-rank
-    ``rank``, initialised by TT-SVD of the trained table (``ttd_init="svd"``) or at random as
-    TT-Rec does (``"random"``); nothing to fold.
+    ``method="ttd"`` is the TT-Rec baseline (the paper's TTD, which follows TT-Rec's settings at
+    TT-rank 16, line 737-738): each target table with at least ``ttd_min_rows`` rows becomes
+    tensor-train cores of TT-rank ``rank``, and with ``ttd_lr`` so does the width-1 LR table of
+    its field (``linear.<field>``); smaller tables stay dense, as in TT-Rec. Cores start at random
+    as TT-Rec's (``ttd_init="random"``, scale ``1/sqrt(3 rows)``) or from TT-SVD of the trained
+    table (``"svd"``). The defaults give the counts nearest the paper's Table 4 (line 715), see
+    :func:`lightning_afm.compress.select_tt_tables`. Nothing to fold.
     """
 
     fold: bool | str = "auto"
-    ttd_init: str = "svd"
+    ttd_init: str = "random"
+    ttd_min_rows: int = 100_000
+    ttd_lr: bool = True
     grow_rank: bool = False
     grow_auc_tolerance: float = 0.0005
     grow_logloss_tolerance: float = 0.001
@@ -202,6 +208,12 @@ class EmbeddingStage(CompressionStage):
 
     def validate(self) -> None:
         super().validate()
+        if isinstance(self.ttd_min_rows, bool) or not _is_integral(self.ttd_min_rows) or int(self.ttd_min_rows) < 1:
+            raise ValueError(f"EmbeddingStage({self.name!r}): ttd_min_rows must be a positive integer (tables with "
+                             f"fewer rows stay dense), got {self.ttd_min_rows!r}")
+        self.ttd_min_rows = int(self.ttd_min_rows)
+        if not isinstance(self.ttd_lr, bool):
+            raise ValueError(f"EmbeddingStage({self.name!r}): ttd_lr must be true or false, got {self.ttd_lr!r}")
         if self.ttd_init not in ("svd", "random"):
             raise ValueError(f"EmbeddingStage({self.name!r}): ttd_init must be 'svd' or 'random', got {self.ttd_init!r}")
         if self.method == "ttd" and self.fold is True:

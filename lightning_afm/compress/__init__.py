@@ -42,6 +42,7 @@ from lightning_afm.compress.surgery import (
     set_submodule,
 )
 from lightning_afm.compress.ttd import (
+    DEFAULT_TT_MIN_ROWS,
     DEFAULT_TT_RANK,
     TTDecomposition,
     TTEmbedding,
@@ -49,6 +50,9 @@ from lightning_afm.compress.ttd import (
     balanced_row_factors,
     compress_embedding_ttd,
     compress_embeddings_ttd,
+    select_tt_tables,
+    tt_rec_dim_factors,
+    tt_rec_init_std,
     tt_svd,
 )
 
@@ -57,6 +61,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_TARGETS",
     "DEFAULT_MLP_TARGETS",
     "DEFAULT_SHIFT_STD",
+    "DEFAULT_TT_MIN_ROWS",
     "DEFAULT_TT_RANK",
     "EmbeddingFactors",
     "FIRST_MLP_LINEAR",
@@ -92,9 +97,12 @@ __all__ = [
     "project_fields",
     "replay_plan",
     "resolve_targets",
+    "select_tt_tables",
     "set_submodule",
     "stack_projections",
     "svd_embedding_factors",
     "svd_factors",
+    "tt_rec_dim_factors",
+    "tt_rec_init_std",
     "tt_svd",
 ]

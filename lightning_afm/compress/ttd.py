@@ -10,10 +10,14 @@ a chain of matrix products over the TT-ranks ``(1, r_1, ..., r_{c-1}, 1)`` whose
 ``d_k`` indices, read row-major, give the ``t`` columns. A lookup gathers one slice per core
 and multiplies them, so a batch costs ``O(B t r^2)`` and the full table is never built.
 
-The cores are either drawn at random (TT-Rec's Gaussian initialisation, see
-:func:`sampled_gaussian_`) or computed from a trained table by TT-SVD (:func:`tt_svd`,
-Oseledets 2011): sequential truncated SVDs of the table reshaped as the tensor
+The cores are either drawn at random (TT-Rec's Gaussian initialisation at TT-Rec's scale
+``1 / sqrt(3 s)``, see :func:`sampled_gaussian_` and :func:`tt_rec_init_std`: the paper's TTD,
+which follows TT-Rec's settings, line 737-738) or computed from a trained table by TT-SVD
+(:func:`tt_svd`, Oseledets 2011): sequential truncated SVDs of the table reshaped as the tensor
 ``[n_1 d_1, n_2 d_2, ..., n_c d_c]``.
+
+As TT-Rec, only the large tables become trains (:func:`select_tt_tables`, ``>= 10^5`` rows by
+default), the width-1 LR tables of those fields included; the small ones stay dense.
 
 A :class:`TTEmbedding` is a *plain* table for
 :class:`lightning_afm.models.layers.embedding.FieldEmbedding`: it has ``embedding_dim`` and is
@@ -37,11 +41,15 @@ from lightning_afm.compress.plan import PlanEntry
 __all__ = [
     "DEFAULT_TT_RANK",
     "DEFAULT_NUM_CORES",
+    "DEFAULT_TT_MIN_ROWS",
     "TT_INITS",
     "TTDecomposition",
     "TTEmbedding",
     "balanced_row_factors",
     "balanced_dim_factors",
+    "tt_rec_dim_factors",
+    "tt_rec_init_std",
+    "select_tt_tables",
     "tt_ranks_for",
     "tt_svd",
     "sampled_gaussian_",
@@ -57,6 +65,11 @@ DEFAULT_TT_RANK = 16
 DEFAULT_NUM_CORES = 3
 #: How :func:`compress_embedding_ttd` sets the cores.
 TT_INITS = ("svd", "random")
+#: Tables with fewer rows stay dense (:func:`select_tt_tables`). TT-Rec compresses only the large
+#: tables; at 10^5 that is Criteo's 7 largest (TT-Rec's Kaggle setting) and Avazu's 2
+#: (device_id, device_ip), which gives the parameter counts nearest the paper's Table 4
+#: (line 715: 3.76M / 12.21M; see ``benchmarks/param_counts.py``).
+DEFAULT_TT_MIN_ROWS = 100_000
 #: Draws beyond this many standard deviations are redrawn (see :func:`sampled_gaussian_`).
 _TRUNCATE_AT = 2.0
 
@@ -129,6 +142,42 @@ def balanced_dim_factors(embedding_dim: int, num_cores: int = DEFAULT_NUM_CORES)
     for p in sorted(_prime_factors(t), reverse=True):  # largest primes first, each onto the smallest factor
         factors[factors.index(min(factors))] *= p
     return sorted(factors)
+
+
+def tt_rec_dim_factors(embedding_dim: int, num_cores: int = DEFAULT_NUM_CORES) -> list[int]:
+    """:func:`balanced_dim_factors` laid out for the fewest parameters: the largest two at the ends.
+
+    Core ``k`` has ``n_k r_{k-1} d_k r_k`` entries; the end cores carry one TT-rank
+    (``r_0 = r_c = 1``) and the inner ones two, so the small width factors belong inside. For
+    three cores at rank 16 this is ``[5, 2, 5]`` for width 50 (a 6.7M-row table: 127k entries
+    against 263k for ``[2, 5, 5]``) and ``[2, 2, 4]`` for 16 (already inner-small). The default
+    of :class:`TTEmbedding`; the counts it gives are the nearest to the paper's Table 4.
+
+    Example:
+        >>> tt_rec_dim_factors(16), tt_rec_dim_factors(50), tt_rec_dim_factors(1), tt_rec_dim_factors(8, 2)
+        ([2, 2, 4], [5, 2, 5], [1, 1, 1], [2, 4])
+    """
+    factors = balanced_dim_factors(embedding_dim, num_cores)  # ascending
+    if len(factors) == 2:
+        return factors
+    return [factors[-2], *factors[:-2], factors[-1]]
+
+
+def tt_rec_init_std(num_embeddings: int) -> float:
+    """TT-Rec's target std of a table entry under random initialisation: ``1 / sqrt(3 s)``.
+
+    TT-Rec (and DLRM, whose tables it replaces) draws an ``s``-row table from
+    ``U(-1/sqrt(s), 1/sqrt(s))``, of variance ``1 / (3 s)``; its sampled-Gaussian cores are
+    scaled so the product has that variance (:func:`sampled_gaussian_`).
+
+    Example:
+        >>> round(tt_rec_init_std(1_000_000), 7)
+        0.0005774
+    """
+    s = int(num_embeddings)
+    if s < 1:
+        raise ValueError(f"num_embeddings must be >= 1, got {num_embeddings}")
+    return 1.0 / math.sqrt(3.0 * s)
 
 
 def tt_ranks_for(row_factors: Sequence[int], dim_factors: Sequence[int], tt_rank: int) -> list[int]:
@@ -351,7 +400,7 @@ class TTEmbedding(nn.Module):
         tt_rank: ``R``; the TT-ranks are ``(1, R, ..., R, 1)`` clipped where the table's shape
             bounds them (:func:`tt_ranks_for`).
         row_factors: ``n_1..n_c`` with product ``>= s`` (default :func:`balanced_row_factors`).
-        dim_factors: ``d_1..d_c`` with product ``== t`` (default :func:`balanced_dim_factors`).
+        dim_factors: ``d_1..d_c`` with product ``== t`` (default :func:`tt_rec_dim_factors`).
         num_cores: ``c`` when the factors are left to default (3, as TT-Rec).
         padding_idx: as in ``nn.Embedding``: this row reads as zeros and gets no gradient.
         deduplicate: look each distinct index up once per batch (``torch.unique``) and
@@ -397,7 +446,7 @@ class TTEmbedding(nn.Module):
         if row_factors is None:
             row_factors = balanced_row_factors(s, num_cores if dim_factors is None else len(dim_factors))
         if dim_factors is None:
-            dim_factors = balanced_dim_factors(t, len(row_factors))
+            dim_factors = tt_rec_dim_factors(t, len(row_factors))
         _check_factors(s, t, row_factors, dim_factors)
         if padding_idx is not None:
             if not -s <= int(padding_idx) < s:
@@ -590,8 +639,8 @@ def build_tt_embedding(
     """The :class:`TTEmbedding` that would replace the nn.Embedding ``name``, and its plan entry.
 
     Changes nothing. ``init``: ``"svd"`` (TT-SVD of the trained table) or ``"random"``
-    (:func:`sampled_gaussian_` with ``init_std``, default: the std of the table being replaced,
-    so the new table starts at the scale of the old one).
+    (:func:`sampled_gaussian_` with ``init_std``, default TT-Rec's :func:`tt_rec_init_std`:
+    ``1 / sqrt(3 s)``, the table's values are not read).
     """
     if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
         raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
@@ -611,11 +660,7 @@ def build_tt_embedding(
                 deduplicate=deduplicate,
             )
         else:
-            std = float(table.weight.detach().to(torch.float64).std()) if init_std is None else float(init_std)
-            if not std > 0:
-                raise ValueError(
-                    "the table's entries are all equal (std 0), so there is no scale to match; pass init_std"
-                )
+            std = tt_rec_init_std(s) if init_std is None else float(init_std)
             new = TTEmbedding(
                 s,
                 t,
@@ -696,6 +741,55 @@ def compress_embeddings_ttd(
     for entry, new in built:
         _replace(model, entry.name, new)
     return [entry for entry, _ in built]
+
+
+def select_tt_tables(
+    model: nn.Module,
+    names: Sequence[str],
+    min_rows: int = DEFAULT_TT_MIN_ROWS,
+    lr_tables: bool = True,
+) -> list[str]:
+    """The tables a TT-Rec stage compresses: ``names`` with ``>= min_rows`` rows, and their LR tables.
+
+    TT-Rec replaces only the large tables: a small one costs less dense than as cores (a
+    3-row table of width 16 is 48 entries; its rank-16 cores are over 800), and its lookup
+    is cheap. ``lr_tables``: for each selected field table ``embeddings.<field>`` of a CTR
+    model, also its width-1 LR (first-order) table ``linear.<field>``: with 33.8M Criteo rows the
+    dense LR tables alone are 33.2M parameters against the 3.76M of the paper's whole TTD
+    model (Table 4, line 715), so the paper's TTD compresses them too. A model without a
+    ``linear`` part (or a field without an LR table) just has no LR table to add.
+
+    Returns the field tables in ``names`` order, then their LR tables in the same order.
+
+    Raises:
+        ValueError: ``min_rows`` is not a positive int, or no table in ``names`` has that many rows.
+    """
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        raise ValueError(f"min_rows must be a positive int (tables with fewer rows stay dense), got {min_rows!r}")
+    sizes = {name: _table(model, name).num_embeddings for name in names}
+    large = [name for name in names if sizes[name] >= min_rows]
+    if not large:
+        biggest = max(sizes.values(), default=0)
+        raise ValueError(
+            f"no table has {min_rows} rows or more (the largest of {len(sizes)} has {biggest}); TT-Rec leaves "
+            f"tables below min_rows dense, so nothing would be compressed: lower min_rows (ttd_min_rows)"
+        )
+    lr: list[str] = []
+    if lr_tables:
+        linear = getattr(model, "linear", None)
+        for name in large:
+            prefix, _, field = name.rpartition(".")
+            candidate = f"linear.{field}"
+            if prefix != "embeddings" or linear is None or candidate in large:
+                continue
+            try:
+                module = model.get_submodule(candidate)
+            except AttributeError:
+                continue
+            if isinstance(module, nn.Embedding):
+                _table(model, candidate)  # the same checks as any table
+                lr.append(candidate)
+    return large + lr
 
 
 def replay_tt_embedding(model: nn.Module, entry: PlanEntry) -> None:

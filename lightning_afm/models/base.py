@@ -265,9 +265,10 @@ class CTRModel(L.LightningModule):
         for p in self.embeddings.parameters():
             if p.dim() >= 2 and p.requires_grad:
                 yield p
-        for table in self.linear.tables():
-            if table.weight.requires_grad:
-                yield table.weight
+        for table in self.linear.tables():  # nn.Embedding, or TT cores where a TTD stage compressed it
+            for p in table.parameters():
+                if p.requires_grad:
+                    yield p
 
     # -- checkpoints ---------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
