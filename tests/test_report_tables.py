@@ -253,7 +253,10 @@ def test_table15_one_row_per_learning_rate_with_train_and_test_figures(tmp_path)
         _write(tmp_path, job, summary, ["compression=afm_mlp", f"compression.mlp.lr={lr}", f"seed={seed}"],
                {"baseline_epochs": 1, "mlp": {"lr": lr, "rank": 64}})
     md, _, png = write_report("table15", [tmp_path])
-    assert [r[0] for r in _rows(md)] == ["1e-2", "1e-3", "1e-4"]  # the paper's order, largest first
+    # the baseline every rate starts from (seeds 0 and 1), then the paper's order, largest rate first
+    assert [r[0] for r in _rows(md)] == ["Baseline (no finetune)", "1e-2", "1e-3", "1e-4"]
+    assert _row(md, "Baseline (no finetune)")[1:] == ["2", "–", "–", "0.7000 ± 0.0000 (n=2)",
+                                                       "0.4800 ± 0.0000 (n=2)"]
     assert _row(md, "1e-2") == ["1e-2", "1", "0.8000", "0.4000", "0.7000", "0.4500"]
     assert _row(md, "1e-3")[1:3] == ["2", "0.8500 ± 0.0141 (n=2)"] and _row(md, "1e-3")[4] == "0.7700 ± 0.0141 (n=2)"
     assert "best train AUC at lr 1e-3, best test AUC at lr 1e-3: the same rate" in md

@@ -60,9 +60,9 @@ def build(runs: list[Run], context: Context) -> TableReport:
     sections: list[str] = []
     notes = [
         "Each row: the +AFM MLP stage after its finetune epoch at that learning rate (the baseline epoch before it "
-        "is the same in every run). Train: the training rows scored in eval mode after the finetune "
-        "(compression.eval_splits=[train,...]; all of them unless compression.train_eval_rows caps them); test: the "
-        "test rows. The paper (line 1100-1108): the rate that does best on the training rows does best on the test "
+        "is the same in every run; its own figures in the first row, one run per seed). Train: the training rows "
+        "scored in eval mode after the finetune (compression.eval_splits=[train,...]; all of them unless "
+        "compression.train_eval_rows caps them); test: the test rows. The paper (line 1100-1108): the rate that does best on the training rows does best on the test "
         "rows, so the rate can be tuned on the training set alone.",
     ]
     panels: list[tuple[str, dict[float | None, list[StageRow]]]] = []
@@ -77,6 +77,13 @@ def build(runs: list[Run], context: Context) -> TableReport:
                             "(run compression=afm_mlp).")
             continue
         rows = []
+        # The model every rate starts from (one per seed: the runs of a seed share their baseline epoch).
+        bases = list({r.summary.get("seed"): r.summary for r in members
+                      if r.summary.get("baseline_test_auc") is not None}.values())
+        if bases:
+            rows.append(["Baseline (no finetune)", str(len(bases))] + [
+                fmt_mean([b.get(f"baseline_{key}") for b in bases])
+                for key in ("train_auc", "train_logloss", "test_auc", "test_logloss")])
         # The paper's order: from the largest rate to the smallest.
         for lr, members_lr in sorted(by_lr.items(), key=lambda kv: -kv[0] if kv[0] is not None else float("inf")):
             rows.append([_fmt_lr(lr), str(len(members_lr))] + [
