@@ -27,7 +27,7 @@ the epochs whose stop was held.
 
 Wall times (the paper's Table 16, line 1140-1146 and 1182), in seconds, ``time.perf_counter()``
 after a device synchronisation where the model is on a GPU (so queued kernels count where they
-ran). Each rank measures its own; the run's ``summary.json`` is rank 0's.
+ran). Under DDP each rank measures its own and every record carries rank 0's (broadcast).
 
 * training time of an epoch: from the end of this callback's ``on_train_epoch_start`` (after a
   stage started there) to the start of its ``on_train_epoch_end``, less Lightning's validation
@@ -238,7 +238,7 @@ class AFMCompressionCallback(pl.Callback):
         if self._epoch_clock is not None:
             # First, before a stage finishes here (its finetune_s adds up its epochs).
             seconds = self._now(pl_module) - self._epoch_clock - self._not_training_s
-            self._epoch_s[trainer.current_epoch] = max(seconds, 0.0)
+            self._epoch_s[trainer.current_epoch] = self._rank_zero(trainer, max(seconds, 0.0))
             self._epoch_clock = None
         next_epoch = trainer.current_epoch + 1
         self._finish_due(trainer, pl_module, next_epoch)
@@ -486,6 +486,7 @@ class AFMCompressionCallback(pl.Callback):
             self.baseline = {"params": compress.parameter_count(pl_module), **scores,
                              "epoch_s": self._epochs_seconds(range(self.baseline_epochs)),
                              "eval_s": self._now(pl_module) - started}
+            self.baseline.update(self._rank_zero(trainer, {k: self.baseline[k] for k in ("epoch_s", "eval_s")}))
             self._log_point(trainer, stage_number=0, phase=0, params=self.baseline["params"], scores=self.baseline)
         record = self._new_record(pl_module, stage, index)
         names = self._targets(pl_module, stage)
@@ -537,6 +538,7 @@ class AFMCompressionCallback(pl.Callback):
             self._best = BestState(stage.monitor, stage.significance)
             self._best.offer(pl_module, val_check, point=0.0, lr=self._current_lr(trainer))
         record["eval_s"] = self._now(pl_module) - started
+        record.update(self._rank_zero(trainer, {k: record[k] for k in STAGE_TIME_KEYS}))
         self.history.append(record)
         self._log_point(trainer, stage_number=index + 1, phase=1, params=record["params"], scores=pre)
         log.info("AFM stage %r: %s -> %s parameters", stage.name, f"{record['params_before']:,}", f"{record['params']:,}")
@@ -572,6 +574,7 @@ class AFMCompressionCallback(pl.Callback):
         scores = self._score(trainer, pl_module)
         record.update(scores)
         self._add_time(record, "eval_s", self._now(pl_module) - started)
+        record.update(self._rank_zero(trainer, {k: record[k] for k in STAGE_TIME_KEYS}))
         record["finished"] = True
         self.stages_finished = index + 1
         self._log_point(trainer, stage_number=index + 1, phase=2, params=record["params"], scores=scores)
@@ -755,6 +758,17 @@ class AFMCompressionCallback(pl.Callback):
         if device is not None and device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
+
+    @staticmethod
+    def _rank_zero(trainer: pl.Trainer, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a collective: every rank calls it at the same point).
+
+        Each rank times its own work; the records must stay alike on all ranks (checkpoints and the
+        summary come from rank 0, but a user may read ``history`` on any), so they carry rank 0's.
+        """
+        if trainer.world_size > 1:
+            return trainer.strategy.broadcast(value, src=0)
+        return value
 
     def _epochs_seconds(self, epochs: range) -> float | None:
         """The training seconds of ``epochs`` together; None when there are none or one was not timed."""
