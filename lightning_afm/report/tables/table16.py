@@ -29,9 +29,12 @@ COMPRESSION = ("statistics_s", "rank_search_s", "swap_s", "finetune_s")
 
 
 def fmt_duration(seconds: Any) -> str:
-    """``12.3 s`` under a minute, ``9m47s`` under an hour, ``3h39m04s`` beyond (the paper's)."""
+    """``0.03 s`` under a second, ``12.3 s`` under a minute, ``9m47s`` under an hour, ``3h39m04s``
+    beyond (the paper's)."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds != seconds:
         return MISSING
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     if seconds < 60:
         return f"{seconds:.1f} s"
     total = int(round(seconds))
