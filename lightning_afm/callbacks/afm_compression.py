@@ -85,8 +85,8 @@ class AFMCompressionCallback(pl.Callback):
             finetune (from the datamodule, or the trainer's validation dataloaders). ``"train"`` scores
             the training rows in eval mode (the paper reports train and test figures, Table 15,
             line 1100-1106): the datamodule's ``statistics_dataloader()`` (every training row once,
-            in order) where it has one, else its ``train_dataloader()``, else the fit's training
-            loader.
+            in order) where it has one, else the fit's training loader (the statistics pass reads
+            the same).
         train_eval_rows: score at most this many training rows for ``"train"`` (the first whole
             batches reaching it; under DDP ``ceil(train_eval_rows / world size)`` per rank); ``None``
             scores them all. A pass over Criteo's 41M training rows costs about as much as a
