@@ -58,6 +58,8 @@ RECIPES = {
     "table11": ["spectra"] * 7,
     "table13": ["afm"] * 5,
     "table14": ["afm", "scratch"],
+    "table15": ["afm_mlp_train"] * 5,
+    "table16": ["afm"] * 7,
 }
 
 
@@ -140,6 +142,8 @@ def run_seconds(kind: str, dataset: str, per_row: dict[str, float]) -> float:
         "afm": epoch["base"] + stats + epoch["mlp"] + stats + epoch["emb"] + 6 * test,
         "svd": epoch["base"] + epoch["mlp"] + epoch["emb"] + 6 * test,
         "afm_mlp": epoch["base"] + stats + epoch["mlp"] + 4 * test,
+        # Table 15 also scores every training row (eval mode) with the baseline, after the swap and after the finetune
+        "afm_mlp_train": epoch["base"] + stats + epoch["mlp"] + 4 * test + 3 * n_train * per_row["forward"],
         "afm_emb": epoch["base"] + stats + epoch["emb"] + 4 * test,
         "svd_emb": epoch["base"] + epoch["emb"] + 4 * test,
         "ttd_emb": epoch["base"] + epoch["emb"] + 4 * test,

@@ -227,8 +227,11 @@ def test_new_parameters_are_synchronised_during_the_finetune(ddp):
         new = [k for k in at_swap if k.startswith(prefixes)]
         unchanged = [k for k in new if torch.equal(final[0][k], at_swap[k])]
         assert new and not unchanged, f"stage {index}: {unchanged} did not change while finetuning"
-    # Evaluations after each finetune are the same synced figures on every rank.
+    # Evaluations after each finetune are the same synced figures on every rank, and the wall times
+    # (each rank times its own work) are rank 0's on every rank.
     assert ddp[0]["history"] == ddp[1]["history"]
+    assert all(stage[key] > 0 for stage in ddp[0]["history"] for key in ("swap_s", "finetune_s", "eval_s"))
+    assert ddp[0]["baseline"]["eval_s"] == ddp[1]["baseline"]["eval_s"] > 0
 
 
 def test_without_the_rewrap_the_new_parameters_drift_apart(runs):

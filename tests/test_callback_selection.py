@@ -223,6 +223,8 @@ def test_grow_rank_doubles_the_embedding_rank_until_the_swap_keeps_validation():
     assert [s["rank"] for s in search] == [1, 2, 4][: len(search)]
     assert search[0]["verdict_against_unswapped"] == "worse", "rank 1 must lose here, or the test shows nothing"
     assert record["rank"] == search[-1]["rank"] > 1 and model.user.code_dim == record["rank"]
+    # the search is timed apart from the statistics pass; a stage without finetune epochs trains for 0 s
+    assert record["rank_search_s"] > 0 and record["statistics_s"] > 0 and record["finetune_s"] == 0.0
     if search[-1]["verdict_against_unswapped"] != "worse":
         # the hooks' projection is what the swap builds: the swapped model scores as its search did
         assert record["pre_finetune_val_auc"] == pytest.approx(search[-1]["val_auc"], abs=1e-5)

@@ -76,7 +76,8 @@ def _row(markdown: str, *first: str) -> list[str]:
 
 
 def test_every_paper_table_is_registered():
-    assert list(TABLES) == ["table2", "table4", "table6", "table7", "table8", "table11", "table13", "table14"]
+    assert list(TABLES) == ["table2", "table4", "table6", "table7", "table8", "table11", "table13", "table14",
+                            "table15", "table16"]
 
 
 def test_runs_are_found_recursively_in_job_order_with_their_overrides(tmp_path):
@@ -252,6 +253,71 @@ def test_table14_compression_against_scratch(tmp_path):
     scratch["params"] = 500_000
     (tmp_path / "0" / "summary.json").write_text(json.dumps(scratch))
     assert "structures differ" in write_report("table14", [tmp_path])[0]
+
+
+def test_table15_one_row_per_learning_rate_with_train_and_test_figures(tmp_path):
+    # (lr, seed, train auc, test auc): the paper's shape, best on both sets at 1e-3
+    runs = [(1e-2, 0, 0.80, 0.70), (1e-3, 0, 0.84, 0.76), (1e-3, 1, 0.86, 0.78), (1e-4, 0, 0.83, 0.75)]
+    for job, (lr, seed, train_auc, test_auc) in enumerate(runs):
+        stage = _stage("mlp", "afm", 64, 1_997_564, (0.70, 0.48), (test_auc, 0.45), 1)
+        stage.update(train_auc=train_auc, train_logloss=0.40, pre_finetune_train_auc=0.79)
+        summary = _summary(seed=seed, stages=[stage], epochs=2)
+        _write(tmp_path, job, summary, ["compression=afm_mlp", f"compression.mlp.lr={lr}", f"seed={seed}"],
+               {"baseline_epochs": 1, "mlp": {"lr": lr, "rank": 64}})
+    md, _, png = write_report("table15", [tmp_path])
+    # the baseline every rate starts from (seeds 0 and 1), then the paper's order, largest rate first
+    assert [r[0] for r in _rows(md)] == ["Baseline (no finetune)", "1e-2", "1e-3", "1e-4"]
+    assert _row(md, "Baseline (no finetune)")[1:] == ["2", "–", "–", "0.7000 ± 0.0000 (n=2)",
+                                                       "0.4800 ± 0.0000 (n=2)"]
+    assert _row(md, "1e-2") == ["1e-2", "1", "0.8000", "0.4000", "0.7000", "0.4500"]
+    assert _row(md, "1e-3")[1:3] == ["2", "0.8500 ± 0.0141 (n=2)"] and _row(md, "1e-3")[4] == "0.7700 ± 0.0141 (n=2)"
+    assert "best train AUC at lr 1e-3, best test AUC at lr 1e-3: the same rate" in md
+    assert png.stat().st_size > 5000
+    # runs without the train split: dashes and the setting that gives them
+    bare = tmp_path / "bare"
+    _write(bare, 0, _summary(stages=[_stage("mlp", "afm", 64, 1, (0.7, 0.5), (0.7, 0.5), 1)]),
+           ["compression=afm_mlp"], {"mlp": {"lr": 1e-3}})
+    md, _, _ = write_report("table15", [bare], plot=False)
+    assert _row(md, "1e-3")[2:4] == ["–", "–"] and "compression.eval_splits=[train,val,test]" in md
+
+
+def test_table15_refuses_runs_that_differ_in_the_rank(tmp_path):
+    for job, rank in enumerate((32, 64)):
+        s, c = _afm()
+        _write(tmp_path, job, s, ["compression=afm_mlp", f"compression.mlp.rank={rank}"], c)
+    with pytest.raises(ValueError, match=r"differ in compression.mlp.rank"):
+        write_report("table15", [tmp_path], plot=False)
+
+
+def _timed(summary, baseline_epoch_s, stage_s, wall_s):
+    """Add the callback's wall times: ``stage_s`` per stage is (statistics, swap, finetune, eval)."""
+    summary.update(baseline_epoch_s=baseline_epoch_s, baseline_eval_s=2.0, wall_s=wall_s)
+    for stage, (stats, swap, finetune, evals) in zip(summary["stages"], stage_s):
+        stage.update(statistics_s=stats, rank_search_s=None, swap_s=swap, finetune_s=finetune, eval_s=evals)
+    return summary
+
+
+def test_table16_stage_times_in_the_paper_layout_and_piece_by_piece(tmp_path):
+    for job, (model, seed, base_s) in enumerate([("deepfm", 0, 13144.0), ("deepfm", 1, 13156.0), ("dcn", 0, 50.0)]):
+        s, c = _afm(model=model, seed=seed)
+        _timed(s, base_s, [(60.0, 1.5, 525.5, 30.0), (40.0, 0.03, 445.97, 20.0)], wall_s=base_s + 1200)
+        _write(tmp_path, job, s, [f"model={model}", "compression=afm", f"seed={seed}"], c)
+    md, _, png = write_report("table16", [tmp_path])
+    assert png is None
+    # baseline 3h39m10s on average; +AFM MLP = statistics + swap + finetune = 587 s = 9m47s (the paper's figure)
+    paper, pieces = md.split("## Every piece")
+    assert _row(paper, "DeepFM", "synthetic")[2:] == ["3h39m10s (1 epoch)", "9m47s", "8m06s", "3h59m10s"]
+    assert _row(paper, "DCN", "synthetic")[2] == "50.0 s (1 epoch)"
+    assert _row(pieces, "DeepFM", "synthetic", "Baseline")[3:] == ["3h39m10s (1 epoch)", "–", "–", "–", "–",
+                                                                    "2.0 s", "–"]
+    detail = [r for r in _rows(pieces) if r[2] == "+AFM MLP"]
+    assert detail[0][3:] == ["–", "1m00s", "–", "1.5 s", "8m46s", "30.0 s", "9m47s"]
+    assert [r for r in _rows(pieces) if r[2] == "+AFM EMB"][0][6] == "0.03 s"
+    assert "3090" in md and "Evaluations" in md
+    # runs written before the callback timed its stages are left out, and the notes say so
+    old, c = _afm()
+    _write(tmp_path, 9, old, ["model=deepfm", "compression=afm"], c)
+    assert "1 of 4 runs have no stage times" in write_report("table16", [tmp_path])[0]
 
 
 def test_header_labels_data_machine_and_command(tmp_path):

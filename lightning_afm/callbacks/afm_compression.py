@@ -24,6 +24,23 @@ Stop requests (``EarlyStopping``, ``trainer.should_stop``) are held off until th
 ended: a stop inside it would leave a stage swapped and never finetuned. At the end of the
 schedule every ``EarlyStopping`` starts afresh on the compressed model, and a warning lists
 the epochs whose stop was held.
+
+Wall times (the paper's Table 16, line 1140-1146 and 1182), in seconds, ``time.perf_counter()``
+after a device synchronisation where the model is on a GPU (so queued kernels count where they
+ran). Under DDP each rank measures its own and every record carries rank 0's (broadcast).
+
+* training time of an epoch: from the end of this callback's ``on_train_epoch_start`` (after a
+  stage started there) to the start of its ``on_train_epoch_end``, less Lightning's validation
+  loop inside it and this callback's own ``select="best"`` checks: forward, backward and
+  optimizer steps, data loading, logging and the other callbacks' per-batch work;
+* baseline: ``epoch_s`` (the baseline epochs' training time, together; ``None`` when
+  ``baseline_epochs=0``) and ``eval_s`` (its scoring of ``eval_splits`` before the first stage);
+* per stage: ``statistics_s`` (AFM's pass over the training data; 0 for other methods),
+  ``rank_search_s`` (``grow_rank``'s validation passes; ``None`` without a search), ``swap_s``
+  (factorisation, module surgery and folding, the DDP re-wrap and the fresh optimizer),
+  ``finetune_s`` (the training time of the stage's finetune epochs; 0 for a stage without any,
+  ``None`` until they end) and ``eval_s`` (every evaluation of the stage: before and after the
+  finetune, and the ``select="best"`` checks).
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -50,6 +68,10 @@ from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
 log = logging.getLogger(__name__)
 
 PLAN_KEY = PLAN_CHECKPOINT_KEY
+#: The splits a stage may be scored on (``eval_splits``).
+EVAL_SPLITS = ("train", "val", "test")
+#: The wall-time keys of every stage record (seconds; see the module docstring).
+STAGE_TIME_KEYS = ("statistics_s", "rank_search_s", "swap_s", "finetune_s", "eval_s")
 
 
 class AFMCompressionCallback(pl.Callback):
@@ -59,8 +81,16 @@ class AFMCompressionCallback(pl.Callback):
         stages: the stages in order, e.g. ``[MLPStage(rank=64), EmbeddingStage(rank=2)]``.
         baseline_epochs: epochs of plain training before the first stage; ``0`` compresses the
             model as it comes (an already trained one) at the start of the fit.
-        eval_splits: which of ``"val"`` and ``"test"`` to score before and after each finetune
-            (from the datamodule, or the trainer's validation dataloaders).
+        eval_splits: which of ``"train"``, ``"val"`` and ``"test"`` to score before and after each
+            finetune (from the datamodule, or the trainer's validation dataloaders). ``"train"`` scores
+            the training rows in eval mode (the paper reports train and test figures, Table 15,
+            line 1100-1106): the datamodule's ``statistics_dataloader()`` (every training row once,
+            in order) where it has one, else the fit's training loader (the statistics pass reads
+            the same).
+        train_eval_rows: score at most this many training rows for ``"train"`` (the first whole
+            batches reaching it; under DDP ``ceil(train_eval_rows / world size)`` per rank); ``None``
+            scores them all. A pass over Criteo's 41M training rows costs about as much as a
+            statistics pass, twice per stage; a few million rows give the AUC to the fourth decimal.
         statistics_batch_size: batch size of the statistics pass (default: the datamodule's).
         forward_fn: ``forward_fn(module, batch) -> logits``; default :func:`default_forward`.
         label_fn: ``label_fn(batch) -> labels``; default :func:`default_labels`.
@@ -91,6 +121,7 @@ class AFMCompressionCallback(pl.Callback):
         stages: Sequence[CompressionStage],
         baseline_epochs: int = 1,
         eval_splits: Sequence[str] = ("val", "test"),
+        train_eval_rows: int | None = None,
         statistics_batch_size: int | None = None,
         forward_fn: ForwardFn | None = None,
         label_fn: LabelFn | None = None,
@@ -106,11 +137,18 @@ class AFMCompressionCallback(pl.Callback):
                 raise TypeError(f"stages must be MLPStage or EmbeddingStage objects, got {type(stage).__name__}")
         if not isinstance(baseline_epochs, int) or baseline_epochs < 0:
             raise ValueError(f"baseline_epochs must be an integer >= 0, got {baseline_epochs!r}")
-        bad = [s for s in eval_splits if s not in ("val", "test")]
+        if isinstance(eval_splits, str):
+            eval_splits = [eval_splits]
+        bad = [s for s in eval_splits if s not in EVAL_SPLITS]
         if bad:
-            raise ValueError(f"eval_splits may hold 'val' and 'test' only, got {bad}")
+            raise ValueError(f"eval_splits may hold {', '.join(repr(s) for s in EVAL_SPLITS)} only, got {bad}")
+        if train_eval_rows is not None and (isinstance(train_eval_rows, bool) or not isinstance(train_eval_rows, int)
+                                            or train_eval_rows < 1):
+            raise ValueError(f"train_eval_rows must be a positive integer (rows) or None (every training row), "
+                             f"got {train_eval_rows!r}")
         self.baseline_epochs = baseline_epochs
-        self.eval_splits = tuple(eval_splits)
+        self.eval_splits = tuple(dict.fromkeys(eval_splits))
+        self.train_eval_rows = train_eval_rows
         self.statistics_batch_size = statistics_batch_size
         self.forward_fn = forward_fn or default_forward
         self.label_fn = label_fn or default_labels
@@ -131,6 +169,13 @@ class AFMCompressionCallback(pl.Callback):
         self._user_min_epochs: tuple[int | None] | None = None
         self._fitting = True
         self._held_stops: list[int] = []
+        # Wall times (see the module docstring): training seconds per finished epoch (in checkpoints,
+        # so a resumed fit still knows its baseline's), the running epoch's clock, the seconds inside
+        # it that are not training (validation, our checks), and the start of a validation.
+        self._epoch_s: dict[int, float] = {}
+        self._epoch_clock: float | None = None
+        self._not_training_s = 0.0
+        self._validation_clock: float | None = None
 
     # -- schedule ------------------------------------------------------------------------
     def start_epoch(self, index: int) -> int:
@@ -175,8 +220,26 @@ class AFMCompressionCallback(pl.Callback):
         # Stages start here, after the previous epoch's checkpoints were written: a checkpoint of
         # epoch N holds the model that epoch N validated.
         self._start_due(trainer, pl_module, epoch=trainer.current_epoch)
+        # The epoch's training clock starts after the stage's own work (statistics, swap, evaluations).
+        self._epoch_clock = self._now(pl_module)
+        self._not_training_s = 0.0
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_clock is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._validation_clock = self._now(pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates inside the training epoch (before on_train_epoch_end): not training time.
+        if self._validation_clock is not None:
+            self._not_training_s += self._now(pl_module) - self._validation_clock
+            self._validation_clock = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_clock is not None:
+            # First, before a stage finishes here (its finetune_s adds up its epochs).
+            seconds = self._now(pl_module) - self._epoch_clock - self._not_training_s
+            self._epoch_s[trainer.current_epoch] = self._rank_zero(trainer, max(seconds, 0.0))
+            self._epoch_clock = None
         next_epoch = trainer.current_epoch + 1
         self._finish_due(trainer, pl_module, next_epoch)
         if self.stages_started == self.stages_finished and self._stages_due(next_epoch) == self._trailing_stages():
@@ -212,7 +275,11 @@ class AFMCompressionCallback(pl.Callback):
         batches = trainer.num_training_batches
         if isinstance(batches, int) and batch_idx + 1 in check_batches(batches, stage.checks):
             point = trainer.current_epoch - self.start_epoch(index) + (batch_idx + 1) / batches
+            started = self._now(pl_module)
             self._check(trainer, pl_module, stage, point)
+            seconds = self._now(pl_module) - started
+            self._not_training_s += seconds  # an evaluation of the stage, not its training
+            self._add_time(self.history[index], "eval_s", seconds)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # Always, an empty plan included: a checkpoint written before the first swap must make a
@@ -228,6 +295,7 @@ class AFMCompressionCallback(pl.Callback):
             "stages_finished": self.stages_finished,
             "held_stops": list(self._held_stops),
             "best": self._best.to_dict() if self._best is not None else None,
+            "epoch_s": [[epoch, seconds] for epoch, seconds in sorted(self._epoch_s.items())],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -242,15 +310,19 @@ class AFMCompressionCallback(pl.Callback):
         self._held_stops = [int(e) for e in state_dict.get("held_stops", [])]
         best = state_dict.get("best")
         self._best = BestState.from_dict(best) if best else None
+        self._epoch_s = {int(epoch): float(seconds) for epoch, seconds in state_dict.get("epoch_s", [])}
 
     def summary(self) -> dict[str, Any]:
         """Entries for the run's ``summary.json``: the baseline figures and one record per stage."""
         out: dict[str, Any] = {"stages": [dict(r) for r in self.history]}
         for key, value in (self.baseline or {}).items():
-            if key.startswith(("test_", "val_")):
+            if key.startswith(tuple(f"{split}_" for split in EVAL_SPLITS)):
                 out[f"baseline_{key}"] = value
         if self.baseline:
             out["baseline_params"] = self.baseline.get("params")
+            # Table 16's "Original Model" line: the baseline epochs' training time, and its scoring.
+            out["baseline_epoch_s"] = self.baseline.get("epoch_s")
+            out["baseline_eval_s"] = self.baseline.get("eval_s")
         return out
 
     # -- checkpoints of earlier stages -------------------------------------------------------
@@ -392,7 +464,9 @@ class AFMCompressionCallback(pl.Callback):
         if next_epoch >= self.start_epoch(index + 1):
             self._finish_stage(trainer, pl_module, index)
         elif self._best is not None:
+            started = self._now(pl_module)
             self._check(trainer, pl_module, self.stages[index], float(next_epoch - self.start_epoch(index)))
+            self._add_time(self.history[index], "eval_s", self._now(pl_module) - started)
 
     def _prepare_batch_size(self, trainer: pl.Trainer, next_epoch: int) -> None:
         """A stage starting at ``next_epoch`` with its own ``batch_size``: set it now, so the fit loop
@@ -407,7 +481,12 @@ class AFMCompressionCallback(pl.Callback):
         stage = self.stages[index]
         self._check_finite_weights(pl_module, stage)
         if self.baseline is None:
-            self.baseline = {"params": compress.parameter_count(pl_module), **self._score(trainer, pl_module)}
+            started = self._now(pl_module)
+            scores = self._score(trainer, pl_module)
+            self.baseline = {"params": compress.parameter_count(pl_module), **scores,
+                             "epoch_s": self._epochs_seconds(range(self.baseline_epochs)),
+                             "eval_s": self._now(pl_module) - started}
+            self.baseline.update(self._rank_zero(trainer, {k: self.baseline[k] for k in ("epoch_s", "eval_s")}))
             self._log_point(trainer, stage_number=0, phase=0, params=self.baseline["params"], scores=self.baseline)
         record = self._new_record(pl_module, stage, index)
         names = self._targets(pl_module, stage)
@@ -415,13 +494,18 @@ class AFMCompressionCallback(pl.Callback):
         fold = isinstance(stage, EmbeddingStage) and self._should_fold(pl_module, stage, names)
 
         statistics = {}
+        started = self._now(pl_module)
         if stage.method == "afm":
             log.info("AFM stage %r: statistics pass over the training data for %s", stage.name, names)
             statistics = self._collect_statistics(trainer, pl_module, stage, names)
+        record["statistics_s"] = self._now(pl_module) - started
         rank = stage.rank
         if isinstance(stage, EmbeddingStage) and stage.grow_rank and statistics:
+            started = self._now(pl_module)
             rank, record["rank_search"] = self._grow_rank(trainer, pl_module, stage, statistics)
             record["rank"] = rank
+            record["rank_search_s"] = self._now(pl_module) - started
+        started = self._now(pl_module)
         # All or nothing: every replacement is built and checked before the first swap; the plan
         # grows with each structural change, so a checkpoint always matches its plan.
         with self._stage_errors(stage):
@@ -441,8 +525,10 @@ class AFMCompressionCallback(pl.Callback):
 
         self._rewrap_for_ddp(trainer, pl_module)
         self._apply_training_settings(trainer, pl_module, stage, new_optimizer=True)
+        record["swap_s"] = self._now(pl_module) - started
         record["params"] = compress.parameter_count(pl_module)
         record["layers"] = layers
+        started = self._now(pl_module)
         # select="best" scores the validation split with its predictions anyway: one pass serves both.
         val_check = self._val_check(trainer, pl_module) if stage.select == "best" else None
         pre = self._score(trainer, pl_module, [s for s in self.eval_splits if val_check is None or s != "val"])
@@ -453,6 +539,8 @@ class AFMCompressionCallback(pl.Callback):
         if val_check is not None:
             self._best = BestState(stage.monitor, stage.significance)
             self._best.offer(pl_module, val_check, point=0.0, lr=self._current_lr(trainer))
+        record["eval_s"] = self._now(pl_module) - started
+        record.update(self._rank_zero(trainer, {k: record[k] for k in STAGE_TIME_KEYS}))
         self.history.append(record)
         self._log_point(trainer, stage_number=index + 1, phase=1, params=record["params"], scores=pre)
         log.info("AFM stage %r: %s -> %s parameters", stage.name, f"{record['params_before']:,}", f"{record['params']:,}")
@@ -467,6 +555,7 @@ class AFMCompressionCallback(pl.Callback):
             "params_before": compress.parameter_count(pl_module), "params": None, "layers": None,
             "rank_search": None, "selected_point": None, "checks": None, "finished": False,
         }
+        record.update(dict.fromkeys(STAGE_TIME_KEYS))
         record.update(dict.fromkeys(f"pre_finetune_{k}" for k in scores))
         record.update(dict.fromkeys(scores))
         return record
@@ -474,6 +563,9 @@ class AFMCompressionCallback(pl.Callback):
     def _finish_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         record = self.history[index]
         stage = self.stages[index]
+        start = self.start_epoch(index)
+        record["finetune_s"] = self._epochs_seconds(range(start, start + stage.epochs)) if stage.epochs else 0.0
+        started = self._now(pl_module)
         if self._best is not None:
             if self._check(trainer, pl_module, stage, float(stage.epochs), backoff=False) != "better":
                 self._best.restore(pl_module)
@@ -483,6 +575,8 @@ class AFMCompressionCallback(pl.Callback):
         self._unfreeze()
         scores = self._score(trainer, pl_module)
         record.update(scores)
+        self._add_time(record, "eval_s", self._now(pl_module) - started)
+        record.update(self._rank_zero(trainer, {k: record[k] for k in STAGE_TIME_KEYS}))
         record["finished"] = True
         self.stages_finished = index + 1
         self._log_point(trainer, stage_number=index + 1, phase=2, params=record["params"], scores=scores)
@@ -601,21 +695,27 @@ class AFMCompressionCallback(pl.Callback):
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                splits: Sequence[str] | None = None) -> dict[str, float]:
-        """``{"val_auc", "val_logloss", "test_auc", "test_logloss"}`` for the splits (default: the configured
-        ones) that exist."""
+        """``{"val_auc", "val_logloss", "test_auc", "test_logloss"}`` (and ``train_*``) for the splits
+        (default: the configured ones) that exist."""
         out: dict[str, float] = {}
         for split in self.eval_splits if splits is None else splits:
             loader = self._eval_loader(trainer, split)
             if loader is None:
                 continue
+            if split == "train" and self.train_eval_rows is not None:
+                loader = _first_rows(loader, -(-self.train_eval_rows // max(trainer.world_size, 1)), self.label_fn)
             scores = evaluate(pl_module, loader, self.forward_fn, self.label_fn,
                               to_device=lambda b: self._to_device(trainer, b), split=split)
             out[f"{split}_auc"] = scores["auc"]
             out[f"{split}_logloss"] = scores["logloss"]
         return out
 
-    @staticmethod
-    def _eval_loader(trainer: pl.Trainer, split: str):
+    def _eval_loader(self, trainer: pl.Trainer, split: str):
+        if split == "train":
+            # The training rows in eval mode: the statistics pass's loader (every row once, in order,
+            # sharded over ranks) where the datamodule has it, else the training loader itself.
+            loader = self._statistics_batches(trainer)
+            return loader if loader is not None and _has_batches(loader) else None
         dm = trainer.datamodule
         if dm is not None:
             method = getattr(dm, f"{split}_dataloader", None)
@@ -649,6 +749,38 @@ class AFMCompressionCallback(pl.Callback):
         if isinstance(loader, dict):
             loader = next(iter(loader.values()))
         return loader
+
+    @staticmethod
+    def _now(pl_module: nn.Module) -> float:
+        """``time.perf_counter()`` once the model's device has finished its queued work (GPU)."""
+        try:
+            device = next(pl_module.parameters()).device
+        except StopIteration:
+            device = None
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    @staticmethod
+    def _rank_zero(trainer: pl.Trainer, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a collective: every rank calls it at the same point).
+
+        Each rank times its own work; the records must stay alike on all ranks (checkpoints and the
+        summary come from rank 0, but a user may read ``history`` on any), so they carry rank 0's.
+        """
+        if trainer.world_size > 1:
+            return trainer.strategy.broadcast(value, src=0)
+        return value
+
+    def _epochs_seconds(self, epochs: range) -> float | None:
+        """The training seconds of ``epochs`` together; None when there are none or one was not timed."""
+        if not len(epochs) or any(e not in self._epoch_s for e in epochs):
+            return None
+        return sum(self._epoch_s[e] for e in epochs)
+
+    @staticmethod
+    def _add_time(record: dict[str, Any], key: str, seconds: float) -> None:
+        record[key] = (record.get(key) or 0.0) + seconds
 
     @staticmethod
     def _to_device(trainer: pl.Trainer, batch: Any) -> Any:
@@ -898,7 +1030,8 @@ class AFMCompressionCallback(pl.Callback):
         step = 0 if phase == 0 else 2 * stage_number - 2 + phase
         metrics: dict[str, Any] = {"compression/stage": stage_number, "compression/phase": phase,
                                    "compression/params": params, "compression/global_step": trainer.global_step}
-        metrics.update({f"compression/{k}": v for k, v in scores.items() if k.startswith(("val_", "test_"))})
+        metrics.update({f"compression/{k}": v for k, v in scores.items()
+                        if k.startswith(tuple(f"{split}_" for split in EVAL_SPLITS))})
         self._log_scalars(trainer, metrics, step=step)
 
     def _log_check(self, trainer: pl.Trainer, check: dict[str, Any]) -> None:
@@ -923,6 +1056,16 @@ def _describe(loader: Any) -> str:
         rows = "an unsized dataset"
     return (f"0 batches from {rows}, batch_size={getattr(loader, 'batch_size', '?')}, "
             f"drop_last={getattr(loader, 'drop_last', '?')}")
+
+
+def _first_rows(loader: Any, rows: int, label_fn: LabelFn) -> Iterator[Any]:
+    """The batches of ``loader`` up to the first that brings the rows seen to ``rows`` or more."""
+    seen = 0
+    for batch in loader:
+        yield batch
+        seen += int(label_fn(batch).numel())
+        if seen >= rows:
+            return
 
 
 def _has_batches(loader: Any) -> bool:

@@ -19,7 +19,7 @@ from lightning_afm.callbacks.afm_compression import AFMCompressionCallback
 from lightning_afm.callbacks.stages import EmbeddingStage, MLPStage
 
 STAGE_TYPES = {"mlp": MLPStage, "emb": EmbeddingStage}
-CALLBACK_KEYS = ("baseline_epochs", "eval_splits", "statistics_batch_size", "progress")
+CALLBACK_KEYS = ("baseline_epochs", "eval_splits", "train_eval_rows", "statistics_batch_size", "progress")
 
 
 def _build_stage(key: str, stage_type: type, block: dict[str, Any]):
