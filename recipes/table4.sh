@@ -23,7 +23,10 @@ small_tt=()
 
 for ds in $(datasets); do
   # shellcheck disable=SC2046
-  sweep "$ds" $(data_args "$ds") "model=${MODELS:-deepfm}" compression=afm,svd,afm_emb,svd_emb,ttd_emb,ttd_svd_emb \
+  sweep "$ds" $(data_args "$ds") "model=${MODELS:-deepfm}" compression=afm,svd,afm_emb,svd_emb
+  # the TTD runs apart: only their stage has ttd_min_rows
+  # shellcheck disable=SC2046
+  sweep "${ds}_ttd" $(data_args "$ds") "model=${MODELS:-deepfm}" compression=ttd_emb,ttd_svd_emb \
     ${small_tt[@]+"${small_tt[@]}"}
 done
 report

@@ -17,7 +17,9 @@ from lightning_afm.report.tables.stage_table import stage_table
 TITLE = "Table 4: AFM, SVD and TTD, before and after finetuning"
 # Override keys this table tells apart in its rows (the others must not vary: see
 # common.check_nothing_hidden_is_averaged): the compression config, and TTD's initialisation.
-SHOWN = ("compression", "compression.emb.ttd_init")
+# ttd_min_rows: set on the TTD runs only (recipes/table4.sh small), whose rows the method already
+# tells apart.
+SHOWN = ("compression", "compression.emb.ttd_init", "compression.emb.ttd_min_rows")
 
 #: Row titles of TTD by ``compression.emb.ttd_init``; a run whose config lacks it is plain "TTD".
 TTD_TITLES = {"random": "TTD (random init, TT-Rec)", "svd": "TTD (TT-SVD init)"}
