@@ -19,7 +19,7 @@ recipe_init table4 "$@"
 # The synthetic tables are ~100x smaller than Criteo's (at most 29,122 rows seen): TTD takes those
 # of >= 10^4 rows there (4 of 16), as 10^5 does the large ones at full size.
 small_tt=()
-[[ $MODE == small ]] && small_tt=(compression.emb.ttd_min_rows=10000)
+[[ $MODE == small ]] && small_tt=(++compression.emb.ttd_min_rows=10000)  # ++: the multirun composes without its sweeps first
 
 for ds in $(datasets); do
   # shellcheck disable=SC2046
