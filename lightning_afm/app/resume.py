@@ -136,15 +136,9 @@ def load_baseline_weights(model: torch.nn.Module, path: str | Path) -> None:
         raise ConfigError(
             f"baseline={path} does not fit model {type(model).__name__}: {str(err).splitlines()[-1].strip()}. "
             "Give a checkpoint of the same model, settings and data as this run.") from err
-    # Metric states are not weights; everything else must match exactly.
-    missing = [k for k in missing if not _is_metric_state(k)]
-    unexpected = [k for k in unexpected if not _is_metric_state(k)]
     if missing or unexpected:
         raise ConfigError(
             f"baseline={path} does not fit model {type(model).__name__}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}. Give a checkpoint of the same model and settings (model=..., embedding_dim, mlp_hidden).")
     log.info("loaded baseline weights from %s", path)
 
-
-def _is_metric_state(key: str) -> bool:
-    return any(part.endswith(("_auc", "_logloss")) for part in key.split(".")[:1])

@@ -82,12 +82,11 @@ class BinaryAUC(BinaryAUROC):
         self.split = split
 
     def compute(self) -> torch.Tensor:
-        target = dim_zero_cat(self.target) if isinstance(self.target, list) and self.target else self.target
-        if isinstance(target, list) or target.numel() == 0 or bool(target.min() == target.max()):
+        target = dim_zero_cat(self.target) if self.target else torch.empty(0)
+        if target.numel() == 0 or bool(target.min() == target.max()):
             where = f"the {self.split} split" if self.split else "the data scored"
-            kind = "no rows" if isinstance(target, list) or target.numel() == 0 else \
-                f"only {'clicks' if bool(target.min() == 1) else 'non-clicks'}"
-            warnings.warn(f"AUC is undefined: {where} holds {kind}, so the AUC is reported as null (NaN). "
+            holds = "no rows" if target.numel() == 0 else f"only {'clicks' if bool(target[0] == 1) else 'non-clicks'}"
+            warnings.warn(f"AUC is undefined: {where} holds {holds}, so the AUC is reported as null (NaN). "
                           "Use a larger split or a file with both labels.", UndefinedAUCWarning, stacklevel=2)
             return torch.tensor(float("nan"))
         return super().compute()
