@@ -82,7 +82,9 @@ class BinaryAUC(BinaryAUROC):
         self.split = split
 
     def compute(self) -> torch.Tensor:
-        target = dim_zero_cat(self.target) if self.target else torch.empty(0)
+        # A list of batches on one process; one tensor once torchmetrics has gathered it over DDP ranks.
+        target = self.target if isinstance(self.target, torch.Tensor) else (
+            dim_zero_cat(self.target) if self.target else torch.empty(0))
         if target.numel() == 0 or bool(target.min() == target.max()):
             where = f"the {self.split} split" if self.split else "the data scored"
             holds = "no rows" if target.numel() == 0 else f"only {'clicks' if bool(target[0] == 1) else 'non-clicks'}"
