@@ -97,6 +97,9 @@ class _MemoryCsv(CsvSource):
 
     _csv_input = _open
 
+    def _byte_size(self) -> int:
+        return self._data.size
+
     def _check_file(self) -> None:
         if not self._data.size:
             raise DataConfigError("no rows given: the input is empty")

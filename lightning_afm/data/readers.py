@@ -418,6 +418,10 @@ class CsvSource(TableSource):
         """What Arrow's CSV reader opens: the path (it decompresses by suffix); in-memory sources override it."""
         return self.path
 
+    def _byte_size(self) -> int:
+        """Bytes of the input as stored (the row count's progress bar)."""
+        return self.path.stat().st_size
+
     def _first_lines(self, n: int) -> list[str]:
         lines: list[str] = []
         with self._open() as raw:
@@ -478,7 +482,7 @@ class CsvSource(TableSource):
         """
         from tqdm.auto import tqdm
 
-        size = self.path.stat().st_size
+        size = self._byte_size()
         scan = _LineScan(self.quote_char.encode() if self.quote_char else None)
         buffer = bytearray(8 << 20)  # reused: no fresh memory per block
         with self._open() as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"counting rows of {self.path.name}", disable=not progress, leave=False) as bar:
