@@ -8,6 +8,7 @@ the other; the end-to-end test trains a tiny compressed model with the app and c
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -238,3 +239,29 @@ def test_a_checkpoint_without_encoder_or_model_class_says_what_to_do(trained_run
 def test_inference_module_is_eval_without_gradients():
     model = inference_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
     assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_the_readme_serving_handler_scores_a_request(trained_run, monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Serving", 1)[1].split("\n## ", 1)[0]
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert commands.count("lightning-afm-predict") == 2  # the console script pyproject.toml declares
+    handler = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    run_dir, _, data = trained_run
+    monkeypatch.setenv("LIGHTNING_AFM_RUN", str(run_dir))
+    namespace: dict = {}
+    exec(compile(handler, "README.md", "exec"), namespace)
+    lines = data.read_text().splitlines()[:5]
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    rows = [{n: v or None for n, v in zip(names[1:], line.split("\t")[1:])} for line in lines]
+    rows[2]["I1"] = "not a number"
+    body = json.dumps({"rows": rows}).encode()
+    replies = []
+    reply = namespace["app"]({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))},
+                             lambda status, headers: replies.append(status))
+    got = json.loads(b"".join(reply))["probability"]
+    expected = Predictor.load(run_dir).predict(lines)
+    assert replies == ["200 OK"] and got[2] is None
+    np.testing.assert_allclose([got[i] for i in (0, 1, 3, 4)], expected[[0, 1, 3, 4]], atol=2e-6)
