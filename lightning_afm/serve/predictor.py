@@ -175,7 +175,8 @@ class Predictor:
                     written += len(encoded)
                     bar.update(chunk.table.num_rows)
             finally:
-                chunks.close() if hasattr(chunks, "close") else None
+                if hasattr(chunks, "close"):  # stop the reader thread after an error
+                    chunks.close()
                 writer.close(schema or pa.schema([("row", pa.int64()), ("probability", pa.float32())]))
         bad_rows.resolve(source)
         return {"rows": written, "skipped": bad_rows.total, "skipped_by_reason": dict(bad_rows.by_reason),
