@@ -40,6 +40,9 @@ def make_adam(params: Sequence[torch.Tensor], lr: float, weight_decay: float = 0
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+#: The checkpoint key naming the model's class (``module.QualName``), read by ``lightning_afm.serve``.
+MODEL_CLASS_KEY = "lightning_afm_model_class"
+
 #: Which table entries the L2 term of the loss covers (``CTRModel(l2=...)``).
 L2_MODES = ("rows", "full")
 
@@ -271,6 +274,10 @@ class CTRModel(L.LightningModule):
                     yield p
 
     # -- checkpoints ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the class in the checkpoint, so serving (``lightning_afm.serve``) rebuilds the model from the file alone."""
+        checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Give a fresh model the compressed structure a checkpoint's weights need.
 
