@@ -93,3 +93,33 @@ def test_bad_requests_are_named(tmp_path, monkeypatch):
     with pytest.raises(MissingExtra, match=r"format=onnx needs the 'onnx' package.*lightning-afm\[serve\]"):
         export_model(_model("dcn"), tmp_path / "c", "onnx", categorical, numeric)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_cli_exports_a_compressed_run_checked_on_its_test_rows(criteo_afm_run, tmp_path, capsys):
+    from lightning_afm.data.encoder import Encoder
+    from lightning_afm.export.cli import main as export_main
+    from lightning_afm.serve import Predictor
+
+    run_dir, _, data = criteo_afm_run
+    assert export_main([str(run_dir), "format=onnx", f"out={tmp_path / 'onnx'}"]) == 0
+    manifest = read_manifest(tmp_path / "onnx")
+    assert manifest["verification"]["passed"] and "test split" in manifest["verification"]["source"]
+    assert [e["kind"] for e in manifest["compression"]["plan"]] == ["linear", "linear", *["embedding"] * 26, "fold"]
+    assert {m["type"] for m in manifest["compression"]["factored_modules"]} >= {"LowRankLinear", "LowRankEmbedding"}
+    assert json.loads(capsys.readouterr().out)["max_abs_diff"] <= 1e-5
+
+    # raw rows -> the exported encoder -> the ONNX artifact == the Predictor on the run
+    lines = data.read_text().splitlines()[:50]
+    encoded = Encoder.load(tmp_path / "onnx" / "encoder").encode(lines)
+    runner = load_runner("onnx", tmp_path / "onnx" / manifest["file"])
+    np.testing.assert_allclose(runner(encoded.categorical.astype(np.int64), encoded.numeric.astype(np.float32)),
+                               Predictor.load(run_dir).predict(lines), atol=1e-5)
+
+    # a checkpoint away from its run: checked on random ids, and the manifest says so
+    alone = tmp_path / "alone.ckpt"
+    alone.write_bytes((run_dir / "last.ckpt").read_bytes())
+    assert export_main([str(alone), "--format", "pt2", "-o", str(tmp_path / "pt2")]) == 0
+    assert "random ids" in read_manifest(tmp_path / "pt2")["verification"]["source"]
+    # exporting again into a full folder is refused with one line, exit 1
+    assert export_main([str(alone), "--format", "pt2", "-o", str(tmp_path / "pt2")]) == 1
+    assert "already holds an export" in capsys.readouterr().err

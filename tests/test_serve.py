@@ -140,25 +140,8 @@ def test_bad_rows_name_line_and_column_or_are_skipped(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A tiny DeepFM trained and AFM-compressed by the app on 3,000 Criteo sample rows."""
-    if not CRITEO.exists():
-        pytest.skip("the shared data samples are not here")
-    from hydra import compose, initialize_config_module
-
-    from lightning_afm.cli import run
-
-    tmp = tmp_path_factory.mktemp("serve")
-    data = tmp / "criteo_3k.txt"
-    data.write_text("".join(CRITEO.open().readlines()[:3000]))
-    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "experiment=criteo_sample", f"data.path={data}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
-            "model.embedding_dim=4", "model.mlp_hidden=[16,16,16]", "compression=afm", "compression.mlp.rank=4",
-            "compression.emb.rank=2", "compression.progress=false", f"+output_dir={tmp / 'run'}",
-            "trainer.enable_progress_bar=false", "logger=csv"])
-    summary = run(cfg)
-    return tmp / "run", Path(summary["data_report"]["cache"]), data
+def trained_run(criteo_afm_run):
+    return criteo_afm_run
 
 
 def test_a_trained_run_scores_raw_rows_like_the_model_scores_the_cache(trained_run, tmp_path, capsys):

@@ -38,7 +38,7 @@ def export_model(
     *,
     source: str = "given rows",
     plan: Sequence[Mapping[str, Any]] = (),
-    encoder_dir: str | Path | None = None,
+    encoder: Any = None,
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def export_model(
     The artifact returns probabilities. It is checked against eager PyTorch on the given rows
     (``categorical`` ``[n, F]`` ids, ``numeric`` ``[n, N]`` or None), at batch sizes up to 1000 and
     at batch size 1; when ``max |Δp| > tolerance`` it raises :class:`ExportCheckFailed` and writes
-    nothing. ``encoder_dir`` (the run's encoder) is copied to ``out/encoder``; ``plan`` (the
+    nothing. ``encoder`` (the run's :class:`~lightning_afm.data.encoder.Encoder`) is saved to ``out/encoder``; ``plan`` (the
     compression plan's entries, as dicts) goes into the manifest.
     """
     if fmt not in formats.FORMATS:
@@ -77,8 +77,8 @@ def export_model(
             raise ExportCheckFailed(
                 f"the {fmt} artifact differs from eager PyTorch by max |Δp| = {check.max_abs_diff:.3g} on "
                 f"{check.rows} rows ({source}), above the tolerance {tolerance:g}; nothing was written")
-        if encoder_dir is not None:
-            shutil.copytree(encoder_dir, staging / "encoder")
+        if encoder is not None:
+            encoder.save(staging / "encoder")
         categorical_fields = list(schema.categorical_names) if schema is not None else [
             f"field_{i}" for i in range(categorical.shape[1])]
         numeric_fields = list(schema.numeric) if schema is not None else [f"numeric_{i}" for i in range(num_numeric)]
@@ -86,7 +86,7 @@ def export_model(
             fmt=fmt, artifact=artifact, model=model, parameters=sum(p.numel() for p in model.parameters()),
             hparams=dict(getattr(model, "hparams", {}) or {}), plan=plan,
             inputs=input_signature(categorical_fields, numeric_fields), verification=check.to_dict(),
-            exporter=notes, encoder="encoder" if encoder_dir is not None else None)
+            exporter=notes, encoder="encoder" if encoder is not None else None)
         write_manifest(staging, manifest)
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():  # the manifest last: its presence marks a complete export
