@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_afm.compress.registry import check_rank
 from lightning_afm.compress.ttd import (
     DEFAULT_NUM_CORES,
     DEFAULT_TT_RANK,
@@ -75,8 +76,7 @@ class TTEmbedding(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
-            raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
+        check_rank(tt_rank, label="tt_rank")
         s, t = int(num_embeddings), int(embedding_dim)
         if s < 1 or t < 1:
             raise ValueError(f"a TT table needs >= 1 row and column, got {num_embeddings} x {embedding_dim}")

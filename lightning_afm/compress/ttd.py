@@ -33,8 +33,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_afm.compress.registry import check_rank
 
 __all__ = [
     "DEFAULT_TT_RANK",
@@ -184,8 +185,7 @@ def tt_ranks_for(row_factors: Sequence[int], dim_factors: Sequence[int], tt_rank
         >>> tt_ranks_for([100, 100, 100], [2, 2, 4], 16), tt_ranks_for([4, 3, 3], [2, 2, 2], 64)
         ([1, 16, 16, 1], [1, 8, 6, 1])
     """
-    if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
-        raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
+    check_rank(tt_rank, label="tt_rank")
     modes = [int(n) * int(d) for n, d in zip(row_factors, dim_factors)]
     ranks = [1]
     for k in range(len(modes) - 1):

@@ -18,17 +18,12 @@ from torch import nn
 from lightning_afm.compress.contract import implements_contract
 from lightning_afm.compress.kinds.embedding import plain_table
 from lightning_afm.compress.plan import PlanEntry
-from lightning_afm.compress.registry import CompressionKind, Structure
+from lightning_afm.compress.registry import CompressionKind, Structure, check_rank
 from lightning_afm.compress.surgery import get_submodule
 from lightning_afm.compress.tt_modules import TTEmbedding
 from lightning_afm.compress.ttd import DEFAULT_NUM_CORES, DEFAULT_TT_MIN_ROWS, TT_INITS, tt_rec_init_std, tt_ranks_for
 
 __all__ = ["TTEmbeddingKind", "select_tt_tables"]
-
-
-def _check_tt_rank(tt_rank: Any) -> None:
-    if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
-        raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
 
 
 def _table(model: nn.Module, name: str) -> nn.Embedding:
@@ -63,7 +58,7 @@ class TTEmbeddingKind(CompressionKind):
 
     def build(self, model: nn.Module, name: str, stats: Any, rank: int, method: str,
               options: Mapping[str, Any]) -> tuple[PlanEntry, TTEmbedding]:
-        _check_tt_rank(rank)
+        check_rank(rank, label="tt_rank")
         init = options.get("init", "svd")
         if init not in TT_INITS:
             raise ValueError(f"init must be one of {TT_INITS}, got {init!r}")
