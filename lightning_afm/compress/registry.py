@@ -20,7 +20,7 @@ from torch import nn
 if TYPE_CHECKING:
     from lightning_afm.compress.plan import PlanEntry
 
-__all__ = ["Structure", "CompressionKind", "register_kind", "get_kind", "kind_names", "kinds",
+__all__ = ["Structure", "CompressionKind", "LowRankKind", "register_kind", "get_kind", "kind_names", "kinds",
            "kind_for_module", "kind_of_module", "factored_types", "build_methods_for", "check_rank"]
 
 
@@ -133,6 +133,24 @@ class CompressionKind:
                 f"{entry.shape}, found {found}; is this the same model architecture?"
             )
         return module
+
+
+class LowRankKind(CompressionKind):
+    """A kind built by the paper's factorisations: AFM (statistics) or SVD (weights), or a fresh ``"random"``
+    start of AFM's structure (recorded as ``"afm"``, ``flags["init"] == "random"``)."""
+
+    entry_methods = ("afm", "svd")
+    build_methods = entry_methods + ("random",)
+
+    def rank_of(self, module: nn.Module) -> int:
+        """The rank ``k`` of a :attr:`produces` module."""
+        raise NotImplementedError
+
+    def is_applied(self, model: nn.Module, entry: "PlanEntry") -> bool:
+        from lightning_afm.compress.surgery import get_submodule
+
+        module = get_submodule(model, entry.name)
+        return isinstance(module, self.produces) and self.rank_of(module) == entry.rank
 
 
 _REGISTRY: dict[str, CompressionKind] = {}

@@ -169,26 +169,16 @@ def replace_all(model: nn.Module, built: Iterable[tuple[PlanEntry, nn.Module]]) 
     return [entry for entry, _ in built]
 
 
-def compress_targets(
-    model: nn.Module,
-    names: Sequence[str],
-    stats: StatsArg,
-    rank: int,
-    method: str = "afm",
-    relu: bool = False,
-    relu_init: str = "shift",
-    shift_std: float = DEFAULT_SHIFT_STD,
-    **options: Any,
-) -> list[PlanEntry]:
+def compress_targets(model: nn.Module, names: Sequence[str], stats: StatsArg, rank: int, method: str = "afm",
+                     **options: Any) -> list[PlanEntry]:
     """Compress several modules at one rank and method, all or nothing; returns the plan entries in ``names`` order.
 
     Every replacement is built first; the model changes only once all of them succeeded.
-    ``relu``/``relu_init``/``shift_std`` apply to Linear targets only; ``options`` to the kinds that
-    read them (``method="ttd"``: ``init``, ``num_cores``, ``init_std``, ``deduplicate``).
+    ``options`` go to the kinds that read them: ``relu``/``relu_init``/``shift_std`` to Linear targets
+    (:func:`build_compressed_linear`), ``init``/``num_cores``/``init_std``/``deduplicate`` to TT tables
+    (``method="ttd"``, :func:`compress_embedding_ttd`).
     """
-    built = build_replacements(model, names, stats, rank, method, relu=relu, relu_init=relu_init,
-                               shift_std=shift_std, **options)
-    return replace_all(model, built)
+    return replace_all(model, build_replacements(model, names, stats, rank, method, **options))
 
 
 def _build_one(model: nn.Module, kind_name: str, name: str, stats: StatsArg, rank: int, method: str,

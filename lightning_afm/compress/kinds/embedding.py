@@ -17,7 +17,7 @@ from torch import nn
 from lightning_afm.compress.factorize import afm_embedding_factors, kept_variance, svd_embedding_factors
 from lightning_afm.compress.modules import LowRankEmbedding
 from lightning_afm.compress.plan import PlanEntry
-from lightning_afm.compress.registry import CompressionKind, Structure
+from lightning_afm.compress.registry import LowRankKind, Structure
 from lightning_afm.compress.statistics import statistics_for
 from lightning_afm.compress.surgery import get_submodule
 
@@ -31,10 +31,8 @@ def plain_table(module: nn.Module, padding_idx: int | None = None, sparse: bool 
                         device=weight.device, dtype=weight.dtype)
 
 
-class LowRankEmbeddingKind(CompressionKind):
+class LowRankEmbeddingKind(LowRankKind):
     name = "embedding"
-    entry_methods = ("afm", "svd")
-    build_methods = ("afm", "svd", "random")
     replaces = nn.Embedding
     produces = LowRankEmbedding
 
@@ -83,9 +81,8 @@ class LowRankEmbeddingKind(CompressionKind):
                                 padding_idx=entry.flags.get("padding_idx"), sparse=bool(entry.flags.get("sparse", False)),
                                 device=module.weight.device, dtype=module.weight.dtype)
 
-    def is_applied(self, model: nn.Module, entry: PlanEntry) -> bool:
-        module = get_submodule(model, entry.name)
-        return isinstance(module, LowRankEmbedding) and module.code_dim == entry.rank
+    def rank_of(self, module: LowRankEmbedding) -> int:
+        return module.code_dim
 
     def structure(self, entry: PlanEntry) -> Structure:
         (s_rows, t), k = entry.shape, entry.rank

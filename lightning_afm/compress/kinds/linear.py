@@ -19,17 +19,15 @@ from torch import nn
 from lightning_afm.compress.factorize import DEFAULT_SHIFT_STD, afm_factors, kept_variance, svd_factors
 from lightning_afm.compress.modules import LowRankLinear
 from lightning_afm.compress.plan import PlanEntry
-from lightning_afm.compress.registry import CompressionKind, Structure
+from lightning_afm.compress.registry import LowRankKind, Structure
 from lightning_afm.compress.statistics import statistics_for
 from lightning_afm.compress.surgery import get_submodule, plain_linear
 
 __all__ = ["LowRankLinearKind"]
 
 
-class LowRankLinearKind(CompressionKind):
+class LowRankLinearKind(LowRankKind):
     name = "linear"
-    entry_methods = ("afm", "svd")
-    build_methods = ("afm", "svd", "random")
     replaces = nn.Linear
     produces = LowRankLinear
 
@@ -88,9 +86,8 @@ class LowRankLinearKind(CompressionKind):
                              second_bias=bool(entry.flags.get("second_bias", True)),
                              device=module.weight.device, dtype=module.weight.dtype)
 
-    def is_applied(self, model: nn.Module, entry: PlanEntry) -> bool:
-        module = get_submodule(model, entry.name)
-        return isinstance(module, LowRankLinear) and module.rank == entry.rank
+    def rank_of(self, module: LowRankLinear) -> int:
+        return module.rank
 
     def structure(self, entry: PlanEntry) -> Structure:
         (m, n), k = entry.shape, entry.rank
