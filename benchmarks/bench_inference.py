@@ -67,11 +67,10 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_afm.compress import (  # noqa: E402
-    DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, LowRankEmbedding, LowRankLinear, fold_into_first_linear,
-    get_submodule, resolve_targets, set_submodule,
+    LowRankEmbedding, LowRankLinear, fold_into_first_linear, get_submodule, resolve_targets, set_submodule,
 )
 from lightning_afm.data.schema import Schema  # noqa: E402
-from lightning_afm.models import MODELS, CTRModel, count_parameters  # noqa: E402
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS, CTRModel, count_parameters  # noqa: E402
 from lightning_afm.models.allocator import reuse_freed_memory  # noqa: E402
 from lightning_afm.models.layers.embedding import FieldEmbedding  # noqa: E402
 from lightning_afm.models.layers.linear_logit import LinearLogit  # noqa: E402

@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, collect_statistics, resolve_targets
+from lightning_afm.compress import collect_statistics, resolve_targets
 from lightning_afm.data.schema import Schema
-from lightning_afm.models import MODELS
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS
 from lightning_afm.models.allocator import reuse_freed_memory
 
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_afm.bench.shapes import paper_shape
-from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, compress_targets, resolve_targets
+from lightning_afm.compress import compress_targets, resolve_targets
 from lightning_afm.compress import fold_into_first_linear
-from lightning_afm.models import MODELS
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS
 from lightning_afm.models.allocator import reuse_freed_memory
 
 #: Rows of the full files and the paper's splits (Criteo 90/10, Avazu 80/20).

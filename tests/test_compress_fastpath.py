@@ -17,8 +17,6 @@ import torch
 from torch import nn
 
 from lightning_afm.compress import (
-    DEFAULT_EMBEDDING_TARGETS,
-    DEFAULT_MLP_TARGETS,
     LowRankEmbedding,
     LowRankLinear,
     TTEmbedding,
@@ -31,7 +29,7 @@ from lightning_afm.compress import (
     stack_projections,
 )
 from lightning_afm.data.schema import Schema
-from lightning_afm.models import MODELS, build_model
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS, build_model
 from lightning_afm.models.layers.embedding import FieldEmbedding
 from lightning_afm.models.layers.linear_logit import LinearLogit
 
