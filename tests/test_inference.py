@@ -22,16 +22,18 @@ from lightning_afm.compress import (
     LowRankEmbedding,
     LowRankLinear,
     TTEmbedding,
+    compress_embeddings_ttd,
     fold_into_first_linear,
     get_submodule,
     resolve_targets,
+    select_tt_tables,
     set_submodule,
 )
 from lightning_afm.data.schema import Schema
 from lightning_afm.inference import InferenceModel, Tensors, optimize_for_inference
 from lightning_afm.inference.dense import FactoredLinear, build_linear
-from lightning_afm.inference.lookups import CalledLookup, GatheredLookup, build_lookup
-from lightning_afm.inference.projection import BatchedProjection, CalledProjection, build_projection
+from lightning_afm.inference.lookups import CalledFields, GatheredLookup, build_lookup
+from lightning_afm.inference.projection import BatchedProjection, build_projection
 from lightning_afm.models import MODELS, DeepFM, build_model
 from lightning_afm.models.layers.embedding import FieldEmbedding
 
@@ -105,6 +107,23 @@ def test_models_without_numeric_fields_and_folded_fibinet(name):
     expected = _plain(model, cat, None)
     torch.testing.assert_close(fast(cat), expected, **TOL)
     torch.testing.assert_close(torch.jit.script(fast)(cat), expected, **TOL)
+
+
+@pytest.mark.parametrize("name", ["deepfm", "fibinet", "gdcn"])
+def test_tt_tables_and_svd_factors_are_called_as_they_are(name):
+    """Kinds without a faster form here (TT-Rec tables and LR tables, SVD's bias-free factors)."""
+    model = _compressed(name, "afm_emb")
+    for target in ("mlp.1.linear", "mlp.2.linear"):  # SVD: the first factor without a bias
+        old = get_submodule(model, target)
+        set_submodule(model, target, LowRankLinear(old.in_features, old.out_features, 3, first_bias=False))
+    tt = _compressed(name, "baseline")
+    names = select_tt_tables(tt, resolve_targets(tt, DEFAULT_EMBEDDING_TARGETS, "embedding"), 1, True)
+    compress_embeddings_ttd(tt, names, tt_rank=2, init="random")
+    cat, num = _batch()
+    for m in (model, tt):
+        fast = optimize_for_inference(m)
+        torch.testing.assert_close(fast(cat, num), _plain(m, cat, num), **TOL)
+    assert isinstance(optimize_for_inference(tt).codes, CalledFields)
 
 
 def test_shared_weights_follow_training_and_a_copy_does_not():
@@ -190,7 +209,7 @@ def test_tables_that_must_be_called_are_called():
     emb.c = LowRankEmbedding(8, 4, 4)  # k = t: same width as the plain tables
     reference = copy.deepcopy(emb)
     lookup, projection = build_lookup(emb.tables(), Tensors()), build_projection(emb.tables(), Tensors())
-    assert isinstance(lookup, CalledLookup) and isinstance(projection, CalledProjection)
+    assert isinstance(lookup, CalledFields) and isinstance(projection, CalledFields)
     with torch.inference_mode():
         out = projection(lookup(cat.t().contiguous()))
         expected = torch.stack([reference.a(cat[:, 0]), reference.b(cat[:, 1]), reference.c(cat[:, 2])], 1)

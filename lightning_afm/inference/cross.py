@@ -62,66 +62,61 @@ class _Square(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
 
-class AlignedMatrixCross(nn.Module):
-    """DCN-V2's ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l`` for every layer, at the aligned width.
+class MatrixCrossStep(nn.Module):
+    """DCN-V2's ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l`` on inputs padded to a width ``W >= D``
+    (``[B, W]`` -> ``[B, W]``)."""
 
-    Shapes: ``[B, D]`` -> ``[B, D]``.
-    """
-
-    def __init__(self, layers: list[_Square]) -> None:
+    def __init__(self, linear: _Square) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.linear = linear
 
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        width = x0.shape[1]
-        aligned = aligned_width(width)
-        x0 = F.pad(x0, [0, aligned - width])
-        x = x0
-        for layer in self.layers:
-            crossed = F.linear(x, padded_weight(layer.weight, aligned), padded_bias(layer.bias, aligned))
-            x = torch.addcmul(x, x0, crossed)
-        return x[:, :width]
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        width = x.shape[1]
+        crossed = F.linear(x, padded_weight(self.linear.weight, width), padded_bias(self.linear.bias, width))
+        return torch.addcmul(x, x0, crossed)
 
 
-class _GatedPair(nn.Module):
-    """One GDCN layer's crossing and gate Linears (buffers; the gate usually has no bias)."""
+class GatedCrossStep(nn.Module):
+    """GDCN's ``c_{l+1} = c_0 * (W_c c_l + b_c) * sigmoid(W_g c_l) + c_l`` on padded inputs.
+
+    Both matrices, zero-padded, run as one ``[B, W] x [W, 2W]`` product (one pass over ``c``
+    instead of two); the padded columns stay zero because the crossed part is zero there.
+    """
 
     def __init__(self, cross: _Square, gate: _Square) -> None:
         super().__init__()
         self.cross = cross
         self.gate = gate
 
+    def forward(self, c0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        width = c.shape[1]
+        weight = torch.cat([padded_weight(self.cross.weight, width), padded_weight(self.gate.weight, width)])
+        zeros = c.new_zeros(width)
+        cross_bias = padded_bias(self.cross.bias, width)
+        gate_bias = padded_bias(self.gate.bias, width)
+        bias = torch.cat([
+            cross_bias if cross_bias is not None else zeros,
+            gate_bias if gate_bias is not None else zeros,
+        ])
+        crossed, gate = F.linear(c, weight, bias).split(width, dim=1)
+        return torch.addcmul(c, c0 * crossed, torch.sigmoid(gate))
 
-class AlignedGatedCross(nn.Module):
-    """GDCN's ``c_{l+1} = c_0 * (W_c c_l + b_c) * sigmoid(W_g c_l) + c_l`` at the aligned width.
 
-    Both matrices of a layer, zero-padded, run as one ``[B, W] x [W, 2W]`` product (one pass over
-    ``c`` instead of two); the padded columns stay zero because the crossed part is zero there.
+class AlignedCross(nn.Module):
+    """A cross network run on ``x_0`` zero-padded to :func:`aligned_width`, sliced back at the end:
+    ``[B, D]`` -> ``[B, D]``. ``steps``: :class:`MatrixCrossStep` or :class:`GatedCrossStep`."""
 
-    Shapes: ``[B, D]`` -> ``[B, D]``.
-    """
-
-    def __init__(self, layers: list[_GatedPair]) -> None:
+    def __init__(self, steps: list[nn.Module]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.steps = nn.ModuleList(steps)
 
-    def forward(self, c0: torch.Tensor) -> torch.Tensor:
-        width = c0.shape[1]
-        aligned = aligned_width(width)
-        c0 = F.pad(c0, [0, aligned - width])
-        c = c0
-        zeros = c0.new_zeros(aligned)
-        for layer in self.layers:
-            weight = torch.cat([padded_weight(layer.cross.weight, aligned), padded_weight(layer.gate.weight, aligned)])
-            cross_bias = padded_bias(layer.cross.bias, aligned)
-            gate_bias = padded_bias(layer.gate.bias, aligned)
-            bias = torch.cat([
-                cross_bias if cross_bias is not None else zeros,
-                gate_bias if gate_bias is not None else zeros,
-            ])
-            crossed, gate = F.linear(c, weight, bias).split(aligned, dim=1)
-            c = torch.addcmul(c, c0 * crossed, torch.sigmoid(gate))
-        return c[:, :width]
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        width = x0.shape[1]
+        x0 = F.pad(x0, [0, aligned_width(width) - width])
+        x = x0
+        for step in self.steps:
+            x = step(x0, x)
+        return x[:, :width]
 
 
 def _square(linear: nn.Module, tensors: Tensors) -> _Square | None:
@@ -138,9 +133,9 @@ def build_cross(cross: nn.Module, tensors: Tensors) -> nn.Module:
     if type(cross) is CrossNetworkV2 and all(type(layer) is MatrixCrossLayer for layer in cross.layers):
         squares = [_square(layer.linear, tensors) for layer in cross.layers]
         if all(s is not None for s in squares):
-            return AlignedMatrixCross(squares)
+            return AlignedCross([MatrixCrossStep(square) for square in squares])
     if type(cross) is GatedCrossNetwork and all(type(layer) is GatedCrossLayer for layer in cross.layers):
         pairs = [(_square(layer.cross, tensors), _square(layer.gate, tensors)) for layer in cross.layers]
         if all(a is not None and b is not None for a, b in pairs):
-            return AlignedGatedCross([_GatedPair(a, b) for a, b in pairs])
+            return AlignedCross([GatedCrossStep(a, b) for a, b in pairs])
     return tensors.frozen(cross)

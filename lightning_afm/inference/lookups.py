@@ -92,28 +92,37 @@ class GatheredLookup(nn.Module):
         return out
 
 
-class _Codes(nn.Module):
-    """Calls a factored table's ``codes``."""
+class FactoredPart(nn.Module):
+    """Calls one half of a factored table (the factored-table protocol of
+    :mod:`lightning_afm.models.layers.embedding`): ``codes(idx)`` or ``project(codes)``."""
 
-    def __init__(self, table: nn.Module) -> None:
+    def __init__(self, table: nn.Module, part: str) -> None:
         super().__init__()
+        if part not in ("codes", "project"):
+            raise ValueError(f"part must be 'codes' or 'project', got {part!r}")
         self.table = table
+        self.codes = part == "codes"
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table.codes(idx)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table.codes(x) if self.codes else self.table.project(x)
 
 
-class CalledLookup(nn.Module):
-    """``[F, B]`` ids -> ``[B, F, d]``: each (frozen) table called on its row of ids, stacked."""
+class CalledFields(nn.Module):
+    """Each field's (frozen) module called on its slice of the input, the results stacked on
+    dim 1: what the training model does, for modules without a faster form.
 
-    def __init__(self, tables: Sequence[nn.Module]) -> None:
+    Shapes: ``[F, B]`` ids (``field_dim=0``) or ``[B, F, k]`` codes (``field_dim=1``) -> ``[B, F, ...]``.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], field_dim: int) -> None:
         super().__init__()
-        self.tables = nn.ModuleList(tables)
+        self.fields = nn.ModuleList(modules)
+        self.field_dim = int(field_dim)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs: list[torch.Tensor] = []
-        for i, table in enumerate(self.tables):
-            outs.append(table(ids[i]))
+        for i, field in enumerate(self.fields):
+            outs.append(field(x.select(self.field_dim, i)))
         return torch.stack(outs, dim=1)
 
 
@@ -130,4 +139,7 @@ def build_lookup(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
         first = rows[0]
         if all(r.shape[1] == first.shape[1] and r.dtype == first.dtype and r.device == first.device for r in rows):
             return GatheredLookup([tensors.take(r) for r in rows])
-    return CalledLookup([_Codes(tensors.frozen(t)) if hasattr(t, "codes") else tensors.frozen(t) for t in tables])
+    return CalledFields(
+        [FactoredPart(tensors.frozen(t), "codes") if hasattr(t, "codes") else tensors.frozen(t) for t in tables],
+        field_dim=0,
+    )

@@ -17,6 +17,7 @@ from torch import nn
 
 from lightning_afm.compress.modules import LowRankEmbedding
 
+from .lookups import CalledFields, FactoredPart
 from .sharing import Tensors
 
 
@@ -55,31 +56,6 @@ class BatchedProjection(nn.Module):
         return torch.add(by_field.transpose(0, 1), torch.stack(biases), out=out)
 
 
-class _Project(nn.Module):
-    """Calls a factored table's ``project``."""
-
-    def __init__(self, table: nn.Module) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.table.project(codes)
-
-
-class CalledProjection(nn.Module):
-    """``[B, F, k]`` -> ``[B, F, t]``: each field's (frozen) ``project`` or the identity, stacked."""
-
-    def __init__(self, projections: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.fields = nn.ModuleList(projections)
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        outs: list[torch.Tensor] = []
-        for i, field in enumerate(self.fields):
-            outs.append(field(codes[:, i]))
-        return torch.stack(outs, dim=1)
-
-
 def plain_projection(table: nn.Module) -> nn.Linear | None:
     """The projection Linear of a table whose ``project`` is exactly that Linear (AFM/SVD's
     :class:`~lightning_afm.compress.modules.LowRankEmbedding`), else None."""
@@ -103,4 +79,5 @@ def build_projection(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module
             [tensors.take(b) for b in biases],
             has_bias=any(p.bias is not None for p in linears),
         )
-    return CalledProjection([_Project(tensors.frozen(t)) if hasattr(t, "project") else nn.Identity() for t in tables])
+    projections = [FactoredPart(tensors.frozen(t), "project") if hasattr(t, "project") else nn.Identity() for t in tables]
+    return CalledFields(projections, field_dim=1)
