@@ -29,6 +29,7 @@ from lightning_afm.callbacks.checkpointing import AtomicCheckpointIO, RandomStat
 from lightning_afm.callbacks.throughput import TrainingThroughput
 from lightning_afm.data.encoder import ENCODER_DIR
 from lightning_afm.models import count_parameters
+from lightning_afm.runtime import reuse_freed_memory
 from lightning_afm.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     apply_baseline(cfg)
     resume_from = resume_checkpoint(cfg, out)
     pl.seed_everything(int(cfg.seed), workers=True)
+    # dense embedding gradients are re-allocated every training step; see runtime.py
+    reuse_freed_memory()
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()

@@ -12,7 +12,6 @@ from torch import nn
 from ..compress.contract import ModelLayout
 from ..compress.surgery import parameter_count
 from ..data.schema import CATEGORICAL, LABEL, NUMERIC, Schema
-from .allocator import reuse_freed_memory
 from .layers.embedding import FieldEmbedding
 from .layers.linear_logit import LinearLogit
 from .metrics import BinaryAUC, BinaryLogLoss
@@ -313,10 +312,6 @@ class CTRModel(L.LightningModule):
         restore_compressed_structure(self, checkpoint)
 
     # -- steps ---------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        # dense embedding gradients are re-allocated every step; see allocator.py
-        reuse_freed_memory()
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         categorical, numeric, label = self._unpack(batch)
         logits, codes, lr_weights = self.forward_parts(categorical, numeric)
