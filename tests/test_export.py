@@ -123,3 +123,52 @@ def test_the_cli_exports_a_compressed_run_checked_on_its_test_rows(criteo_afm_ru
     # exporting again into a full folder is refused with one line, exit 1
     assert export_main([str(alone), "--format", "pt2", "-o", str(tmp_path / "pt2")]) == 1
     assert "already holds an export" in capsys.readouterr().err
+
+
+def test_int8_tables_match_a_numpy_reference_within_half_a_step():
+    from lightning_afm.export.int8 import Int8Embedding, block_rows, quantize_blocks
+
+    rng = np.random.default_rng(3)
+    for width, rows in ((16, 101), (2, 1001), (1, 77)):
+        weight = rng.normal(0, 0.2, (rows, width)).astype(np.float32)
+        g = block_rows(width)
+        q, scale, offset = quantize_blocks(torch.from_numpy(weight), g)
+        # numpy reference: per block of g rows, 256 levels between its min and max
+        blocks = np.concatenate([weight, np.repeat(weight[-1:], (-rows) % g, 0)]).reshape(-1, g * width)
+        low, high = blocks.min(1), blocks.max(1)
+        np.testing.assert_allclose(scale.numpy(), (high - low) / 255, rtol=1e-6)
+        expected_q = np.round((blocks - low[:, None]) / ((high - low) / 255)[:, None]) - 128
+        np.testing.assert_array_equal(q.numpy(), expected_q.reshape(-1, width)[:rows])
+        table = torch.nn.Embedding.from_pretrained(torch.from_numpy(weight))
+        module = Int8Embedding(table)
+        got = module(torch.arange(rows)).numpy()
+        step = np.repeat(scale.numpy(), g)[:rows, None]
+        assert np.all(np.abs(got - weight) <= step / 2 + 1e-7)
+        assert module.stored_bytes() < weight.nbytes or width == 1  # 1-wide: 1 byte + 8 per 8 rows vs 4 bytes
+    constant = torch.full((5, 8), 0.25)
+    np.testing.assert_array_equal(Int8Embedding(torch.nn.Embedding.from_pretrained(constant))(torch.arange(5)), constant)
+
+
+def test_int8_export_is_checked_by_test_auc(criteo_afm_run, tmp_path, capsys):
+    from lightning_afm.export.cli import main as export_main
+
+    run_dir, _, _ = criteo_afm_run
+    assert export_main([str(run_dir), "format=onnx", "int8=true", f"out={tmp_path / 'q'}"]) == 0
+    check = read_manifest(tmp_path / "q")["verification"]
+    assert check["passed"] and abs(check["auc_change"]) <= 1e-3 and check["max_abs_diff"] > 0
+    # the weights shrink (at this tiny size the graph's nodes and names outweigh them on disk)
+    assert check["int8_weight_bytes"] < 0.6 * check["fp32_parameter_bytes"]
+    # a tolerance no int8 model meets: refused, nothing written; forced: written and marked
+    categorical, numeric = _rows(400)
+    labels = np.random.default_rng(1).integers(0, 2, 400)
+    with pytest.raises(ExportCheckFailed, match=r"int8 loses .* test AUC"):
+        export_model(_model("deepfm"), tmp_path / "r", "onnx", categorical, numeric, labels=labels, int8=True,
+                     max_auc_drop=-1.0)
+    assert not (tmp_path / "r").exists()
+    forced = export_model(_model("deepfm"), tmp_path / "f", "onnx", categorical, numeric, labels=labels, int8=True,
+                          max_auc_drop=-1.0, force=True)
+    assert forced["verification"]["forced"] and not forced["verification"]["passed"]
+    with pytest.raises(ValueError, match="use format=onnx"):
+        export_model(_model("deepfm"), tmp_path / "s", "pt2", categorical, numeric, labels=labels, int8=True)
+    with pytest.raises(ValueError, match="needs labelled rows"):
+        export_model(_model("deepfm"), tmp_path / "s", "onnx", categorical, numeric, int8=True)

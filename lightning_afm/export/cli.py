@@ -9,7 +9,9 @@ against eager PyTorch on up to ``--rows`` rows of the run's test split (read fro
 ``summary.json`` names, else rebuilt by the DataModule of its Hydra config); a checkpoint away
 from its run folder is
 checked on random ids within the model's vocabularies, and the manifest says so. A failed check
-exits 1 and writes nothing. ``key=value`` arguments are the same as ``--key value``.
+exits 1 and writes nothing. ``int8=true`` (ONNX) quantises tables and matrix products and is
+checked by its test AUC against fp32 instead (refused beyond a 0.001 drop unless ``force=true``).
+``key=value`` arguments are the same as ``--key value``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_afm.data.schema import CATEGORICAL, NUMERIC
+from lightning_afm.data.schema import CATEGORICAL, LABEL, NUMERIC
 from lightning_afm.export.artifact import ExportCheckFailed, export_model
 from lightning_afm.export.formats import FORMATS, MissingExtra
 
-_KEY_VALUE = re.compile(r"^(format|out|rows|tolerance|model_class|overwrite)=(.*)$")
+_KEY_VALUE = re.compile(r"^(format|out|rows|tolerance|model_class|overwrite|int8|force)=(.*)$")
+_FLAGS = ("overwrite", "int8", "force")
 
 
 def _normalise(argv: list[str]) -> list[str]:
@@ -38,9 +41,9 @@ def _normalise(argv: list[str]) -> list[str]:
         match = _KEY_VALUE.match(token)
         if not match:
             out.append(token)
-        elif match.group(1) == "overwrite":
+        elif match.group(1) in _FLAGS:
             if match.group(2).lower() in ("1", "true", "yes"):
-                out.append("--overwrite")
+                out.append(f"--{match.group(1)}")
         else:
             out += [f"--{match.group(1).replace('_', '-')}", match.group(2)]
     return out
@@ -54,7 +57,10 @@ def run_folder(path: Path, checkpoint_path: Path) -> Path | None:
     return None
 
 
-def _cached_test_rows(run: Path, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+Rows = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # categorical [n, F] int64, numeric [n, N] float32, label [n]
+
+
+def _cached_test_rows(run: Path, limit: int) -> Rows | None:
     """The test split of the cache the run's ``summary.json`` names, if it is still there."""
     from lightning_afm.data.cache import load_split
 
@@ -63,10 +69,12 @@ def _cached_test_rows(run: Path, limit: int) -> tuple[np.ndarray, np.ndarray] | 
     if not cache or not (Path(cache) / "test").is_dir():
         return None
     split = load_split(Path(cache) / "test", mmap=True)
-    return np.asarray(split[CATEGORICAL][:limit], dtype=np.int64), np.asarray(split[NUMERIC][:limit], dtype=np.float32)
+    label = split.get(LABEL)
+    return (np.asarray(split[CATEGORICAL][:limit], dtype=np.int64), np.asarray(split[NUMERIC][:limit], dtype=np.float32),
+            None if label is None else np.asarray(label[:limit], dtype=np.float64))
 
 
-def _datamodule_test_rows(run: Path, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _datamodule_test_rows(run: Path, limit: int) -> Rows | None:
     """The test split of the DataModule the run's Hydra config builds (synthetic data is regenerated)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -77,32 +85,35 @@ def _datamodule_test_rows(run: Path, limit: int) -> tuple[np.ndarray, np.ndarray
     datamodule = instantiate(OmegaConf.load(config).data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test")
-    categorical, numeric, seen = [], [], 0
+    categorical, numeric, label, seen = [], [], [], 0
     for batch in datamodule.test_dataloader():
         categorical.append(batch[CATEGORICAL].numpy())
         numeric.append(batch[NUMERIC].numpy())
+        label.append(batch[LABEL].numpy())
         seen += len(categorical[-1])
         if seen >= limit:
             break
-    return np.concatenate(categorical)[:limit].astype(np.int64), np.concatenate(numeric)[:limit].astype(np.float32)
+    return (np.concatenate(categorical)[:limit].astype(np.int64), np.concatenate(numeric)[:limit].astype(np.float32),
+            np.concatenate(label)[:limit].astype(np.float64))
 
 
-def test_rows(run: Path, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+def test_rows(run: Path, limit: int) -> Rows | None:
     """Up to ``limit`` rows of the run's test split (``categorical [n, F]`` int64, ``numeric [n, N]``
-    float32): from its cache, else from its Hydra config; None when neither is there."""
+    float32, ``label [n]``): from its cache, else from its Hydra config; None when neither is there."""
     return _cached_test_rows(run, limit) or _datamodule_test_rows(run, limit)
 
 
-def random_rows(model: torch.nn.Module, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Ids drawn uniformly within each field's vocabulary and numeric values in [0, 1)."""
+def random_rows(model: torch.nn.Module, limit: int, seed: int = 0) -> Rows:
+    """Ids drawn uniformly within each field's vocabulary and numeric values in [0, 1); no labels."""
     rng = np.random.default_rng(seed)
     schema = model.schema
     categorical = np.stack([rng.integers(0, v, limit) for v in schema.vocab_sizes], 1).astype(np.int64)
-    return categorical, rng.random((limit, schema.num_numeric), dtype=np.float32)
+    return categorical, rng.random((limit, schema.num_numeric), dtype=np.float32), None
 
 
 def export_run(path: str | Path, fmt: str, out: str | Path, rows: int = 10_000, tolerance: float = 1e-5,
-               model_class: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+               model_class: str | None = None, overwrite: bool = False, int8: bool = False,
+               force: bool = False) -> dict[str, Any]:
     """Export the run or checkpoint at ``path``; returns the manifest (see :func:`export_model`)."""
     from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY
     from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, Encoder, find_checkpoint
@@ -118,14 +129,15 @@ def export_run(path: str | Path, fmt: str, out: str | Path, rows: int = 10_000, 
         encoder = Encoder.load(run / ENCODER_DIR)
     found = test_rows(run, rows) if run is not None else None
     if found is not None:
-        categorical, numeric = found
+        categorical, numeric, labels = found
         source = f"the run's test split ({run})"
     else:
-        categorical, numeric = random_rows(model, rows)
+        categorical, numeric, labels = random_rows(model, rows)
         source = f"random ids within the model's vocabularies (no run folder found next to {checkpoint_path})"
     plan = (checkpoint.get(PLAN_CHECKPOINT_KEY) or {}).get("entries", [])
     return export_model(model, out, fmt, categorical, numeric if numeric.shape[1] else None, source=source,
-                        plan=plan, encoder=encoder, tolerance=tolerance, overwrite=overwrite)
+                        plan=plan, encoder=encoder, tolerance=tolerance, overwrite=overwrite, labels=labels,
+                        int8=int8, force=force)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,18 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-5, help="the largest |Δp| against eager PyTorch")
     parser.add_argument("--model-class", default=None, help="package.module.Class, for checkpoints that do not name it")
     parser.add_argument("--overwrite", action="store_true", help="replace an export already in --out")
+    parser.add_argument("--int8", action="store_true",
+                        help="(onnx) int8 tables and matrix products, refused if test AUC drops by more than 0.001")
+    parser.add_argument("--force", action="store_true", help="(int8) write it even when the AUC drops more")
     args = parser.parse_args(_normalise(sys.argv[1:] if argv is None else argv))
     if args.rows < 1:
         parser.error("--rows must be >= 1")
     try:
         manifest = export_run(args.model, args.format, args.out, args.rows, args.tolerance, args.model_class,
-                              args.overwrite)
+                              args.overwrite, args.int8, args.force)
     except (ExportCheckFailed, MissingExtra, FileExistsError, ValueError, TypeError, OSError) as exc:
         print(f"lightning-afm-export: error: {exc}", file=sys.stderr)
         return 1
     check = manifest["verification"]
+    shown = ("max_abs_diff", "rows", "source", "auc_change", "logloss_change")
     print(json.dumps({"out": str(args.out), "file": manifest["file"], "bytes": manifest["bytes"],
-                      "max_abs_diff": check["max_abs_diff"], "rows": check["rows"], "source": check["source"]}))
+                      **{k: check[k] for k in shown if k in check}}))
     return 0
 
 

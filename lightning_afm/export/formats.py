@@ -117,7 +117,8 @@ def _write_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path)
         legacy_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160] if str(err).strip() else ''}"
     require("onnxscript", "onnx")
     torch.onnx.export(module, inputs, str(path), input_names=names, output_names=[OUTPUT_NAME],
-                      dynamic_shapes=_dynamic_batch(inputs), dynamo=True, external_data=False)
+                      dynamic_shapes=_dynamic_batch(inputs), dynamo=True, external_data=False,
+                      verbose=False)
     return f"torch.onnx.export(dynamo=True) (the TorchScript-based exporter failed: {legacy_error})"
 
 

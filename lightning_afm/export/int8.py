@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 
 import torch
 from torch import nn
@@ -82,12 +83,34 @@ def quantize_tables(model: nn.Module) -> nn.Module:
     return quantized
 
 
-def quantize_onnx_matmuls(source: str, target: str) -> None:
-    """ONNX Runtime's dynamic quantisation of the graph's MatMul/Gemm weights (int8, per output channel)."""
+def quantize_onnx_matmuls(source: str, target: str) -> int:
+    """ONNX Runtime's dynamic quantisation of the graph's products by a 2-D weight (int8, per output
+    channel); returns how many nodes it quantised. Products by a 3-D weight (a batched projection)
+    stay fp32: ORT's per-channel int8 kernels take only 2-D weights."""
     from lightning_afm.export.formats import require
 
+    onnx = require("onnx", "onnx")
     require("onnxruntime", "onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+    graph = onnx.load(source).graph
+    weights = {init.name: len(init.dims) for init in graph.initializer}
+    nodes = [node.name for node in graph.node
+             if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and weights.get(node.input[1]) == 2]
+    if nodes:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes)
+    else:
+        shutil.copyfile(source, target)
+    return len(nodes)
+
+
+def onnx_weight_bytes(path: str) -> int:
+    """Bytes of the graph's stored weights (its initializers): the size that scales with the tables,
+    apart from the graph's fixed cost of nodes and names."""
+    from lightning_afm.export.formats import require
+
+    onnx = require("onnx", "onnx")
+    from onnx import numpy_helper
+
+    return int(sum(numpy_helper.to_array(init).nbytes for init in onnx.load(path).graph.initializer))

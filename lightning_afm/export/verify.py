@@ -66,3 +66,15 @@ def verify(runner: Runner, reference: np.ndarray, categorical: np.ndarray, numer
         sizes.add(stop - start)
     return Verification(rows=n, source=source, batch_sizes=sorted(sizes), max_abs_diff=worst,
                         tolerance=float(tolerance), passed=worst <= tolerance)
+
+
+def auc_and_logloss(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Test AUC (NaN for a one-class split) and logloss of ``[n]`` probabilities against 0/1 labels."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    p = torch.from_numpy(np.asarray(probabilities, dtype=np.float64))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float64))
+    auc = float(binary_auroc(p, y.long())) if 0 < float(y.sum()) < len(y) else float("nan")
+    clipped = p.clamp(1e-7, 1 - 1e-7)
+    logloss = float(-(y * clipped.log() + (1 - y) * (1 - clipped).log()).mean())
+    return auc, logloss
