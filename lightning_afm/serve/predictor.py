@@ -87,7 +87,8 @@ class Predictor:
         if int(batch_size) < 1:
             raise ServeError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
-        self.model = inference_module(model).to(self.device)
+        self.model = model.to(self.device)
+        self.runner = inference_module(self.model)  # after the move: it shares the model's weights
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self._source = source
@@ -126,7 +127,7 @@ class Predictor:
                 part = slice(start, start + self.batch_size)
                 cat = torch.from_numpy(np.ascontiguousarray(categorical[part], dtype=np.int64)).to(self.device)
                 num = torch.from_numpy(np.ascontiguousarray(numeric[part], dtype=np.float32)).to(self.device)
-                out[part] = torch.sigmoid(self.model(cat, num)).float().cpu().numpy()
+                out[part] = torch.sigmoid(self.runner(cat, num)).float().cpu().numpy()
         return out
 
     def predict(self, rows: Any, on_bad_rows: str = "error") -> np.ndarray:
