@@ -1,0 +1,196 @@
+"""Serving latency of the baseline and +AFM EMB at the paper's Criteo shape, every runtime side by side.
+
+    .venv/bin/python benchmarks/bench_serving.py                       # DeepFM, tables capped at 100,000 rows
+    .venv/bin/python benchmarks/bench_serving.py --model dcn --threads 1 --batches 1 64 --out serving.md
+
+For each thread count and batch size, every (structure, runtime) pair is timed in the same
+rounds, interleaved, so that the machine's noise falls on all of them alike. Runtimes:
+
+- ``eager``: the training model's plain forward under ``torch.inference_mode``;
+- ``inference``: :func:`lightning_afm.inference.optimize_for_inference` (batched gathers, fused
+  projections, aligned cross nets);
+- ``torchscript``: the inference form compiled by ``torch.jit.script`` and frozen;
+- ``onnx``: the export (``lightning_afm.export``) in ONNX Runtime;
+- ``onnx_int8``: int8 tables and ONNX Runtime's dynamic int8 products.
+
+Per cell: p50 and p99 latency of one call (ms) and samples/s (batch / mean latency). Ids are
+Zipf-distributed as in the throughput benchmark. The table says which runtime wins per batch
+size and whether the best +AFM EMB runtime beats every baseline runtime. The CPU is printed with
+the figures: the ratios, not the absolute numbers, are what carries over to another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lightning_afm.bench.report import machine_info
+from lightning_afm.bench.shapes import paper_shape
+from lightning_afm.bench.throughput import make_batches
+from lightning_afm.bench.variants import VariantSettings, build_twin, build_variant
+from lightning_afm.export import formats
+from lightning_afm.export.int8 import quantize_onnx_matmuls, quantize_tables
+from lightning_afm.inference import optimize_for_inference
+from lightning_afm.runtime import reuse_freed_memory
+
+STRUCTURES = ("baseline", "afm_emb")
+RUNTIMES = ("eager", "inference", "torchscript", "onnx", "onnx_int8")
+Call = Callable[[torch.Tensor, torch.Tensor], object]
+
+
+def torch_call(module: torch.nn.Module) -> Call:
+    def call(categorical: torch.Tensor, numeric: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return module(categorical, numeric)
+
+    return call
+
+
+def onnx_session(module: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], folder: Path, int8: bool,
+                 threads: int) -> Call:
+    """Export ``module`` (a probability module) to ONNX (int8 tables and products if asked) and open it."""
+    ort = formats.require("onnxruntime", "onnx")
+    path, _ = formats.write(module, "onnx", folder, *example)
+    if int8:
+        quantized = folder / "model.int8.onnx"
+        quantize_onnx_matmuls(str(path), str(quantized))
+        path = quantized
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def call(categorical: torch.Tensor, numeric: torch.Tensor) -> object:
+        return session.run(None, {names[0]: categorical.numpy(), names[1]: numeric.numpy()})
+
+    return call
+
+
+def build_calls(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], folder: Path,
+                threads: int, runtimes: list[str]) -> dict[str, Call]:
+    calls: dict[str, Call] = {}
+    if "eager" in runtimes:
+        calls["eager"] = torch_call(model)
+    fast = optimize_for_inference(model)
+    if "inference" in runtimes:
+        calls["inference"] = torch_call(fast)
+    if "torchscript" in runtimes:
+        calls["torchscript"] = torch_call(torch.jit.freeze(torch.jit.script(optimize_for_inference(model, copy=True))))
+    num_numeric = example[1].shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "onnx" in runtimes:
+            calls["onnx"] = onnx_session(formats.probability_module(model, num_numeric), example,
+                                         Path(tempfile.mkdtemp(dir=folder)), False, threads)
+        if "onnx_int8" in runtimes:
+            calls["onnx_int8"] = onnx_session(formats.probability_module(quantize_tables(model), num_numeric),
+                                              example, Path(tempfile.mkdtemp(dir=folder)), True, threads)
+    return calls
+
+
+def time_cells(calls: dict[tuple[str, str], Call], batches: list, seconds: float, rounds: int) -> dict:
+    """Interleaved rounds: in each, every call runs for about ``seconds / rounds`` on the batches in turn."""
+    latencies: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for key, call in calls.items():  # warm-up: first-call allocations, ORT's arena, lazy kernels
+        for batch in batches[:2]:
+            call(batch.categorical, batch.numeric)
+    per_round = seconds / rounds / max(1, len(calls))
+    for _ in range(rounds):
+        for key, call in calls.items():
+            start_round, i = time.perf_counter(), 0
+            while True:
+                batch = batches[i % len(batches)]
+                t0 = time.perf_counter()
+                call(batch.categorical, batch.numeric)
+                latencies[key].append(time.perf_counter() - t0)
+                i += 1
+                if time.perf_counter() - start_round >= per_round and i >= 3:
+                    break
+    return latencies
+
+
+def summarize(samples: list[float], batch: int) -> dict[str, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return {"p50_ms": 1e3 * statistics.median(ordered), "p99_ms": 1e3 * p99,
+            "samples_per_s": batch / statistics.fmean(ordered), "calls": len(ordered)}
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"Serving latency, {meta['model']} at the Criteo shape (tables capped at {meta['vocab_cap']:,} rows), "
+             f"{meta['machine']['cpu']}, torch {meta['torch']}.", ""]
+    for threads in meta["threads"]:
+        lines += [f"**{threads} thread{'s' if threads > 1 else ''}**", "",
+                  "| batch | structure | " + " | ".join(meta["runtimes"]) + " |",
+                  "|---:|---|" + "---:|" * len(meta["runtimes"])]
+        for batch in meta["batches"]:
+            cells = {(r["structure"], r["runtime"]): r for r in results if r["threads"] == threads and r["batch"] == batch}
+            for structure in STRUCTURES:
+                row = [f"{cells[(structure, rt)]['p50_ms']:.3g} / {cells[(structure, rt)]['p99_ms']:.3g} ms"
+                       if (structure, rt) in cells else "–" for rt in meta["runtimes"]]
+                lines.append(f"| {batch:,} | {structure} | " + " | ".join(row) + " |")
+            best = {s: min((r for r in cells.values() if r["structure"] == s), key=lambda r: r["p50_ms"])
+                    for s in STRUCTURES}
+            beats = all(best["afm_emb"]["p50_ms"] < r["p50_ms"] for r in cells.values() if r["structure"] == "baseline")
+            lines.append(f"| | **winner** | +AFM EMB: `{best['afm_emb']['runtime']}` "
+                         f"({best['afm_emb']['samples_per_s']:,.0f} samples/s), baseline: `{best['baseline']['runtime']}` "
+                         f"({best['baseline']['samples_per_s']:,.0f}); best +AFM EMB beats every baseline runtime: "
+                         f"{'yes' if beats else 'no'} |" + " |" * (len(meta["runtimes"]) - 1))
+        lines.append("")
+    lines.append("Cells: p50 / p99 latency of one call. Command: " + meta["command"])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="deepfm")
+    parser.add_argument("--vocab-cap", type=int, default=100_000)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 10_000])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per (batch size, thread count) and cell")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=None, help="write the Markdown table here (and .json next to it)")
+    args = parser.parse_args(argv)
+    reuse_freed_memory()
+    shape = paper_shape("criteo", args.vocab_cap)
+    settings = VariantSettings(mlp_rank=shape.mlp_rank, emb_rank=shape.emb_rank)
+    twin = build_twin(args.model, shape)
+    models = {s: build_variant(args.model, shape, s, settings, twin=twin) for s in STRUCTURES}
+    example_batch = make_batches(shape, 2, 1, seed=0)[0]
+    example = (example_batch.categorical, example_batch.numeric)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            calls = {(s, rt): call for s, model in models.items()
+                     for rt, call in build_calls(model, example, Path(tmp), threads, args.runtimes).items()}
+            for batch in args.batches:
+                batches = make_batches(shape, batch, 4 if batch >= 1024 else 32, seed=batch)
+                for (structure, runtime), samples in time_cells(calls, batches, args.seconds * len(calls),
+                                                                args.rounds).items():
+                    results.append({"threads": threads, "batch": batch, "structure": structure, "runtime": runtime,
+                                    **summarize(samples, batch)})
+                    print(json.dumps(results[-1]), flush=True)
+    meta = {"model": args.model, "vocab_cap": args.vocab_cap, "threads": args.threads, "batches": args.batches,
+            "runtimes": args.runtimes, "machine": machine_info(), "torch": torch.__version__,
+            "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    table = markdown(results, meta)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
