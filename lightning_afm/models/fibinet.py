@@ -12,7 +12,6 @@ from .base import CTRModel
 from .layers.aligned import has_hooks, is_plain_linear
 from .layers.bilinear import BilinearInteraction
 from .layers.bilinear_codes import extended_projections, fold_pair_blocks, fold_pays, pair_code_products
-from .layers.mlp import MLP
 from .layers.senet import SENETLayer
 
 
@@ -56,7 +55,7 @@ class FiBiNet(CTRModel):
         self.senet_bilinear = BilinearInteraction(f, d, bilinear_type)
         self.bilinear = BilinearInteraction(f, d, bilinear_type)
         width = 2 * self.bilinear.num_pairs * d + self.num_numeric
-        self.mlp = MLP(width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
+        self.mlp = self.make_mlp(width)
         self.output = nn.Linear(self.mlp.out_features, 1)
 
     def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
