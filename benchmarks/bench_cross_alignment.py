@@ -4,9 +4,9 @@ For each width (Criteo's 429 = 26 x 16 + 13, Avazu's 1100 = 22 x 50), times side
 one process and interleaved round by round (median of the rounds):
 
 * one ``x @ W.T + b`` at the width and at the aligned width (``aligned_width``);
-* ``CrossNetworkV2`` and ``GatedCrossNetwork`` (2 layers) on their aligned path, and the same
-  weights on the plain per-layer path (forced by a no-op forward pre-hook on each Linear,
-  which the aligned path steps aside for).
+* ``CrossNetworkV2`` and ``GatedCrossNetwork`` (2 layers) in their inference form, aligned
+  (:func:`lightning_afm.inference.cross.build_cross`, sharing the weights), and the networks'
+  own plain per-layer forward.
 
     .venv/bin/python benchmarks/bench_cross_alignment.py
     .venv/bin/python benchmarks/bench_cross_alignment.py --widths 429 --rounds 9 --threads 2
@@ -21,9 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_afm.models.allocator import reuse_freed_memory
+from lightning_afm.runtime import reuse_freed_memory
+from lightning_afm.inference import Tensors, aligned_width
+from lightning_afm.inference.cross import build_cross
 from lightning_afm.models.layers import CrossNetworkV2, GatedCrossNetwork
-from lightning_afm.models.layers.aligned import aligned_width
 
 
 def interleaved(fns: dict, rounds: int) -> dict[str, float]:
@@ -60,11 +61,8 @@ def main() -> None:
         w, wa, b, ba = torch.randn(width, width), torch.randn(wide, wide), torch.randn(width), torch.randn(wide)
         gemm = interleaved({"plain": lambda: F.linear(x, w, b), "aligned": lambda: F.linear(xa, wa, ba)}, args.rounds)
         for cls in (CrossNetworkV2, GatedCrossNetwork):
-            aligned, plain = cls(width).eval(), cls(width).eval()
-            plain.load_state_dict(aligned.state_dict())
-            for layer in plain.layers:
-                for linear in (m for m in layer.children() if isinstance(m, torch.nn.Linear)):
-                    linear.register_forward_pre_hook(lambda *_: None)
+            plain = cls(width).eval()
+            aligned = build_cross(plain, Tensors())
             ms = interleaved({"aligned": lambda: aligned(x), "plain": lambda: plain(x)}, args.rounds)
             print(f"| {width} -> {wide} | {gemm['plain']:.1f} ms | {gemm['aligned']:.1f} ms | {cls.__name__} | "
                   f"{ms['aligned']:.1f} ms | {ms['plain']:.1f} ms | {ms['plain'] / ms['aligned']:.2f}x |", flush=True)

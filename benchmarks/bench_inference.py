@@ -15,18 +15,18 @@ the CPU with finite values:
 The structures share the tables they have in common (``afm_mlp`` reads the baseline's
 tables), so the full-size run holds one copy of them. Inputs: batches of ``--batch`` rows
 with ids drawn Zipf-like per field (``--zipf``; frequent values have low ids, as our
-vocabularies number them), random numeric fields; ``torch.inference_mode``, models in eval
-mode. The structures of one model run interleaved, round after round (one forward each per
+vocabularies number them), random numeric fields; ``torch.inference_mode``, each structure in
+its inference form (:func:`lightning_afm.inference.optimize_for_inference`). The structures of one model run interleaved, round after round (one forward each per
 round, cycling through ``--batches`` prebuilt batches), so other load on the machine hits
 them alike; figures are samples/s from the MEDIAN forward time, and gains are relative to
 the baseline measured in the same rounds.
 
-``--reference`` adds, in the same rounds, every structure run through the per-field loop
-(one lookup and one projection per field, stacked; the ReLU between the factors out of
-place): the code before the batched paths of ``FieldEmbedding`` / ``LinearLogit`` /
-``LowRankLinear`` / ``project_fields``, so their effect is measured side by side.
-``--breakdown`` also times the parts of the forward: the embedding lookups (``codes``), the
-per-field projections (``project``), the LR lookups, the MLP, and the rest (interaction part
+``--reference`` adds, in the same rounds, every structure run through the training model's own
+forward in eval mode (one lookup and one projection per field, stacked; the ReLU between the
+factors out of place; cross networks at their own width; FiBiNet's bilinear layers unfolded),
+so the effect of the inference structures is measured side by side.
+``--breakdown`` also times the parts of the forward: the embedding lookups, the
+projections, the LR lookups, the MLP, and the rest (interaction part
 and output layer: ``deep_logit`` minus the MLP, a difference of two medians, so on a busy
 machine it can even come out negative).
 
@@ -49,16 +49,17 @@ anew, which on this machine costs more than some of the parts measured here.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import functools
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 try:  # run from a checkout without installing the package
@@ -67,14 +68,13 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_afm.compress import (  # noqa: E402
-    DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, LowRankEmbedding, LowRankLinear, fold_into_first_linear,
-    get_submodule, resolve_targets, set_submodule,
+    LowRankEmbedding, LowRankLinear, fold_into_first_linear, get_submodule, resolve_targets, set_submodule,
 )
 from lightning_afm.data.schema import Schema  # noqa: E402
-from lightning_afm.models import MODELS, CTRModel, count_parameters  # noqa: E402
-from lightning_afm.models.allocator import reuse_freed_memory  # noqa: E402
-from lightning_afm.models.layers.embedding import FieldEmbedding  # noqa: E402
-from lightning_afm.models.layers.linear_logit import LinearLogit  # noqa: E402
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS, CTRModel, count_parameters  # noqa: E402
+from lightning_afm.runtime import reuse_freed_memory  # noqa: E402
+from lightning_afm.inference import InferenceModel, optimize_for_inference  # noqa: E402
+from lightning_afm.inference.fibinet import FoldedFiBiNetHead  # noqa: E402
 
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
           27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
@@ -142,85 +142,55 @@ def make_batches(dataset: str, vocab_cap: int, batch: int, count: int, zipf: flo
     return out
 
 
-# --------------------------------------------------------------------------- the per-field loop
+# --------------------------------------------------------------------------- the parts of a forward
 
 
-def _loop_codes(self: FieldEmbedding, categorical: torch.Tensor) -> torch.Tensor:
-    outs = []
-    for i, table in enumerate(self.tables()):
-        idx = categorical[:, i]
-        outs.append(table.codes(idx) if hasattr(table, "codes") else table(idx))
-    return torch.stack(outs, dim=1)
-
-
-def _loop_project(self: FieldEmbedding, codes: torch.Tensor) -> torch.Tensor:
-    if not self.is_factored:
-        return codes
-    outs = []
-    for i, table in enumerate(self.tables()):
-        outs.append(table.project(codes[:, i]) if hasattr(table, "project") else codes[:, i])
-    return torch.stack(outs, dim=1)
-
-
-def _loop_lookup(self: LinearLogit, categorical: torch.Tensor) -> torch.Tensor:
-    if not self.module_names:
-        return categorical.new_zeros((categorical.shape[0], 0), dtype=torch.float32)
-    return torch.cat([t(categorical[:, i]) for i, t in enumerate(self.tables())], dim=1)
-
-
-def _loop_low_rank(self: LowRankLinear, x: torch.Tensor) -> torch.Tensor:
-    h = self.first(x)
-    if self.relu:
-        h = torch.relu(h)
-    return self.second(h)
-
-
-@contextlib.contextmanager
-def per_field_loop() -> Iterator[None]:
-    """Run the models through the per-field loop (the code before the batched paths)."""
-    patches = [(FieldEmbedding, "codes", _loop_codes), (FieldEmbedding, "project", _loop_project),
-               (LinearLogit, "lookup", _loop_lookup), (LowRankLinear, "forward", _loop_low_rank)]
-    saved = [(cls, attr, cls.__dict__[attr]) for cls, attr, _ in patches]
-    try:
-        for cls, attr, fn in patches:
-            setattr(cls, attr, fn)
-        yield
-    finally:
-        for cls, attr, fn in saved:
-            setattr(cls, attr, fn)
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def _mlp_input(model: CTRModel, categorical: torch.Tensor, numeric: torch.Tensor | None) -> torch.Tensor:
+def _input_of(module: nn.Module, run: Callable[[], object]) -> torch.Tensor:
+    """The input ``module`` receives while ``run()`` runs (through a forward pre-hook)."""
     seen: dict[str, torch.Tensor] = {}
-    handle = model.mlp.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
     try:
-        model(categorical, numeric)
+        run()
     finally:
         handle.remove()
     return seen["x"]
 
 
-def part_calls(model: CTRModel, categorical: torch.Tensor, numeric: torch.Tensor | None) -> dict[str, Callable]:
-    """Callables running each part of ``model``'s forward on one batch, inputs precomputed."""
+def plain_parts(model: CTRModel, categorical: torch.Tensor, numeric: torch.Tensor | None) -> dict[str, Callable]:
+    """Callables running each part of the training model's own forward on one batch, inputs precomputed."""
     num = model._check_inputs(categorical, numeric)
     codes = model.embeddings.codes(categorical)
     emb = model.embeddings.project(codes)
-    folded = getattr(model, "foldable_projections", lambda: None)()
-    if folded is not None:  # FiBiNet on codes: the MLP starts from the folded first Linear
-        folded_input = model.code_mlp_input(codes, emb, num, folded)
-        mlp = lambda: model.code_mlp(*folded_input)  # noqa: E731
-    else:
-        x = _mlp_input(model, categorical, numeric)
-        mlp = lambda: model.mlp(x)  # noqa: E731
+    x = _input_of(model.mlp, lambda: model(categorical, numeric))
     return {
         "lookups": lambda: model.embeddings.codes(categorical),
         "projections": lambda: model.embeddings.project(codes),
         "LR lookups": lambda: model.linear.combine(model.linear.lookup(categorical), num),
-        "MLP": mlp,
+        "MLP": lambda: model.mlp(x),
         "deep part": lambda: model.deep_logit(codes, emb, num),
+    }
+
+
+def optimized_parts(fast: InferenceModel, categorical: torch.Tensor, numeric: torch.Tensor | None) -> dict[str, Callable]:
+    """The same parts of the inference form (:func:`optimize_for_inference`)."""
+    num = fast._check_inputs(categorical, numeric)
+    ids = categorical.t().contiguous()
+    codes = fast.codes(ids)
+    emb = fast.project(codes)
+    head = fast.deep
+    if isinstance(head, FoldedFiBiNetHead):  # FiBiNet on codes: the MLP starts from the folded first Linear
+        x, weight, bias = head.code_mlp_input(codes, emb, num)
+        mlp = lambda: head.rest(head.first.after_linear(F.linear(x, weight, bias)))  # noqa: E731
+    else:
+        x = _input_of(head.mlp, lambda: fast(categorical, numeric))
+        mlp = lambda: head.mlp(x)  # noqa: E731
+    return {
+        "lookups": lambda: fast.codes(categorical.t().contiguous()),
+        "projections": lambda: fast.project(codes),
+        "LR lookups": lambda: fast.lr_lookup(categorical.t().contiguous()).flatten(1).sum(1)
+        + (fast.lr_numeric(num).squeeze(-1) if fast.lr_numeric is not None else 0.0),
+        "MLP": mlp,
+        "deep part": lambda: head(codes, emb, num),
     }
 
 
@@ -232,49 +202,50 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 _clock = time.perf_counter
 
 
-def _elapsed(fn: Callable[[], object], context: Callable[[], contextlib.AbstractContextManager]) -> float:
-    with context():
-        start = _clock()
-        fn()
-        return _clock() - start
+def _elapsed(fn: Callable[[], object]) -> float:
+    start = _clock()
+    fn()
+    return _clock() - start
 
 
 def run_model(models: dict[str, CTRModel], batches, rounds: int, reference: bool, breakdown: bool) -> dict:
-    """Median seconds per forward (and per part) of every (variant, mode), measured interleaved."""
-    modes = {"batched": contextlib.nullcontext}
-    if reference:
-        modes["per-field loop"] = per_field_loop
-    forward: dict[tuple[str, str], list[float]] = {(v, m): [] for v in models for m in modes}
+    """Median seconds per forward (and per part) of every (variant, form), measured interleaved.
+
+    Forms: ``optimized`` (:func:`optimize_for_inference`, sharing the model's weights) and, with
+    ``reference``, ``plain`` (the training model's own forward in eval mode).
+    """
+    runs: dict[tuple[str, str], Callable] = {}
+    parts_of: dict[tuple[str, str], Callable] = {}
+    for variant, model in models.items():
+        fast = optimize_for_inference(model)
+        runs[variant, "optimized"], parts_of[variant, "optimized"] = fast, functools.partial(optimized_parts, fast)
+        if reference:
+            runs[variant, "plain"], parts_of[variant, "plain"] = model, functools.partial(plain_parts, model)
+    forward: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
     parts: dict[tuple[str, str, str], list[float]] = {}
     with torch.inference_mode():
         calls = {}
-        for mode, context in modes.items():
-            for variant, model in models.items():
-                with context():
-                    model(*batches[0])  # warm-up
-                    if breakdown:
-                        calls[variant, mode] = [part_calls(model, *b) for b in batches]
-                        for fn in calls[variant, mode][0].values():
-                            fn()
+        for key, run in runs.items():
+            run(*batches[0])  # warm-up
+            if breakdown:
+                calls[key] = [parts_of[key](*b) for b in batches]
+                for fn in calls[key][0].values():
+                    fn()
         for r in range(rounds):
             batch = batches[r % len(batches)]
-            for mode, context in modes.items():
-                for variant, model in models.items():
-                    forward[variant, mode].append(_elapsed(lambda: model(*batch), context))
-                    if breakdown:
-                        for part, fn in calls[variant, mode][r % len(batches)].items():
-                            parts.setdefault((variant, mode, part), []).append(_elapsed(fn, context))
+            for key, run in runs.items():
+                forward[key].append(_elapsed(lambda: run(*batch)))
+                if breakdown:
+                    for part, fn in calls[key][r % len(batches)].items():
+                        parts.setdefault((*key, part), []).append(_elapsed(fn))
     result = {"forward": {k: statistics.median(v) for k, v in forward.items()}, "parts": {}}
-    for (variant, mode, part), times in parts.items():
-        result["parts"][variant, mode, part] = statistics.median(times)
-    for variant, mode in forward:  # the rest of the deep part: interaction layers and output
-        if (variant, mode, "deep part") in result["parts"]:
-            deep = result["parts"].pop((variant, mode, "deep part"))
-            result["parts"][variant, mode, "rest of deep part"] = deep - result["parts"][variant, mode, "MLP"]
+    for (variant, form, part), times in parts.items():
+        result["parts"][variant, form, part] = statistics.median(times)
+    for variant, form in forward:  # the rest of the deep part: interaction layers and output
+        if (variant, form, "deep part") in result["parts"]:
+            deep = result["parts"].pop((variant, form, "deep part"))
+            result["parts"][variant, form, "rest of deep part"] = deep - result["parts"][variant, form, "MLP"]
     return result
-
-
-# --------------------------------------------------------------------------- report
 
 
 def main() -> None:
@@ -289,7 +260,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
                         help="wall: wall-clock time; cpu: the thread's CPU time (needs --threads 1)")
-    parser.add_argument("--reference", action="store_true", help="also time the per-field loop")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the training model's own forward (no inference structures)")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of the forward")
     args = parser.parse_args()
 
@@ -308,7 +280,7 @@ def main() -> None:
         breakdown_rows = []
         head = "| model | variant | params | samples/s | gain |"
         if args.reference:
-            head += " per-field loop samples/s | gain | speed-up |"
+            head += " plain model samples/s | gain | speed-up |"
         print(f"## {dataset}\n\n{head}\n|" + "---|" * (head.count("|") - 1), flush=True)
         for name in args.models:
             rows = []
@@ -316,15 +288,15 @@ def main() -> None:
             result = run_model(models, batches, args.rounds, args.reference, args.breakdown)
             forward = result["forward"]
             for variant, model in models.items():
-                t = forward[variant, "batched"]
-                gain = 100.0 * (forward["baseline", "batched"] / t - 1.0)
+                t = forward[variant, "optimized"]
+                gain = 100.0 * (forward["baseline", "optimized"] / t - 1.0)
                 row = f"| {name} | {variant} | {count_parameters(model):,} | {args.batch / t:,.0f} | {gain:+.1f} % |"
                 if args.reference:
-                    loop = forward[variant, "per-field loop"]
-                    loop_gain = 100.0 * (forward["baseline", "per-field loop"] / loop - 1.0)
+                    loop = forward[variant, "plain"]
+                    loop_gain = 100.0 * (forward["baseline", "plain"] / loop - 1.0)
                     row += f" {args.batch / loop:,.0f} | {loop_gain:+.1f} % | {loop / t:.2f}x |"
                 rows.append(row)
-                for mode in ("batched", "per-field loop") if args.reference else ("batched",):
+                for mode in ("optimized", "plain") if args.reference else ("optimized",):
                     if (variant, mode, "MLP") in result["parts"]:
                         ms = [1e3 * result["parts"][variant, mode, p] for p in PARTS]
                         breakdown_rows.append(
@@ -336,7 +308,7 @@ def main() -> None:
         print()
         if breakdown_rows:
             print(f"### {dataset}: where the time goes (ms per batch of {args.batch:,})\n")
-            print("| model | variant | path | " + " | ".join(PARTS) + " | sum of parts | forward |")
+            print("| model | variant | form | " + " | ".join(PARTS) + " | sum of parts | forward |")
             print("|" + "---|" * (len(PARTS) + 5))
             print("\n".join(breakdown_rows))
             print()

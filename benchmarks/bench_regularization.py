@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.block < 1 or args.warmup < 0:
         p.error("--rounds and --block must be >= 1 and --warmup >= 0")
-    from lightning_afm.models.allocator import reuse_freed_memory
+    from lightning_afm.runtime import reuse_freed_memory
 
-    reuse_freed_memory()  # as CTRModel.on_fit_start does in every fit
+    reuse_freed_memory()  # as the app does before every fit
     with tempfile.TemporaryDirectory() as tmp:
         schema, batches = training_batches(args.file, args.batch_size, args.warmup + args.rounds * args.block,
                                            args.cache_dir or Path(tmp))

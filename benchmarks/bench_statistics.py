@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, collect_statistics, resolve_targets
+from lightning_afm.compress import collect_statistics, resolve_targets
 from lightning_afm.data.schema import Schema
-from lightning_afm.models import MODELS
-from lightning_afm.models.allocator import reuse_freed_memory
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS
+from lightning_afm.runtime import reuse_freed_memory
 
 CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
           27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--gram", action="store_true", help="also time the outer-product sum alone")
     args = parser.parse_args()
 
-    # As in a fit (CTRModel.on_fit_start): without it glibc unmaps and re-faults the large
+    # As in a fit (the app applies it before training): without it glibc unmaps and re-faults the large
     # activation buffers at every batch, and the timings depend on which pass ran before.
     reuse_freed_memory()
     if args.gram:

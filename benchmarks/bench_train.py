@@ -17,13 +17,13 @@ so that other load on the machine hits both alike.
   ``l2_penalty`` + the Adam of ``configure_optimizers`` (fused kernel).
 * The pure loops run twice, in two processes: with glibc's default allocator,
   and with freed blocks kept in the heap
-  (:func:`lightning_afm.models.allocator.reuse_freed_memory`, which
-  ``CTRModel.on_fit_start`` applies): otherwise the dense embedding gradients,
+  (:func:`lightning_afm.runtime.reuse_freed_memory`, which the
+  ``lightning-afm`` app applies before a fit): otherwise the dense embedding gradients,
   re-allocated at every step, page-fault in anew each time.
 * ``ours, Lightning``: ``Trainer.fit`` with everything ``CTRModel.training_step``
   does (loss, L2, train AUC and log loss, logging), batches from an in-memory
   list of dicts; step time = interval between successive batch starts. It runs
-  in the reused-heap process (``CTRModel.on_fit_start`` applies the setting), as
+  in the reused-heap process (the setting the app applies before a fit), as
   one ``fit`` whose callback runs the other loops' blocks every ``--block``
   Lightning steps (their time is subtracted from Lightning's intervals).
 * ``--ablations``: ours with plain (non-fused) Adam, DeepCTR-Torch without its
@@ -207,7 +207,7 @@ def interleaved(runners: dict[str, Callable[[list[dict]], list[float]]], batches
 
 # -- one process per allocator setting ---------------------------------------------
 def child(args) -> None:
-    from lightning_afm.models.allocator import reuse_freed_memory
+    from lightning_afm.runtime import reuse_freed_memory
 
     vocab_sizes = [min(v, args.vocab_cap) for v in CRITEO_CARDINALITIES]
     batches = make_batches(vocab_sizes, (args.rounds * args.block + args.warmup) * args.batch_size, args.batch_size, args.seed)
@@ -222,7 +222,7 @@ def child(args) -> None:
         runners[f"ours, pure loop, {tag}, plain Adam"] = step_timer(ours_step_fn(vocab_sizes, args, fused=False))
         if args.have_deepctr:
             runners[f"DeepCTR-Torch, pure loop, {tag}, no L2"] = step_timer(deepctr_step_fn(vocab_sizes, args, 0.0))
-    if reuse:  # CTRModel.on_fit_start applies reuse_freed_memory, so Lightning runs here
+    if reuse:  # the app applies reuse_freed_memory before a fit, so Lightning runs here
         results = ours_lightning_interleaved(vocab_sizes, args, runners, batches)
     else:
         results = interleaved(runners, batches, args.rounds, args.block, args.warmup)

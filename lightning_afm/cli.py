@@ -27,7 +27,9 @@ from lightning_afm.app.rundirs import register_resolvers
 from lightning_afm.callbacks.best_weights import BestWeights
 from lightning_afm.callbacks.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lightning_afm.callbacks.throughput import TrainingThroughput
+from lightning_afm.data.encoder import ENCODER_DIR
 from lightning_afm.models import count_parameters
+from lightning_afm.runtime import reuse_freed_memory
 from lightning_afm.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -129,10 +131,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     apply_baseline(cfg)
     resume_from = resume_checkpoint(cfg, out)
     pl.seed_everything(int(cfg.seed), workers=True)
+    # dense embedding gradients are re-allocated every training step; see runtime.py
+    reuse_freed_memory()
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if hasattr(datamodule, "encoder"):  # file data: new raw rows can be encoded from the run folder alone
+        datamodule.encoder().save(out / ENCODER_DIR)
     schema = datamodule.schema
     model = instantiate(cfg.model, schema=schema.to_dict(), _convert_="all")
     if cfg.get("baseline"):

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from lightning_afm.bench.shapes import paper_shape
-from lightning_afm.compress import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, compress_targets, resolve_targets
+from lightning_afm.compress import compress_targets, resolve_targets
 from lightning_afm.compress import fold_into_first_linear
-from lightning_afm.models import MODELS
-from lightning_afm.models.allocator import reuse_freed_memory
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS
+from lightning_afm.runtime import reuse_freed_memory
 
 #: Rows of the full files and the paper's splits (Criteo 90/10, Avazu 80/20).
 ROWS = {"criteo": 45_840_617, "avazu": 40_428_967}
@@ -108,7 +108,7 @@ def measure(dataset: str, model_name: str, steps: int) -> dict[str, float]:
     """Seconds per row of each kind of pass, at the paper's full shape of ``dataset``."""
     shape = paper_shape(dataset)
     base_batch, mlp_batch, emb_batch = BATCHES[dataset]
-    reuse_freed_memory()  # as CTRModel.on_fit_start: the dense table gradients reuse freed heap blocks
+    reuse_freed_memory()  # as the app before a fit: the dense table gradients reuse freed heap blocks
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = MODELS[model_name](schema=shape.schema().to_dict(), embedding_dim=shape.embedding_dim,

@@ -1,5 +1,5 @@
 """Fixtures shared by the test files: composing the app's (and the benchmark's) Hydra config,
-and a tiny synthetic DataModule.
+and a tiny synthetic DataModule; a tiny AFM-compressed Criteo run of the app (serving and export).
 
 Each test file used to carry its own copy of these; they live here so that a change of the
 config layout or of the DataModule's arguments is made once.
@@ -7,6 +7,7 @@ config layout or of the DataModule's arguments is made once.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
@@ -47,3 +48,28 @@ def tiny_synthetic() -> Callable[..., SyntheticDataModule]:
 def compose_bench(compose_app) -> Callable[..., DictConfig]:
     """``compose_bench(overrides)``: the benchmark's config (``lightning-afm-bench``)."""
     return lambda overrides=(): compose_app(overrides, config_name="bench")
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def criteo_afm_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny DeepFM trained and AFM-compressed by the app on 3,000 Criteo sample rows:
+    ``(run folder, cache folder, the 3,000-row raw file)``."""
+    sample = SHARED_DATA / "criteo_sample_10k.txt"
+    if not sample.exists():
+        pytest.skip("the shared data samples are not here")
+    from lightning_afm.cli import run
+
+    tmp = tmp_path_factory.mktemp("criteo_afm_run")
+    data = tmp / "criteo_3k.txt"
+    data.write_text("".join(sample.open().readlines()[:3000]))
+    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "experiment=criteo_sample", f"data.path={data}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
+            "model.embedding_dim=4", "model.mlp_hidden=[16,16,16]", "compression=afm", "compression.mlp.rank=4",
+            "compression.emb.rank=2", "compression.progress=false", f"+output_dir={tmp / 'run'}",
+            "trainer.enable_progress_bar=false", "logger=csv"])
+    summary = run(cfg)
+    return tmp / "run", Path(summary["data_report"]["cache"]), data

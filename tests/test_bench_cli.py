@@ -12,15 +12,13 @@ from lightning_afm.bench.cli import run, settings_from_config
 from lightning_afm.bench.deepctr import build_deepctr_model
 from lightning_afm.bench.shapes import paper_shape
 from lightning_afm.compress import (
-    DEFAULT_EMBEDDING_TARGETS,
-    DEFAULT_MLP_TARGETS,
     OutputStatistics,
     compress_embeddings_ttd,
     compress_targets,
     fold_into_first_linear,
     resolve_targets,
 )
-from lightning_afm.models import MODELS, build_model, count_parameters
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS, build_model, count_parameters
 
 # one thread: the tiny models' SVDs and eigendecompositions are several times slower on two busy cores
 TINY = ["vocab_cap=50", "batch=64", "rounds=1", "batches_per_round=1", "warmup=0", "threads=1"]

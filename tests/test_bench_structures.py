@@ -9,8 +9,6 @@ from torch import nn
 from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_AFM_PARAMS_M, TABLE_2_PARAMS_M, paper_shape
 from lightning_afm.bench.variants import VariantSettings, build_structure, build_twin, build_variant
 from lightning_afm.compress import (
-    DEFAULT_EMBEDDING_TARGETS,
-    DEFAULT_MLP_TARGETS,
     LowRankEmbedding,
     LowRankLinear,
     TTEmbedding,
@@ -19,7 +17,7 @@ from lightning_afm.compress import (
     resolve_targets,
     set_submodule,
 )
-from lightning_afm.models import MODELS, count_parameters
+from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS, count_parameters
 
 
 def _settings(shape) -> VariantSettings:

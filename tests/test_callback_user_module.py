@@ -308,3 +308,42 @@ def test_compression_points_reach_the_csv_logger_in_schedule_order(tmp_path):
     # `stage` per epoch, for ModelCheckpoint file names: the structure each epoch validated.
     stages = {int(r["epoch"]): float(r["stage"]) for r in rows if r.get("stage")}
     assert stages == {0: 0.0, 1: 1.0, 2: 2.0}
+
+
+# -- the compression contract on a user's module ---------------------------------------------------
+
+class ContractCTR(TinyCTR):
+    """TinyCTR implementing the compression contract: default targets, and a fold of its tables."""
+
+    def __init__(self, lr: float = 1e-2):
+        super().__init__(lr)
+        self.reads_codes = False
+
+    def compression_layout(self):
+        from lightning_afm.compress import ModelLayout
+
+        return ModelLayout(mlp_targets=("net.2",), field_tables=("user", "item"), first_mlp_linear="net.0",
+                           mlp_reads_embeddings=True, mlp_reads_codes=self.reads_codes)
+
+    def set_mlp_reads_codes(self, reads_codes):
+        self.reads_codes = reads_codes
+
+    def forward(self, x):
+        look = (lambda t, i: t.codes(i)) if self.reads_codes else (lambda t, i: t(i))
+        return self.net(torch.cat([look(self.user, x[:, 0]), look(self.item, x[:, 1])], dim=1)).squeeze(-1)
+
+
+def test_a_user_module_with_the_contract_gets_default_targets_and_the_fold():
+    from lightning_afm.compress import LowRankEmbedding, LowRankLinear
+
+    pl.seed_everything(0)
+    train, val = _loaders()
+    model = ContractCTR()
+    callback = AFMCompressionCallback([MLPStage(rank=8), EmbeddingStage(rank=4, fold=True)], baseline_epochs=1,
+                                      progress=False)
+    _trainer(callback, max_epochs=3).fit(model, train_dataloaders=train, val_dataloaders=val)
+    assert isinstance(model.net[2], LowRankLinear) and isinstance(model.net[0], nn.Linear)
+    assert isinstance(model.user, LowRankEmbedding) and model.reads_codes
+    assert model.net[0].in_features == 2 * 4  # the first Linear reads the two fields' 4-dim codes
+    assert [e.kind for e in callback.plan] == ["linear", "embedding", "embedding", "fold"]
+    assert callback.history[1]["val_auc"] > 0.6

@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 from lightning_afm.compress import (
-    DEFAULT_EMBEDDING_TARGETS,
-    DEFAULT_MLP_TARGETS,
     CompressionPlan,
     LowRankEmbedding,
     LowRankLinear,
+    ModelLayout,
     OutputStatistics,
     collect_statistics,
     compress_embedding,
     compress_linear,
     compress_targets,
+    default_targets,
     fold_into_first_linear,
     parameter_count,
     project_fields,
@@ -30,6 +30,9 @@ from lightning_afm.compress import (
 from lightning_afm.models.layers.embedding import FieldEmbedding
 
 FIELDS, VOCAB, DIM, NUMERIC = 4, [7, 11, 5, 9], 6, 3
+#: The paper's default targets in the zoo's names: the 2nd and 3rd MLP Linear, every field table.
+DEFAULT_MLP_TARGETS = ("mlp.1.linear", "mlp.2.linear")
+DEFAULT_EMBEDDING_TARGETS = ("embeddings.*",)
 
 
 class _Block(nn.Module):
@@ -53,6 +56,16 @@ class ToyCTR(nn.Module):
         self.mlp = nn.Sequential(*(_Block(a, b) for a, b in zip(widths[:-1], widths[1:])))
         self.output = nn.Linear(widths[-1], 1)
         self.mlp_reads_codes = False
+
+    # the compression contract (lightning_afm.compress.CompressibleModel), as the zoo implements it
+    def compression_layout(self) -> ModelLayout:
+        return ModelLayout(mlp_targets=DEFAULT_MLP_TARGETS,
+                           field_tables=tuple(f"embeddings.{n}" for n in self.embeddings.module_names),
+                           first_mlp_linear="mlp.0.linear", mlp_reads_embeddings=self.MLP_READS_EMBEDDINGS,
+                           mlp_reads_codes=self.mlp_reads_codes)
+
+    def set_mlp_reads_codes(self, reads_codes: bool) -> None:
+        self.mlp_reads_codes = reads_codes
 
     def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         codes = self.embeddings.codes(categorical)
@@ -260,7 +273,7 @@ def test_fold_into_a_compressed_first_linear_and_without_biases():
 
 def test_fold_refuses_models_where_it_is_impossible():
     nfm = _model(cls=ToyNFM)
-    with pytest.raises(ValueError, match=r"ToyNFM.*MLP_READS_EMBEDDINGS = False"):
+    with pytest.raises(ValueError, match=r"ToyNFM.*mlp_reads_embeddings=False"):
         fold_into_first_linear(nfm)
     model = _model()
     before = copy.deepcopy(model)
@@ -271,7 +284,7 @@ def test_fold_refuses_models_where_it_is_impossible():
         fold_into_first_linear(model)
     assert model.mlp_reads_codes is False and _same_state(model.mlp, before.mlp)
     plain = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="does not declare MLP_READS_EMBEDDINGS"):
+    with pytest.raises(ValueError, match="does not implement the compression contract"):
         fold_into_first_linear(plain)
 
 
@@ -328,6 +341,7 @@ def test_zoo_models_compress_fold_and_replay(name):
     plan.extend(compress_targets(model, mlp, collect_statistics(model, mlp, batches, _forward(model), progress=False), 4, relu=True))
     emb = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
     assert emb == [f"embeddings.C{i}" for i in range(1, FIELDS + 1)]  # not the LR tables
+    assert default_targets(model, "embeddings") == emb and tuple(default_targets(model, "mlp")) == DEFAULT_MLP_TARGETS
     plan.extend(compress_targets(model, emb, collect_statistics(model, emb, batches, _forward(model), progress=False), 2))
     model.eval()
     with torch.no_grad():
@@ -348,5 +362,5 @@ def test_zoo_models_that_cannot_fold_say_so(name):
     model = _zoo(name)
     emb = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
     compress_targets(model, emb, None, 2, method="svd")
-    with pytest.raises(ValueError, match="MLP_READS_EMBEDDINGS = False"):
+    with pytest.raises(ValueError, match="mlp_reads_embeddings=False"):
         fold_into_first_linear(model)

@@ -24,9 +24,9 @@ from lightning_afm.compress import (
     tt_svd,
 )
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, entry_is_applied, restore_compressed_structure
+from lightning_afm.compress.kinds.tt_embedding import select_tt_tables
 from lightning_afm.compress.ttd import (
     sampled_gaussian_,
-    select_tt_tables,
     tt_ranks_for,
     tt_rec_dim_factors,
     tt_rec_init_std,

@@ -15,7 +15,7 @@ from torch import nn
 import lightning_afm
 from lightning_afm.data.schema import Schema
 from lightning_afm.models import MODELS, BinaryLogLoss, DeepFM, build_model, count_parameters
-from lightning_afm.models.allocator import reuse_freed_memory
+from lightning_afm.runtime import reuse_freed_memory
 
 SCHEMA = Schema.from_vocab_sizes([9, 7, 5], numeric=2)
 SMALL = dict(embedding_dim=4, mlp_hidden=[8, 6], dropout=0.0)

@@ -1,9 +1,9 @@
-"""FiBiNet's inference path on low-rank codes gives what its bilinear layers and MLP give.
+"""FiBiNet's inference form on low-rank codes gives what its bilinear layers and MLP give.
 
-With factored tables (``v_i = U_i c_i + b_i``) and ``(k+1)^2 < d``, FiBiNet folds both
-bilinear branches and the first MLP Linear onto products of the codes at inference
-(:mod:`lightning_afm.models.layers.bilinear_codes`). The reference here is the model's own
-unfolded path, which autograd-enabled calls take.
+With factored tables (``v_i = U_i c_i + b_i``) and ``(k+1)^2 < d``, the inference form folds
+both bilinear branches and the first MLP Linear onto products of the codes
+(:mod:`lightning_afm.inference.fibinet`). The reference here is the training model's own
+forward (the bilinear layers, the MLP) in eval mode, in float64.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from lightning_afm.compress import LowRankEmbedding, LowRankLinear
 from lightning_afm.data.schema import Schema
 from lightning_afm.models.fibinet import FiBiNet
-from lightning_afm.models.layers.bilinear_codes import fold_pays
+from lightning_afm.inference import optimize_for_inference
+from lightning_afm.inference.fibinet import FiBiNetHead, FoldedFiBiNetHead, fold_pays
 
 VOCAB = [9, 7, 5, 11, 6]
 
@@ -49,9 +50,15 @@ def _batch(numeric: int = 2, rows: int = 13):
     return cat, torch.randn(rows, numeric, generator=g, dtype=torch.float64)
 
 
-def _unfolded(model: FiBiNet, cat, num) -> torch.Tensor:
-    with torch.enable_grad():  # autograd on: the plain bilinear path
-        return model(cat, num).detach()
+def _plain(model: FiBiNet, cat, num) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(cat, num)
+
+
+def _folded(model: FiBiNet):
+    fast = optimize_for_inference(model)
+    assert isinstance(fast.deep, FoldedFiBiNetHead)
+    return fast
 
 
 @pytest.mark.parametrize("bilinear_type", ["field_interaction", "field_each", "field_all"])
@@ -60,82 +67,64 @@ def _unfolded(model: FiBiNet, cat, num) -> torch.Tensor:
 def test_folded_path_equals_the_bilinear_layers(bilinear_type, bias, numeric):
     model = _factored_fibinet(bias=bias, numeric=numeric, bilinear_type=bilinear_type)
     cat, num = _batch(numeric)
-    with torch.no_grad():
-        assert model.foldable_projections() is not None
-        folded = model(cat, num)
-    torch.testing.assert_close(folded, _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+    fast = _folded(model)
+    torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
+    scripted = torch.jit.script(fast)
+    torch.testing.assert_close(scripted(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
 
 
 def test_folded_path_with_batch_norm_and_inference_mode():
     model = _factored_fibinet(batch_norm=True, dropout=0.3)
     cat, num = _batch()
-    model.train()  # batch statistics: the folded first Linear must feed the same norm
+    model.train()
     with torch.no_grad():
-        folded = model(cat, num)
-    model.eval()
+        model(cat, num)  # batch statistics move the running ones
+    fast = _folded(model)
     with torch.inference_mode():
-        folded_eval = model(cat, num)
-    torch.testing.assert_close(folded_eval, _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
-    assert folded.shape == (13,)
+        out = fast(cat, num)
+    torch.testing.assert_close(out, _plain(model, cat, num), rtol=1e-10, atol=1e-10)
+    assert out.shape == (13,)
 
 
 def test_folded_input_is_narrower_and_tracks_the_current_weights():
     model = _factored_fibinet()
     cat, num = _batch()
-    codes = model.embeddings.codes(cat)
-    emb = model.embeddings.project(codes)
+    fast = _folded(model)
     with torch.no_grad():
-        x, weight, bias = model.code_mlp_input(codes, emb, model._check_inputs(cat, num), model.foldable_projections())
+        ids = cat.t().contiguous()
+        codes = fast.codes(ids)
+        x, weight, bias = fast.deep.code_mlp_input(codes, fast.project(codes), num)
         pairs, fields, k = 10, 5, 2
         assert x.shape == (13, pairs * (k + 1) ** 2 + pairs * k * k + fields * k + 2)
         assert x.shape[1] < model.mlp[0].linear.in_features  # 132 < 2 * 10 * 16 + 2
         assert weight.shape == (8, x.shape[1]) and bias.shape == (8,)
-        model.bilinear.weight.mul_(-2.0)  # nothing cached: the next call folds the new weights
-        torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+        model.bilinear.weight.mul_(-2.0)  # nothing derived is kept: the next call folds the new weights
+        model.embeddings.tables()[0].projection.bias.add_(1.0)
+    torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
 
 
 def test_fold_only_where_it_is_narrower():
     assert fold_pays(16, 2) and not fold_pays(16, 3) and not fold_pays(50, 8)  # Criteo yes, Avazu no
     wide = _factored_fibinet(code_dim=4)
-    assert wide.foldable_projections() is None
     cat, num = _batch()
-    with torch.no_grad():
-        torch.testing.assert_close(wide(cat, num), _unfolded(wide, cat, num), rtol=1e-10, atol=1e-10)
+    fast = optimize_for_inference(wide)
+    assert isinstance(fast.deep, FiBiNetHead)
+    torch.testing.assert_close(fast(cat, num), _plain(wide, cat, num), rtol=1e-10, atol=1e-10)
     plain = FiBiNet(Schema.from_vocab_sizes(VOCAB, numeric=2), embedding_dim=16, mlp_hidden=[8])
-    assert plain.foldable_projections() is None
+    assert isinstance(optimize_for_inference(plain).deep, FiBiNetHead)
 
 
-@pytest.mark.parametrize("where", ["bilinear", "senet", "mlp", "first_linear", "projection"])
-def test_hooks_see_their_calls_so_the_fold_steps_aside(where):
-    model = _factored_fibinet()
-    module = {
-        "bilinear": model.bilinear,
-        "senet": model.senet,
-        "mlp": model.mlp,
-        "first_linear": model.mlp[0].linear,
-        "projection": model.embeddings.tables()[0].projection,
-    }[where]
-    calls = []
-    module.register_forward_hook(lambda *_: calls.append(1))
-    assert model.foldable_projections() is None
-    cat, num = _batch()
-    with torch.no_grad():
-        out = model(cat, num)
-    assert calls
-    torch.testing.assert_close(out, _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
-
-
-def test_a_factored_first_linear_keeps_the_plain_path():
+def test_a_factored_first_linear_keeps_the_bilinear_path():
     model = _factored_fibinet()
     first = model.mlp[0].linear
     model.mlp[0].linear = LowRankLinear(first.in_features, first.out_features, rank=3).double()
-    assert model.foldable_projections() is None
+    fast = optimize_for_inference(model)
+    assert isinstance(fast.deep, FiBiNetHead)
     cat, num = _batch()
-    with torch.no_grad():
-        torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
 
 
-def test_a_projection_with_its_own_forward_keeps_the_plain_path():
+def test_a_projection_with_its_own_forward_keeps_the_bilinear_path():
     class Doubled(torch.nn.Linear):
         def forward(self, x):
             return 2 * super().forward(x)
@@ -145,7 +134,7 @@ def test_a_projection_with_its_own_forward_keeps_the_plain_path():
         doubled = Doubled(2, 16).double()
         doubled.load_state_dict(table.projection.state_dict())
         table.projection = doubled
-    assert model.foldable_projections() is None
+    fast = optimize_for_inference(model)
+    assert isinstance(fast.deep, FiBiNetHead)
     cat, num = _batch()
-    with torch.no_grad():
-        torch.testing.assert_close(model(cat, num), _unfolded(model, cat, num), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)

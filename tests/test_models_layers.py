@@ -9,6 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_afm.inference import Tensors
+from lightning_afm.inference.cross import AlignedCross, GatedCrossStep, build_cross
+from lightning_afm.inference.fibinet import write_pairs
 from lightning_afm.models.layers import (
     MLP,
     BiInteractionPooling,
@@ -131,39 +134,34 @@ def _layer_by_layer(net: nn.Module, x0: torch.Tensor) -> torch.Tensor:
     return x
 
 
+# The aligned inference forms (lightning_afm/inference/cross.py) against the plain loop.
 @pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d, num_layers=3), lambda d: GatedCrossNetwork(d, num_layers=3)])
 @pytest.mark.parametrize("d", [5, 16, 29])  # padded to 16, already aligned, padded to 32
-def test_aligned_cross_networks_match_the_plain_loop_with_gradients(rng, make, d):
+def test_aligned_cross_networks_match_the_plain_loop(rng, make, d):
     net = make(d).double()
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(t64(rng.normal(scale=0.5, size=tuple(p.shape))))
-    x0 = t64(rng.normal(size=(7, d))).requires_grad_()
-    out = net(x0)
-    assert out.shape == (7, d)
-    grads = torch.autograd.grad(out.square().sum(), [x0, *net.parameters()])
-    ref = _layer_by_layer(net, x0)
-    ref_grads = torch.autograd.grad(ref.square().sum(), [x0, *net.parameters()])
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    for g, r in zip(grads, ref_grads):
-        assert g.shape == r.shape  # parameters keep their D x D shapes
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    aligned = build_cross(net, Tensors())
+    assert isinstance(aligned, AlignedCross)
+    for rows in (7, 1):  # any batch size
+        x0 = t64(rng.normal(size=(rows, d)))
+        out = aligned(x0)
+        assert out.shape == (rows, d)
+        torch.testing.assert_close(out, _layer_by_layer(net, x0).detach(), rtol=1e-12, atol=1e-12)
+    scripted = torch.jit.script(aligned)
+    torch.testing.assert_close(scripted(x0), out, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d), lambda d: GatedCrossNetwork(d)])
-def test_aligned_cross_networks_let_hooks_and_swapped_modules_see_the_call(make):
-    net = make(5)
-    seen = []
-    first = net.layers[0]
-    target = first.linear if isinstance(net, CrossNetworkV2) else first.cross
-    handle = target.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
-    x0 = torch.randn(3, 5)
+def test_aligned_cross_networks_follow_the_shared_weights_and_not_a_copy(rng):
+    net = CrossNetworkV2(5).double()
+    shared, snapshot = build_cross(net, Tensors()), build_cross(net, Tensors(copy=True))
+    x0 = t64(rng.normal(size=(4, 5)))
+    before = _layer_by_layer(net, x0).detach()
     with torch.no_grad():
-        hooked = net(x0)
-    assert seen == [(3, 5)]  # the unpadded input, as a statistics pass expects
-    handle.remove()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x0), hooked)
+        net.layers[0].linear.weight.mul_(-2.0)  # as an optimizer step would, in place
+    torch.testing.assert_close(shared(x0), _layer_by_layer(net, x0).detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(snapshot(x0), before, rtol=1e-12, atol=1e-12)
 
 
 def test_aligned_gated_cross_keeps_any_bias_the_linears_have(rng):
@@ -172,19 +170,30 @@ def test_aligned_gated_cross_keeps_any_bias_the_linears_have(rng):
         layer.gate = nn.Linear(7, 7).double()
         layer.cross = nn.Linear(7, 7, bias=False).double()
     x0 = t64(rng.normal(size=(4, 7)))
-    torch.testing.assert_close(net(x0), _layer_by_layer(net, x0), rtol=1e-12, atol=1e-12)
+    aligned = build_cross(net, Tensors())
+    assert isinstance(aligned, AlignedCross) and isinstance(aligned.steps[0], GatedCrossStep)
+    torch.testing.assert_close(aligned(x0), _layer_by_layer(net, x0).detach(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d), lambda d: GatedCrossNetwork(d)])
-def test_aligned_cross_networks_run_backward_and_layer_hooks(make):
-    net = make(5).double()
+def test_swapped_cross_modules_keep_their_own_forward(make):
+    """A Linear replaced by another module (or a subclassed one) is called, not padded around."""
+
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    net = make(5)
     layer = net.layers[0]
-    target = layer.linear if isinstance(net, CrossNetworkV2) else layer.cross
-    backward, forward = [], []
-    target.register_full_backward_hook(lambda *_: backward.append(1))
-    layer.register_forward_hook(lambda *_: forward.append(1))
-    net(torch.randn(3, 5, dtype=torch.float64, requires_grad=True)).sum().backward()
-    assert backward == [1] and forward == [1]
+    name = "linear" if isinstance(net, CrossNetworkV2) else "cross"
+    doubled = Doubled(5, 5)
+    doubled.load_state_dict(getattr(layer, name).state_dict())
+    setattr(layer, name, doubled)
+    inference = build_cross(net, Tensors())
+    assert not isinstance(inference, AlignedCross)
+    x0 = torch.randn(3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(inference(x0), net(x0))
 
 
 # -- attention -------------------------------------------------------------------------
@@ -267,10 +276,12 @@ def test_bilinear_types_match_loop_over_pairs(rng, kind):
     got = layer(t64(e))
     assert got.shape == (2, f * (f - 1) // 2, d)
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12)
-    # inference straight into a strided slice of a wider buffer gives the same values
+    # inference (lightning_afm/inference/fibinet.py) writes it straight into a strided slice of
+    # a wider buffer: the same values
     wide = torch.full((2, 1 + len(pairs) * d + 2), -7.0, dtype=torch.float64)
     with torch.no_grad():
-        written = layer(t64(e), out=wide[:, 1 : 1 + len(pairs) * d].view(2, len(pairs), d))
+        view = wide[:, 1 : 1 + len(pairs) * d].view(2, len(pairs), d)
+        written = write_pairs(layer.left_products(t64(e)), t64(e), view)
     np.testing.assert_allclose(written.numpy(), expected, rtol=1e-12)
     np.testing.assert_allclose(wide[:, 1 : 1 + len(pairs) * d].numpy(), expected.reshape(2, -1), rtol=1e-12)
     assert (wide[:, 0] == -7).all() and (wide[:, -2:] == -7).all()

@@ -1,5 +1,8 @@
 """The benchmark loop: for each dataset and model, build the variants, time them side by side, make rows.
 
+Our variants are timed in their inference form (:func:`lightning_afm.inference.optimize_for_inference`),
+as a serving process would run them; parameters are counted on the models themselves.
+
 One model at a time: its variants live together while they are timed (those that keep a
 baseline parameter share its storage, see :mod:`.variants`) and are freed before the next
 model is built, so the peak memory is about one full-size model (Criteo: 574M parameters,
@@ -31,8 +34,9 @@ from lightning_afm.bench.throughput import (
 )
 from lightning_afm.bench.variants import VARIANTS, VariantSettings, build_twin, build_variant
 from lightning_afm.compress import DEFAULT_TT_MIN_ROWS
+from lightning_afm.inference import optimize_for_inference
 from lightning_afm.models import MODELS, count_parameters
-from lightning_afm.models.allocator import reuse_freed_memory
+from lightning_afm.runtime import reuse_freed_memory
 
 __all__ = ["BenchSettings", "check_selection", "run_benchmark", "bench_model", "peak_rss_gb"]
 
@@ -47,7 +51,7 @@ class BenchSettings:
     Avazu 320 / 8). ``threads``: None keeps torch's default. ``vocab_cap``: None builds the
     full vocabularies (Table 2's parameter counts); a number caps every table for quick runs.
     ``reuse_freed_memory``: keep freed blocks in the heap
-    (:func:`lightning_afm.models.allocator.reuse_freed_memory`, as a fit does), as a warmed-up
+    (:func:`lightning_afm.runtime.reuse_freed_memory`, as a fit does), as a warmed-up
     serving process would: otherwise glibc unmaps every large activation on free and the next
     forward page-faults it in again, a cost of the allocator rather than of the model.
     """
@@ -164,7 +168,9 @@ def bench_model(
             runners[variant] = Timed(model, inputs)
         else:
             model = baseline if variant == "baseline" else build_variant(model_name, shape, variant, vs, twin, shared)
-            runners[variant] = Timed(lambda b, m=model: m(b.categorical, b.numeric), batches)
+            # timed in its inference form, which shares the model's storage (no copy)
+            fast = optimize_for_inference(model)
+            runners[variant] = Timed(lambda b, m=fast: m(b.categorical, b.numeric), batches)
         models[variant] = model
     log.info(
         "%s/%s: built %s in %.1f s (peak RSS %.2f GB)", shape.dataset, model_name, list(models),

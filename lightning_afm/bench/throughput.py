@@ -104,8 +104,8 @@ def _matmul_macs(name: str, args: Sequence[Any]) -> int:
 
 
 class _MatmulCounter(TorchDispatchMode):
-    """Adds up :func:`_matmul_macs` of every aten call it sees (no module hooks, unlike
-    ``FlopCounterMode``, whose global hooks would switch models onto their hooked paths)."""
+    """Adds up :func:`_matmul_macs` of every aten call it sees (at the aten level, unlike
+    ``FlopCounterMode``, which also installs global module hooks)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ needed: the structure is built on the ``meta`` device with the public compress A
                between them).
 ``afm_emb``    cumulative, as in the paper's Table 2: ``afm_mlp`` plus AFM on every table (rank
                ``emb_rank``), the per-field projections folded into the first MLP Linear where the
-               model's MLP reads the embeddings (``MLP_READS_EMBEDDINGS``).
+               model's MLP reads the embeddings (its compression layout's ``mlp_reads_embeddings``).
 ``svd_mlp``    SVD on MLP layers 2 and 3 (first factor without a bias).
 ``svd_emb``    cumulative like ``afm_emb``: ``svd_mlp`` plus SVD tables (projections without a
                bias), folded likewise.
@@ -22,9 +22,8 @@ needed: the structure is built on the ``meta`` device with the public compress A
                has no projection).
 =============  ==============================================================================
 
-The factored structures (which factor has a bias) are not written down here: they are read off
-:func:`~lightning_afm.compress.build_compressed_linear` /
-:func:`~lightning_afm.compress.build_compressed_embedding` run on a small probe module, so the
+The factored structures (which factor has a bias) are not written down here: each kind's
+``planned_entry`` says what its build records (``lightning_afm.compress.kinds``), so the
 benchmark always times what compression really builds.
 
 Memory: parameters a variant keeps unchanged from the baseline (same name and shape: the LR
@@ -35,7 +34,6 @@ filled cheaply (values do not change the speed, but they are finite).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,17 +41,14 @@ import torch
 from torch import nn
 
 from lightning_afm.compress import (
-    DEFAULT_EMBEDDING_TARGETS,
-    DEFAULT_MLP_TARGETS,
     DEFAULT_TT_MIN_ROWS,
     CompressionPlan,
-    OutputStatistics,
     PlanEntry,
     TTEmbedding,
-    build_compressed_embedding,
-    build_compressed_linear,
     compress_embeddings_ttd,
+    default_targets,
     fold_into_first_linear,
+    get_kind,
     get_submodule,
     replay_plan,
     resolve_targets,
@@ -114,58 +109,24 @@ class VariantSettings:
 # --------------------------------------------------------------------------- structures
 
 
-def _probe_statistics() -> OutputStatistics:
-    """Valid statistics of a 3-wide output (zero mean, distinct variances) for the probes."""
-    return OutputStatistics(torch.zeros(3, dtype=torch.float64), torch.diag(torch.tensor([3.0, 2.0, 1.0])).double(), 10)
+def _entries(model: nn.Module, group: str, kind: str, method: str, rank: int, **options: bool) -> list[PlanEntry]:
+    """The plan entries ``kind`` records when compressing ``model``'s default ``group`` targets by ``method``.
 
-
-@functools.cache
-def _linear_flags(method: str, relu: bool) -> tuple[tuple[str, bool], ...]:
-    """Which factors :func:`build_compressed_linear` gives a bias for ``method``, from a 4 -> 3 probe."""
-    gen = torch.Generator().manual_seed(0)
-    probe = nn.Sequential(nn.Linear(4, 3))
-    with torch.no_grad():
-        probe[0].weight.copy_(torch.randn(3, 4, generator=gen))
-    stats = _probe_statistics()
-    entry, _ = build_compressed_linear(probe, "0", stats, rank=1, method=method, relu=relu)
-    return tuple((key, bool(entry.flags[key])) for key in ("first_bias", "second_bias"))
-
-
-@functools.cache
-def _embedding_flags(method: str) -> tuple[tuple[str, bool], ...]:
-    """Whether :func:`build_compressed_embedding` gives the projection a bias for ``method`` (4 x 3 probe)."""
-    gen = torch.Generator().manual_seed(0)
-    probe = nn.Sequential(nn.Embedding(4, 3))
-    with torch.no_grad():
-        probe[0].weight.copy_(torch.randn(4, 3, generator=gen))
-    stats = _probe_statistics()
-    entry, _ = build_compressed_embedding(probe, "0", stats, rank=1, method=method)
-    return (("projection_bias", bool(entry.flags["projection_bias"])),)
+    Read off the kind's :meth:`planned_entry` (the structure compression builds: which factor has
+    a bias...), without computing factors.
+    """
+    planned = get_kind(kind).planned_entry
+    names = resolve_targets(model, default_targets(model, group), kind)
+    return [planned(name, get_submodule(model, name), method, rank, **options) for name in names]
 
 
 def _mlp_entries(model: nn.Module, method: str, settings: VariantSettings) -> list[PlanEntry]:
     relu = settings.afm_relu if method == "afm" else settings.svd_relu
-    flags = dict(_linear_flags(method, relu))
-    entries = []
-    for name in resolve_targets(model, DEFAULT_MLP_TARGETS, "linear"):
-        m, n = get_submodule(model, name).weight.shape
-        entries.append(PlanEntry(name, "linear", method, settings.mlp_rank, [m, n], relu=relu, flags=dict(flags)))
-    return entries
+    return _entries(model, "mlp", "linear", method, settings.mlp_rank, relu=relu)
 
 
 def _embedding_entries(model: nn.Module, method: str, settings: VariantSettings) -> list[PlanEntry]:
-    flags = dict(_embedding_flags(method))
-    entries = []
-    for name in resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding"):
-        table = get_submodule(model, name)
-        s, t = table.weight.shape
-        entries.append(
-            PlanEntry(
-                name, "embedding", method, settings.emb_rank, [s, t],
-                flags={**flags, "padding_idx": table.padding_idx, "sparse": bool(table.sparse)},
-            )
-        )
-    return entries
+    return _entries(model, "embeddings", "embedding", method, settings.emb_rank)
 
 
 def variant_plan(model: nn.Module, variant: str, settings: VariantSettings) -> CompressionPlan:
@@ -210,10 +171,10 @@ def build_structure(model_name: str, shape: PaperShape, variant: str, settings: 
     check_variant(variant)
     model = _meta_model(model_name, shape)
     replay_plan(model, variant_plan(model, variant, settings))
-    if variant in ("afm_emb", "svd_emb") and settings.fold and type(model).MLP_READS_EMBEDDINGS:
+    if variant in ("afm_emb", "svd_emb") and settings.fold and model.compression_layout().mlp_reads_embeddings:
         fold_into_first_linear(model)
     if variant == "ttd_emb":
-        tables = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
+        tables = resolve_targets(model, default_targets(model, "embeddings"), "embedding")
         # capped vocabularies (quick runs) may leave no table that large: the cap bounds the threshold
         min_rows = settings.tt_min_rows if shape.vocab_cap is None else min(settings.tt_min_rows, shape.vocab_cap)
         names = select_tt_tables(model, tables, min_rows, settings.tt_lr)

@@ -60,6 +60,8 @@ from torch import nn
 
 from lightning_afm import compress
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
+from lightning_afm.compress.contract import mlp_reads_codes
+from lightning_afm.compress.registry import factored_types
 from lightning_afm.callbacks import lightning_compat
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
@@ -512,15 +514,13 @@ class AFMCompressionCallback(pl.Callback):
             if stage.method == "ttd":
                 # TT-Rec: the large tables and their LR tables; the small ones stay dense
                 names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
-                entries = compress.compress_embeddings_ttd(pl_module, names, tt_rank=stage.rank, init=stage.ttd_init)
-            else:
-                entries = compress.compress_targets(
-                    pl_module, names, statistics or None, rank=rank, method=stage.method,
-                    relu=getattr(stage, "relu", False), relu_init=getattr(stage, "relu_init", "shift"))
+            entries = compress.compress_targets(pl_module, names, statistics or None, rank=rank,
+                                                method=stage.method, **stage.build_options())
             self.plan.extend(entries)
             if fold:
                 self.plan.append(compress.fold_into_first_linear(pl_module))
-        layers = {name: self._spectrum(stats, rank) for name, stats in statistics.items()}
+        kept = {entry.name: entry.flags.get("kept_variance") for entry in entries}
+        layers = {name: self._spectrum(stats, kept[name]) for name, stats in statistics.items()}
         self.stages_started = index + 1
 
         self._rewrap_for_ddp(trainer, pl_module)
@@ -688,10 +688,9 @@ class AFMCompressionCallback(pl.Callback):
 
     # -- pieces ----------------------------------------------------------------------------
     @staticmethod
-    def _spectrum(stats: compress.OutputStatistics, rank: int) -> dict[str, Any]:
-        """Variance kept at ``rank`` and the components needed for 90/95/99 % (the paper's Table 11)."""
-        return {"kept_variance": compress.kept_variance(stats.cov, rank),
-                **compress.explained_variance(stats.cov).to_dict()}
+    def _spectrum(stats: compress.OutputStatistics, kept_variance: float | None) -> dict[str, Any]:
+        """The variance the swap kept (its plan entry's) and the components needed for 90/95/99 % (Table 11)."""
+        return {"kept_variance": kept_variance, **compress.explained_variance(stats.cov).to_dict()}
 
     def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                splits: Sequence[str] | None = None) -> dict[str, float]:
@@ -788,20 +787,26 @@ class AFMCompressionCallback(pl.Callback):
 
     def _targets(self, pl_module: nn.Module, stage: CompressionStage) -> list[str]:
         types = (nn.Linear,) if stage.kind == "mlp" else (nn.Embedding,)
+        hint = f"Set the stage's `targets` to names (or glob patterns) of {types[0].__name__} modules of your model"
         try:
-            return compress.resolve_targets(pl_module, stage.target_patterns, types)
+            patterns = stage.target_patterns(pl_module)
+        except ValueError as err:  # no targets and no contract to give defaults
+            found = [n for n, m in pl_module.named_modules() if n and isinstance(m, types)]
+            raise ValueError(f"stage {stage.name!r}: {err}. {hint}: {found}") from err
+        if not stage.targets:  # the model's defaults: those still plain, as a glob over them would give
+            factored = {n for n, m in pl_module.named_modules() if isinstance(m, factored_types())}
+            patterns = [n for n in patterns if n not in factored] or patterns
+        try:
+            return compress.resolve_targets(pl_module, patterns, types)
         except ValueError as err:
-            raise ValueError(f"stage {stage.name!r}: {err}. Set the stage's `targets` to names (or glob patterns) "
-                             f"of {types[0].__name__} modules of your model") from err
+            raise ValueError(f"stage {stage.name!r}: {err}. {hint}") from err
 
     @staticmethod
     def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
-        if stage.method == "ttd":
-            return  # a TT-rank is not bounded by the table's width
         for name in names:
             module = pl_module.get_submodule(name)
-            width = min(module.out_features, module.in_features) if isinstance(module, nn.Linear) else module.embedding_dim
-            if stage.rank > width:
+            width = compress.kind_for_module(module, stage.method, name).max_rank(module)
+            if width is not None and stage.rank > width:  # None: a TT-rank, not bounded by the table's width
                 raise ValueError(
                     f"stage {stage.name!r}: rank {stage.rank} is larger than {name!r} allows "
                     f"({type(module).__name__} of width {width}); choose a rank in 1..{width}")
@@ -810,16 +815,17 @@ class AFMCompressionCallback(pl.Callback):
     def _fold_problem(pl_module: nn.Module, names: list[str], folded_earlier: bool) -> str | None:
         """Why the projections of the tables ``names`` cannot be folded into the first MLP Linear, or None."""
         cls = type(pl_module).__name__
-        if not getattr(type(pl_module), "MLP_READS_EMBEDDINGS", False):
-            return (f"{cls}'s MLP does not read the embeddings directly (an interaction layer sits in between, "
-                    "or the class does not declare MLP_READS_EMBEDDINGS = True)")
-        embeddings = getattr(pl_module, "embeddings", None)
-        if embeddings is None or not hasattr(embeddings, "module_names"):
-            return f"{cls} has no `embeddings` FieldEmbedding holding its field tables"
-        if folded_earlier or getattr(pl_module, "mlp_reads_codes", False):
+        if not compress.implements_contract(pl_module):
+            return (f"{cls}'s MLP does not read the embeddings directly as far as compression knows (the model does "
+                    "not implement the compression contract, lightning_afm.compress.CompressibleModel)")
+        layout = pl_module.compression_layout()
+        if not layout.mlp_reads_embeddings:
+            return f"{cls}'s MLP does not read the embeddings directly (an interaction layer sits in between)"
+        if not layout.field_tables:
+            return f"{cls}'s compression layout names no field tables"
+        if folded_earlier or layout.mlp_reads_codes:
             return "an earlier stage already folded the tables"
-        fields = [f"embeddings.{n}" for n in embeddings.module_names]
-        missing = [n for n in fields if n not in names
+        missing = [n for n in layout.field_tables if n not in names
                    and not isinstance(pl_module.get_submodule(n), compress.LowRankEmbedding)]
         if missing:
             return f"the MLP reads every field table, and the stage leaves {missing} out of its targets"
@@ -917,7 +923,7 @@ class AFMCompressionCallback(pl.Callback):
         """Every stage still to come, completely, before any work: settings, targets (exist, right type,
         no module in two stages), ranks, folding, validation data, batch size."""
         claimed: dict[str, str] = {}
-        folded = bool(getattr(pl_module, "mlp_reads_codes", False))
+        folded = mlp_reads_codes(pl_module)
         for stage in self.stages[self.stages_started:]:
             stage.validate()  # again: a stage's fields may have been changed since it was made
             names = self._targets(pl_module, stage)

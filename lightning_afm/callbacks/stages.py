@@ -25,11 +25,17 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Sequence
 
-from lightning_afm.callbacks.selection import MONITORS
-from lightning_afm.compress.factorize import RELU_INITS
+from torch import nn
 
-METHODS = ("afm", "svd", "random")
-EMBEDDING_METHODS = METHODS + ("ttd",)
+from lightning_afm.callbacks.selection import MONITORS
+from lightning_afm.compress import check_rank, default_targets
+from lightning_afm.compress.factorize import RELU_INITS
+from lightning_afm.compress.registry import build_methods_for
+from lightning_afm.compress.ttd import TT_INITS
+
+#: The methods of the registered kinds that replace a Linear / a table (``compress.kinds``).
+METHODS = build_methods_for(nn.Linear)
+EMBEDDING_METHODS = build_methods_for(nn.Embedding)
 SELECTS = ("last", "best")
 
 
@@ -73,7 +79,8 @@ class CompressionStage:
 
     kind: ClassVar[str] = ""
     methods: ClassVar[tuple[str, ...]] = METHODS
-    default_targets: ClassVar[tuple[str, ...]] = ()
+    #: Which default targets the model's compression contract gives (``"mlp"`` or ``"embeddings"``).
+    target_group: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -88,8 +95,10 @@ class CompressionStage:
         self._check_numbers(where)
         if self.method not in self.methods:
             raise ValueError(f"{where}: method must be one of {self.methods}, got {self.method!r}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise ValueError(f"{where}: rank must be a positive integer, got {self.rank!r}")
+        try:
+            check_rank(self.rank)
+        except ValueError:
+            raise ValueError(f"{where}: rank must be a positive integer, got {self.rank!r}") from None
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
             raise ValueError(f"{where}: epochs must be an integer >= 0, got {self.epochs!r}")
         if self.batch_size is not None and (not _is_integral(self.batch_size) or int(self.batch_size) <= 0):
@@ -132,9 +141,13 @@ class CompressionStage:
             if isinstance(value, str):
                 setattr(self, name, float(value))
 
-    @property
-    def target_patterns(self) -> list[str]:
-        return list(self.targets) if self.targets else list(self.default_targets)
+    def target_patterns(self, model: nn.Module) -> list[str]:
+        """The stage's own ``targets``, or else the model's defaults (its compression contract's layout)."""
+        return list(self.targets) if self.targets else default_targets(model, self.target_group)
+
+    def build_options(self) -> dict[str, Any]:
+        """Settings the compression kinds read when they build this stage's replacements."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -146,7 +159,7 @@ class CompressionStage:
 
 @dataclass
 class MLPStage(CompressionStage):
-    """Factor MLP Linear layers (paper default: the 2nd and 3rd, ``mlp.1.linear`` and ``mlp.2.linear``).
+    """Factor MLP Linear layers (default: the model's contract names them; the zoo's are the paper's 2nd and 3rd).
 
     ``relu`` puts a ReLU between the two factors (the paper's choice: better after finetuning).
     ``relu_init`` (AFM with ``relu``): ``"shift"`` (default) orients each kept component by its
@@ -159,7 +172,10 @@ class MLPStage(CompressionStage):
     relu_init: str = "shift"
 
     kind: ClassVar[str] = "mlp"
-    default_targets: ClassVar[tuple[str, ...]] = ("mlp.1.linear", "mlp.2.linear")
+    target_group: ClassVar[str] = "mlp"
+
+    def build_options(self) -> dict[str, Any]:
+        return {"relu": self.relu, "relu_init": self.relu_init}
 
     def validate(self) -> None:
         super().validate()
@@ -169,7 +185,7 @@ class MLPStage(CompressionStage):
 
 @dataclass
 class EmbeddingStage(CompressionStage):
-    """Factor embedding tables (default: every field, ``embeddings.*``).
+    """Factor embedding tables (default: every field table the model's compression contract names).
 
     ``fold``: ``"auto"`` folds the per-field projections into the first MLP Linear when the
     model's MLP reads the embeddings directly (DeepFM, DCN, DCNv2, GDCN, AutoInt; not NFM or
@@ -204,7 +220,10 @@ class EmbeddingStage(CompressionStage):
     methods: ClassVar[tuple[str, ...]] = EMBEDDING_METHODS
     number_fields: ClassVar[tuple[str, ...]] = CompressionStage.number_fields + (
         "grow_auc_tolerance", "grow_logloss_tolerance")
-    default_targets: ClassVar[tuple[str, ...]] = ("embeddings.*",)
+    target_group: ClassVar[str] = "embeddings"
+
+    def build_options(self) -> dict[str, Any]:
+        return {"init": self.ttd_init}
 
     def validate(self) -> None:
         super().validate()
@@ -214,7 +233,7 @@ class EmbeddingStage(CompressionStage):
         self.ttd_min_rows = int(self.ttd_min_rows)
         if not isinstance(self.ttd_lr, bool):
             raise ValueError(f"EmbeddingStage({self.name!r}): ttd_lr must be true or false, got {self.ttd_lr!r}")
-        if self.ttd_init not in ("svd", "random"):
+        if self.ttd_init not in TT_INITS:
             raise ValueError(f"EmbeddingStage({self.name!r}): ttd_init must be 'svd' or 'random', got {self.ttd_init!r}")
         if self.method == "ttd" and self.fold is True:
             raise ValueError(f"EmbeddingStage({self.name!r}): TT tables have no projection to fold; use fold='auto'")

@@ -18,33 +18,19 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from lightning_afm.compress.fold import first_mlp_linear_name
-from lightning_afm.compress.modules import LowRankEmbedding, LowRankLinear
 from lightning_afm.compress.plan import CompressionPlan, PlanEntry
-from lightning_afm.compress.surgery import get_submodule, replay_plan, set_submodule
-from lightning_afm.compress.ttd import TTEmbedding
+from lightning_afm.compress.registry import factored_types, get_kind, kind_of_module, kinds
+from lightning_afm.compress.surgery import replay_plan, set_submodule
 
 PLAN_CHECKPOINT_KEY = "afm_compression_plan"
 
 
 def entry_is_applied(model: nn.Module, entry: PlanEntry) -> bool:
     """Whether ``model`` already has the structure ``entry`` describes."""
-    if entry.kind == "fold":
-        return bool(getattr(model, "mlp_reads_codes", False))
     try:
-        module = get_submodule(model, entry.name)
+        return get_kind(entry.kind).is_applied(model, entry)
     except (AttributeError, ValueError, KeyError):
         return False
-    if entry.kind == "linear":
-        return isinstance(module, LowRankLinear) and module.rank == entry.rank
-    if entry.kind == "tt_embedding":
-        return (
-            isinstance(module, TTEmbedding)
-            and module.tt_rank == entry.rank
-            and module.row_factors == list(entry.flags.get("row_factors", module.row_factors))
-            and module.dim_factors == list(entry.flags.get("dim_factors", module.dim_factors))
-        )
-    return isinstance(module, LowRankEmbedding) and module.code_dim == entry.rank
 
 
 def restore_compressed_structure(model: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
@@ -69,46 +55,22 @@ def restore_compressed_structure(model: nn.Module, checkpoint: Mapping[str, Any]
     return True
 
 
-_FACTORED = (LowRankLinear, LowRankEmbedding, TTEmbedding)
-
-
 def _undo_extra_compression(model: nn.Module, plan: CompressionPlan, state_dict: Mapping[str, Any]) -> None:
-    """Put back plain modules wherever ``model`` is factored beyond ``plan`` (the fold first: it reads the tables)."""
-    wanted = {e.name: e for e in plan if e.kind != "fold"}
+    """Put back plain modules wherever ``model`` is factored beyond ``plan``.
+
+    Model-level changes (a fold) go first, when the plan lacks them or they read a module being
+    put back (a fold reads the factored tables).
+    """
+    wanted = {e.name: e for e in plan if get_kind(e.kind).produces is not None}
     # Only the outermost factored modules: a fold may have put a wider Linear inside a LowRankLinear.
-    factored = [(n, m) for n, m in model.named_modules() if isinstance(m, _FACTORED)]
+    factored = [(n, m) for n, m in model.named_modules() if isinstance(m, factored_types())]
     outer = [(n, m) for n, m in factored if not any(n.startswith(f + ".") for f, _ in factored)]
     extra = [(n, m) for n, m in outer if n not in wanted or not entry_is_applied(model, wanted[n])]
-    folded = bool(getattr(model, "mlp_reads_codes", False))
-    plan_folds = any(e.kind == "fold" for e in plan)
-    if folded and (not plan_folds or any(isinstance(m, LowRankEmbedding) for _, m in extra)):
-        _unfold(model, state_dict)
+    for kind in kinds():
+        if kind.produces is not None or not kind.present(model):
+            continue
+        in_plan = any(e.kind == kind.name for e in plan)
+        if not in_plan or any(kind.depends_on(m) for _, m in extra):
+            kind.undo(model, state_dict)
     for name, module in extra:
-        set_submodule(model, name, _plain_module(name, module, state_dict))
-
-
-def _unfold(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
-    """The first MLP Linear back at its unfolded width ``F t + N`` (it read ``F k + N`` codes)."""
-    name = first_mlp_linear_name(model)
-    linear = get_submodule(model, name)
-    tables = list(model.embeddings.tables())
-    width, code = tables[0].embedding_dim, tables[0].code_dim
-    in_features = linear.in_features - len(tables) * code + len(tables) * width
-    bias = f"{name}.bias" in state_dict if state_dict else linear.bias is not None
-    set_submodule(model, name, nn.Linear(in_features, linear.out_features, bias=bias,
-                                         device=linear.weight.device, dtype=linear.weight.dtype))
-    model.mlp_reads_codes = False
-
-
-def _plain_module(name: str, module: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
-    """The ``nn.Linear`` / ``nn.Embedding`` a factored module replaced, at default initialisation."""
-    weight = next(module.parameters())
-    if isinstance(module, LowRankLinear):
-        bias = f"{name}.bias" in state_dict if state_dict else module.second.bias is not None
-        return nn.Linear(module.in_features, module.out_features, bias=bias, device=weight.device, dtype=weight.dtype)
-    padding_idx = getattr(module, "padding_idx", None)
-    sparse = False
-    if isinstance(module, LowRankEmbedding):
-        padding_idx, sparse = module.table.padding_idx, module.table.sparse
-    return nn.Embedding(module.num_embeddings, module.embedding_dim, padding_idx=padding_idx, sparse=sparse,
-                        device=weight.device, dtype=weight.dtype)
+        set_submodule(model, name, kind_of_module(module).plain_module(name, module, state_dict))

@@ -1,10 +1,8 @@
 """Factored modules that replace a Linear layer or an embedding table after compression.
 
-Their forward passes take fused paths (one batched product for all fields' projections, the
-ReLU between the factors in place) wherever that gives the same values; the plain per-module
-calls remain where a fused path would change behaviour: under autograd where an ``out=``
-kernel cannot record the graph, and around modules watched by forward hooks (compression
-collects its statistics with hooks, so a hooked module is always called).
+One plain forward each; the batched structures for inference (all fields' projections in one
+product, the ReLU between the factors in place) are built by
+:func:`lightning_afm.inference.optimize_for_inference`.
 """
 
 from __future__ import annotations
@@ -13,29 +11,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as _module_globals
 
 from lightning_afm.compress.factorize import EmbeddingFactors, LinearFactors
 
 __all__ = ["LowRankLinear", "LowRankEmbedding", "stack_projections", "project_fields"]
-
-
-def _has_forward_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs forward (pre-)hooks, its own or global ones.
-
-    A fused path that skips the call (reads the weight directly) must not skip them.
-    """
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or getattr(_module_globals, "_global_forward_hooks", None)
-        or getattr(_module_globals, "_global_forward_pre_hooks", None)
-    )
-
-
-def _records_graph(*tensors: Tensor | None) -> bool:
-    """Whether autograd records an op on ``tensors`` (``out=`` kernels are then not allowed)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class LowRankLinear(nn.Module):
@@ -115,10 +94,7 @@ class LowRankLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.first(x)
         if self.relu:
-            # `h` is a fresh tensor nothing else holds (the Linear's backward needs only `x` and
-            # the weight), so the ReLU can overwrite it instead of writing a second [..., k]
-            # buffer; not when a hook on `first` was handed `h` and may have kept it.
-            h = torch.relu(h) if _has_forward_hooks(self.first) else h.relu_()
+            h = torch.relu(h)
         return self.second(h)
 
     def extra_repr(self) -> str:
@@ -134,9 +110,7 @@ class LowRankEmbedding(nn.Module):
     Implements the factored-table protocol of
     :class:`lightning_afm.models.layers.embedding.FieldEmbedding`: models call ``codes`` then
     ``project``, so the MLP can read the small codes directly once the projection is folded into
-    its first Linear, while interaction layers still get ``t``-dim vectors. With ``code_rows``
-    and ``project_all`` it also joins FieldEmbedding's batched paths: all fields' codes gathered
-    into one tensor, all projections in one batched product.
+    its first Linear, while interaction layers still get ``t``-dim vectors.
 
     Args:
         num_embeddings: ``s``, rows.
@@ -214,43 +188,11 @@ class LowRankEmbedding(nn.Module):
     def codes(self, idx: Tensor) -> Tensor:
         return self.table(idx)
 
-    def code_rows(self) -> Tensor | None:
-        """The ``[s, k]`` tensor whose rows ``codes`` returns, for batched lookups that gather
-        from it directly (:class:`~lightning_afm.models.layers.embedding.FieldEmbedding`).
-
-        None when ``codes`` must be called: the table renormalises rows on lookup
-        (``max_norm``) or a forward hook watches it.
-        """
-        table = self.table
-        if table.max_norm is not None or type(table).forward is not nn.Embedding.forward or _has_forward_hooks(table):
-            return None
-        return table.weight
-
     def project(self, codes: Tensor) -> Tensor:
         return self.projection(codes)
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.project(self.codes(idx))
-
-    @staticmethod
-    def project_all(tables: Sequence["LowRankEmbedding"], codes: Tensor) -> Tensor:
-        """Every field's projection at once: ``[B, F, k]`` codes of ``F`` tables -> ``[B, F, t]``.
-
-        Equals ``stack([tables[i].project(codes[:, i]) for i in range(F)], dim=1)``, computed as
-        one batched product (:func:`project_fields`) when the tables share ``t`` and ``k``, use
-        the plain projection and no hook watches a projection; otherwise that per-field loop.
-        Gradients reach each table's own projection either way.
-        """
-        batched = (
-            len({(t.embedding_dim, t.code_dim) for t in tables}) == 1
-            and all(type(t).project is LowRankEmbedding.project for t in tables)
-            and all(type(t.projection).forward is nn.Linear.forward for t in tables)
-            and not any(_has_forward_hooks(t.projection) for t in tables)
-        )
-        if not batched:
-            return torch.stack([t.project(codes[:, i]) for i, t in enumerate(tables)], dim=1)
-        weight, bias = stack_projections(tables)
-        return project_fields(codes, weight, bias)
 
     def extra_repr(self) -> str:
         return (
@@ -285,8 +227,7 @@ def project_fields(codes: Tensor, weight: Tensor, bias: Tensor | None = None) ->
 
     ``weight`` ``[F, t, k]`` and ``bias`` ``[F, t]`` as from :func:`stack_projections`; equals
     ``stack([tables[i].project(codes[:, i]) for i in range(F)], dim=1)`` with one batched
-    kernel instead of ``F`` small ones. The result is contiguous when autograd records
-    nothing (inference); under autograd it is a transposed view of the ``[F, B, t]`` product.
+    kernel instead of ``F`` small ones (a transposed view of the ``[F, B, t]`` product).
 
     Example:
         >>> tables = [LowRankEmbedding(5, 4, 2) for _ in range(3)]
@@ -294,20 +235,9 @@ def project_fields(codes: Tensor, weight: Tensor, bias: Tensor | None = None) ->
         >>> with torch.no_grad():
         ...     out = project_fields(codes, *stack_projections(tables))
         ...     loop = torch.stack([t.project(codes[:, i]) for i, t in enumerate(tables)], 1)
-        >>> out.shape, out.is_contiguous(), torch.allclose(out, loop, atol=1e-6)
-        (torch.Size([6, 3, 4]), True, True)
+        >>> out.shape, torch.allclose(out, loop, atol=1e-6)
+        (torch.Size([6, 3, 4]), True)
     """
     # [F, B, k] @ [F, k, t] -> [F, B, t]: one batched product over the field dimension
-    by_field = torch.bmm(codes.transpose(0, 1), weight.transpose(1, 2))
-    if _records_graph(codes, weight, bias):
-        out = by_field.transpose(0, 1)
-        return out if bias is None else out + bias
-    # Without a graph to record, the bias add doubles as the copy into a contiguous [B, F, t]
-    # tensor, so consumers that flatten the fields (the cross networks' x_0, attention's
-    # Linears) read it without another transposing copy. Two kernels in all: writing the
-    # products straight into the strided [B, F, t] layout instead takes one gemm per field,
-    # each a parallel region that stalls whenever another process holds a core.
-    out = codes.new_empty((codes.shape[0], codes.shape[1], weight.shape[1]))
-    if bias is None:
-        return out.copy_(by_field.transpose(0, 1))
-    return torch.add(by_field.transpose(0, 1), bias, out=out)
+    out = torch.bmm(codes.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
+    return out if bias is None else out + bias

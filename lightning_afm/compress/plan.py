@@ -1,7 +1,7 @@
 """A compression plan: which module was replaced, how, at which rank — enough to rebuild the structure.
 
-Each compression step (see :mod:`lightning_afm.compress.surgery` and
-:mod:`lightning_afm.compress.fold`) returns a :class:`PlanEntry`. The plan is plain JSON, is
+Each compression step returns a :class:`PlanEntry`; its ``kind`` names the registered
+:class:`~lightning_afm.compress.registry.CompressionKind` that built it and replays it. The plan is plain JSON, is
 saved into checkpoints, and :func:`lightning_afm.compress.surgery.replay_plan` replays it on a
 fresh, uncompressed model before the state dict loads.
 """
@@ -13,14 +13,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_afm.compress.registry import check_rank, get_kind, kind_names
+
 __all__ = ["PlanEntry", "CompressionPlan", "PLAN_VERSION"]
 
 PLAN_VERSION = 1
-KINDS = ("linear", "embedding", "fold", "tt_embedding")
-METHODS = ("afm", "svd")
-#: The methods each kind takes (``"fold"`` takes none): a TT table is only ever made by TT-SVD
-#: or a random TT-Rec initialisation, recorded as ``"ttd"`` (the ``init`` flag says which).
-KIND_METHODS = {"linear": METHODS, "embedding": METHODS, "tt_embedding": ("ttd",)}
 
 
 @dataclass
@@ -29,10 +26,11 @@ class PlanEntry:
 
     Attributes:
         name: dotted module name in the model (``"mlp.1.linear"``, ``"embeddings.C1"``).
-        kind: ``"linear"`` (nn.Linear -> LowRankLinear), ``"embedding"`` (nn.Embedding ->
-            LowRankEmbedding), ``"fold"`` (the first MLP Linear widened to read codes) or
-            ``"tt_embedding"`` (nn.Embedding -> TTEmbedding, see :mod:`lightning_afm.compress.ttd`).
-        method: ``"afm"`` or ``"svd"``; ``"ttd"`` for ``"tt_embedding"``; None for ``"fold"``.
+        kind: a registered kind (:mod:`lightning_afm.compress.kinds`): ``"linear"`` (nn.Linear ->
+            LowRankLinear), ``"embedding"`` (nn.Embedding -> LowRankEmbedding), ``"fold"`` (the
+            first MLP Linear widened to read codes) or ``"tt_embedding"`` (nn.Embedding -> TTEmbedding).
+        method: one of the kind's ``entry_methods`` (``"afm"`` or ``"svd"``; ``"ttd"`` for
+            ``"tt_embedding"``); None for a kind without methods (``"fold"``).
         rank: ``k``; the TT-rank ``R`` for ``"tt_embedding"``; None for ``"fold"``.
         shape: the replaced module's original weight shape: ``[m, n]`` for a Linear
             (out, in), ``[s, t]`` for a table, ``[out, in]`` of the Linear a fold replaced.
@@ -51,14 +49,16 @@ class PlanEntry:
     flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"plan entry {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind != "fold":
-            methods = KIND_METHODS[self.kind]
+        if self.kind not in kind_names():
+            raise ValueError(f"plan entry {self.name!r}: kind must be one of {kind_names()}, got {self.kind!r}")
+        methods = get_kind(self.kind).entry_methods
+        if methods:
             if self.method not in methods:
                 raise ValueError(f"plan entry {self.name!r}: method must be one of {methods}, got {self.method!r}")
-            if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-                raise ValueError(f"plan entry {self.name!r}: rank must be a positive int, got {self.rank!r}")
+            try:
+                check_rank(self.rank)
+            except ValueError as err:
+                raise ValueError(f"plan entry {self.name!r}: {err}") from None
         if len(self.shape) != 2:
             raise ValueError(f"plan entry {self.name!r}: shape must have 2 entries, got {self.shape!r}")
         self.shape = [int(x) for x in self.shape]

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-__all__ = ["OutputStatistics", "OutputCovariance", "collect_statistics", "target_kind"]
+__all__ = ["OutputStatistics", "OutputCovariance", "collect_statistics", "statistics_for", "target_kind"]
 
 #: Kinds of module whose output statistics AFM uses.
 KINDS = ("linear", "embedding")
@@ -139,6 +139,28 @@ class OutputCovariance(Metric):
         # tiny negatives so a later sqrt or ratio cannot produce NaN.
         cov.diagonal().clamp_(min=0.0)
         return OutputStatistics(mean=mean, cov=cov, count=n)
+
+
+def statistics_for(
+    stats: OutputStatistics | Mapping[str, OutputStatistics] | None, name: str, width: int
+) -> OutputStatistics:
+    """The statistics of module ``name`` (``stats``: its own, or :func:`collect_statistics`'s dict),
+    checked to be finite and of the module's output ``width`` (``mean`` ``[width]``, ``cov`` ``[width, width]``)."""
+    if stats is None:
+        raise ValueError(f"AFM needs the output statistics of {name!r}; run collect_statistics first")
+    if isinstance(stats, Mapping):
+        if name not in stats:
+            raise ValueError(f"no statistics for {name!r}; statistics were collected for {sorted(stats)}")
+        stats = stats[name]
+    mean, cov = stats.mean, stats.cov
+    if mean.shape != (width,) or cov.shape != (width, width):
+        raise ValueError(
+            f"statistics for {name!r} have mean {tuple(mean.shape)} / cov {tuple(cov.shape)}, "
+            f"but the module's output width is {width}"
+        )
+    if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        raise ValueError(f"statistics for {name!r} contain NaN or Inf; no module was changed")
+    return stats
 
 
 def target_kind(module: nn.Module) -> str:

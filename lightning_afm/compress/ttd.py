@@ -16,13 +16,13 @@ which follows TT-Rec's settings, line 737-738) or computed from a trained table 
 (:func:`tt_svd`, Oseledets 2011): sequential truncated SVDs of the table reshaped as the tensor
 ``[n_1 d_1, n_2 d_2, ..., n_c d_c]``.
 
-As TT-Rec, only the large tables become trains (:func:`select_tt_tables`, ``>= 10^5`` rows by
+As TT-Rec, only the large tables become trains (:func:`~lightning_afm.compress.kinds.tt_embedding.select_tt_tables`, ``>= 10^5`` rows by
 default), the width-1 LR tables of those fields included; the small ones stay dense.
 
-A :class:`TTEmbedding` is a *plain* table for
-:class:`lightning_afm.models.layers.embedding.FieldEmbedding`: it has ``embedding_dim`` and is
-called as ``table(idx)``; it has no ``codes``/``project`` (nothing to fold into the MLP).
-Plan entries have kind ``"tt_embedding"`` and method ``"ttd"``.
+This module holds the maths (shapes, ranks, initialisation, TT-SVD); the table module is
+:class:`lightning_afm.compress.tt_modules.TTEmbedding` and the compression kind
+``"tt_embedding"`` (building, replaying, choosing the tables) is
+:mod:`lightning_afm.compress.kinds.tt_embedding`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_afm.compress.plan import PlanEntry
+from lightning_afm.compress.registry import check_rank
 
 __all__ = [
     "DEFAULT_TT_RANK",
@@ -44,28 +43,23 @@ __all__ = [
     "DEFAULT_TT_MIN_ROWS",
     "TT_INITS",
     "TTDecomposition",
-    "TTEmbedding",
     "balanced_row_factors",
     "balanced_dim_factors",
+    "check_tt_factors",
     "tt_rec_dim_factors",
     "tt_rec_init_std",
-    "select_tt_tables",
     "tt_ranks_for",
     "tt_svd",
     "sampled_gaussian_",
-    "build_tt_embedding",
-    "compress_embedding_ttd",
-    "compress_embeddings_ttd",
-    "replay_tt_embedding",
 ]
 
 #: TT-rank of the paper's TTD baseline (TT-Rec's default as well).
 DEFAULT_TT_RANK = 16
 #: Number of cores; TT-Rec uses 3.
 DEFAULT_NUM_CORES = 3
-#: How :func:`compress_embedding_ttd` sets the cores.
+#: How a TT table built from a trained one gets its cores: TT-SVD of the table, or drawn at random.
 TT_INITS = ("svd", "random")
-#: Tables with fewer rows stay dense (:func:`select_tt_tables`). TT-Rec compresses only the large
+#: Tables with fewer rows stay dense (:func:`~lightning_afm.compress.kinds.tt_embedding.select_tt_tables`). TT-Rec compresses only the large
 #: tables; at 10^5 that is Criteo's 7 largest (TT-Rec's Kaggle setting) and Avazu's 2
 #: (device_id, device_ip), which gives the parameter counts nearest the paper's Table 4
 #: (line 715: 3.76M / 12.21M; see ``benchmarks/param_counts.py``).
@@ -191,8 +185,7 @@ def tt_ranks_for(row_factors: Sequence[int], dim_factors: Sequence[int], tt_rank
         >>> tt_ranks_for([100, 100, 100], [2, 2, 4], 16), tt_ranks_for([4, 3, 3], [2, 2, 2], 64)
         ([1, 16, 16, 1], [1, 8, 6, 1])
     """
-    if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
-        raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
+    check_rank(tt_rank, label="tt_rank")
     modes = [int(n) * int(d) for n, d in zip(row_factors, dim_factors)]
     ranks = [1]
     for k in range(len(modes) - 1):
@@ -201,7 +194,7 @@ def tt_ranks_for(row_factors: Sequence[int], dim_factors: Sequence[int], tt_rank
     return ranks
 
 
-def _check_factors(
+def check_tt_factors(
     num_embeddings: int, embedding_dim: int, row_factors: Sequence[int], dim_factors: Sequence[int]
 ) -> None:
     if len(row_factors) != len(dim_factors) or len(row_factors) < 2:
@@ -352,7 +345,7 @@ def tt_svd(
     if weight.dim() != 2:
         raise ValueError(f"weight must be a [rows, dim] table, got shape {tuple(weight.shape)}")
     s, t = weight.shape
-    _check_factors(s, t, row_factors, dim_factors)
+    check_tt_factors(s, t, row_factors, dim_factors)
     c = len(row_factors)
     ranks = tt_ranks_for(row_factors, dim_factors, tt_rank)
     n = [int(x) for x in row_factors]
@@ -386,442 +379,3 @@ def tt_svd(
             cores = [core * (target / x) for core, x in zip(cores, norms)]
     out = [core.to(dtype=weight.dtype, device=weight.device).contiguous() for core in cores]
     return TTDecomposition(cores=out, discarded=discarded, norm=norm)
-
-
-# --------------------------------------------------------------------------- the module
-
-
-class TTEmbedding(nn.Module):
-    """An ``s x t`` embedding table stored as tensor-train cores (TT-Rec); looks up only the rows asked for.
-
-    Args:
-        num_embeddings: ``s``, rows.
-        embedding_dim: ``t``, the row width.
-        tt_rank: ``R``; the TT-ranks are ``(1, R, ..., R, 1)`` clipped where the table's shape
-            bounds them (:func:`tt_ranks_for`).
-        row_factors: ``n_1..n_c`` with product ``>= s`` (default :func:`balanced_row_factors`).
-        dim_factors: ``d_1..d_c`` with product ``== t`` (default :func:`tt_rec_dim_factors`).
-        num_cores: ``c`` when the factors are left to default (3, as TT-Rec).
-        padding_idx: as in ``nn.Embedding``: this row reads as zeros and gets no gradient.
-        deduplicate: look each distinct index up once per batch (``torch.unique``) and
-            scatter the rows back; same result, less work when ids repeat (Zipf-like CTR data).
-        init_std: std of a table entry under the random initialisation (:func:`sampled_gaussian_`);
-            1.0 matches ``nn.Embedding``'s ``N(0, 1)``.
-
-    Shapes:
-        ``forward(idx)``: ``[...]`` int64 in ``[0, s)`` -> ``[..., t]``.
-        ``cores[k]``: ``[n_k, r_{k-1}, d_k, r_k]``.
-        ``full_table()``: ``[s, t]`` (tests and small tables only: it builds every row).
-
-    Example:
-        >>> emb = TTEmbedding(1000, 16, tt_rank=4)
-        >>> emb.row_factors, emb.dim_factors, emb.tt_ranks
-        ([10, 10, 10], [2, 2, 4], [1, 4, 4, 1])
-        >>> emb(torch.tensor([[0, 999], [5, 5]])).shape
-        torch.Size([2, 2, 16])
-        >>> emb.num_parameters, 1000 * 16
-        (560, 16000)
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        tt_rank: int = DEFAULT_TT_RANK,
-        row_factors: Sequence[int] | None = None,
-        dim_factors: Sequence[int] | None = None,
-        num_cores: int = DEFAULT_NUM_CORES,
-        padding_idx: int | None = None,
-        deduplicate: bool = True,
-        init_std: float = 1.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
-            raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
-        s, t = int(num_embeddings), int(embedding_dim)
-        if s < 1 or t < 1:
-            raise ValueError(f"a TT table needs >= 1 row and column, got {num_embeddings} x {embedding_dim}")
-        if row_factors is None:
-            row_factors = balanced_row_factors(s, num_cores if dim_factors is None else len(dim_factors))
-        if dim_factors is None:
-            dim_factors = tt_rec_dim_factors(t, len(row_factors))
-        _check_factors(s, t, row_factors, dim_factors)
-        if padding_idx is not None:
-            if not -s <= int(padding_idx) < s:
-                raise ValueError(f"padding_idx {padding_idx} is outside the {s} rows")
-            padding_idx = int(padding_idx) % s
-        self.num_embeddings = s
-        self.embedding_dim = t
-        self.tt_rank = int(tt_rank)
-        self.row_factors = [int(x) for x in row_factors]
-        self.dim_factors = [int(x) for x in dim_factors]
-        self.tt_ranks = tt_ranks_for(self.row_factors, self.dim_factors, self.tt_rank)
-        self.padding_idx = padding_idx
-        self.deduplicate = bool(deduplicate)
-        #: :attr:`TTDecomposition.relative_error` when built by :meth:`from_table`, else None.
-        self.tt_svd_relative_error: float | None = None
-        self.cores = nn.ParameterList(
-            nn.Parameter(torch.empty(n, r0, dk, r1, device=device, dtype=dtype))
-            for n, dk, r0, r1 in zip(self.row_factors, self.dim_factors, self.tt_ranks[:-1], self.tt_ranks[1:])
-        )
-        # mixed-radix place values: i = sum_k i_k * stride_k, stride_k = n_{k+1} ... n_c
-        self._strides = [_prod(self.row_factors[k + 1 :]) for k in range(len(self.row_factors))]
-        sampled_gaussian_(list(self.cores), init_std)
-
-    # -- construction --------------------------------------------------------
-    @classmethod
-    def from_table(
-        cls,
-        weight: Tensor,
-        tt_rank: int = DEFAULT_TT_RANK,
-        row_factors: Sequence[int] | None = None,
-        dim_factors: Sequence[int] | None = None,
-        num_cores: int = DEFAULT_NUM_CORES,
-        padding_idx: int | None = None,
-        deduplicate: bool = True,
-    ) -> "TTEmbedding":
-        """A train of rank ``tt_rank`` fitted to ``weight`` ``[s, t]`` by TT-SVD (:func:`tt_svd`).
-
-        TT-SVD is quasi-optimal: its error is at most ``sqrt(c - 1)`` times that of the best
-        train of the same ranks (Oseledets 2011, Theorem 2.2).
-
-        Exact when ``tt_rank`` reaches every bound of :func:`tt_ranks_for`. Same dtype and
-        device as ``weight``. The decomposition's error is kept as ``tt_svd_relative_error``.
-        """
-        if weight.dim() != 2:
-            raise ValueError(f"weight must be a [rows, dim] table, got shape {tuple(weight.shape)}")
-        module = cls(
-            weight.shape[0],
-            weight.shape[1],
-            tt_rank,
-            row_factors=row_factors,
-            dim_factors=dim_factors,
-            num_cores=num_cores,
-            padding_idx=padding_idx,
-            deduplicate=deduplicate,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        decomposition = tt_svd(weight, module.row_factors, module.dim_factors, module.tt_rank)
-        with torch.no_grad():
-            for core, value in zip(module.cores, decomposition.cores):
-                core.copy_(value)
-        module.tt_svd_relative_error = decomposition.relative_error
-        return module
-
-    # -- sizes -----------------------------------------------------------------
-    @property
-    def num_parameters(self) -> int:
-        """Elements in the cores: ``sum_k n_k r_{k-1} d_k r_k`` (the dense table has ``s t``)."""
-        return sum(core.numel() for core in self.cores)
-
-    @property
-    def compression_ratio(self) -> float:
-        """``s t`` over :attr:`num_parameters`."""
-        return self.num_embeddings * self.embedding_dim / self.num_parameters
-
-    # -- lookup ------------------------------------------------------------------
-    def _check_range(self, low: Tensor, high: Tensor) -> None:
-        lo, hi = int(low), int(high)
-        if lo < 0 or hi >= self.num_embeddings:
-            bad = lo if lo < 0 else hi
-            raise IndexError(
-                f"index {bad} is out of range for a TT table of {self.num_embeddings} rows "
-                f"(ids must be in [0, {self.num_embeddings}))"
-            )
-
-    def rows(self, idx: Tensor) -> Tensor:
-        """Rows of in-range indices, repeats allowed: ``[B]`` -> ``[B, t]`` (no dedup, no range check).
-
-        Gathers slice ``i_k`` of each core and multiplies along the chain with batched
-        matmuls, carrying ``[B, d_1 ... d_k, r_k]``.
-        """
-        b = idx.shape[0]
-        out: Tensor | None = None
-        for k, core in enumerate(self.cores):
-            digit = torch.div(idx, self._strides[k], rounding_mode="floor") % self.row_factors[k]
-            n_k, r0, d_k, r1 = core.shape
-            # F.embedding: an indexed gather whose backward scatters into the core (dense grad)
-            piece = F.embedding(digit, core.view(n_k, r0 * d_k * r1))  # [B, r_{k-1} d_k r_k]
-            if out is None:
-                out = piece.view(b, d_k, r1)  # r_0 = 1
-            else:
-                out = torch.bmm(out, piece.view(b, r0, d_k * r1)).view(b, -1, r1)
-        return out.reshape(b, self.embedding_dim)  # r_c = 1
-
-    def forward(self, idx: Tensor) -> Tensor:
-        if idx.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"TTEmbedding indices must be int64 (or int32), got {idx.dtype}")
-        shape = idx.shape
-        flat = idx.reshape(-1).long()
-        if flat.numel() == 0:
-            return self.cores[0].new_zeros(*shape, self.embedding_dim)
-        if self.deduplicate:
-            unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
-            self._check_range(unique[0], unique[-1])
-            out = self.rows(unique)[inverse]
-        else:
-            low, high = torch.aminmax(flat)
-            self._check_range(low, high)
-            out = self.rows(flat)
-        if self.padding_idx is not None:
-            out = out.masked_fill((flat == self.padding_idx).unsqueeze(1), 0.0)
-        return out.view(*shape, self.embedding_dim)
-
-    def full_table(self) -> Tensor:
-        """The dense ``[s, t]`` table the cores represent (builds all ``N t`` entries: tests/small tables)."""
-        acc = self.cores[0].new_ones(1, 1, 1)  # [rows so far, width so far, r]
-        for core in self.cores:
-            # [P, D, r] x [n, r, d, r'] -> [P, n, D, d, r'] -> [P n, D d, r']
-            acc = torch.einsum("pDr,nrds->pnDds", acc, core)
-            p, n, width, d, r = acc.shape
-            acc = acc.reshape(p * n, width * d, r)
-        table = acc[:, :, 0][: self.num_embeddings]
-        if self.padding_idx is not None:
-            table = table.clone()
-            table[self.padding_idx] = 0
-        return table
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, tt_rank={self.tt_rank}, "
-            f"row_factors={self.row_factors}, dim_factors={self.dim_factors}, tt_ranks={self.tt_ranks}"
-            + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
-        )
-
-
-# --------------------------------------------------------------------------- surgery
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
-
-
-def _table(model: nn.Module, name: str) -> nn.Embedding:
-    if not name:
-        raise ValueError("give the dotted name of an nn.Embedding inside the model, not the model itself")
-    try:
-        module = model.get_submodule(name)
-    except AttributeError as err:
-        raise ValueError(f"{type(model).__name__} has no submodule {name!r} ({err})") from None
-    if not isinstance(module, nn.Embedding):
-        raise ValueError(
-            f"{name!r} is a {type(module).__name__}, not an nn.Embedding; only plain tables become TT tables"
-        )
-    if module.max_norm is not None:
-        raise ValueError(f"{name!r} renormalises rows (max_norm={module.max_norm}), which a TT table cannot do")
-    if module.sparse:
-        raise ValueError(
-            f"{name!r} has sparse gradients (sparse=True); TT cores get dense gradients, so a sparse "
-            "optimiser would break: rebuild the table with sparse=False first"
-        )
-    if module.scale_grad_by_freq:
-        raise ValueError(
-            f"{name!r} scales gradients by frequency (scale_grad_by_freq=True), which a TT table does not do"
-        )
-    return module
-
-
-def build_tt_embedding(
-    model: nn.Module,
-    name: str,
-    tt_rank: int = DEFAULT_TT_RANK,
-    init: str = "svd",
-    row_factors: Sequence[int] | None = None,
-    dim_factors: Sequence[int] | None = None,
-    num_cores: int = DEFAULT_NUM_CORES,
-    init_std: float | None = None,
-    deduplicate: bool = True,
-) -> tuple[PlanEntry, TTEmbedding]:
-    """The :class:`TTEmbedding` that would replace the nn.Embedding ``name``, and its plan entry.
-
-    Changes nothing. ``init``: ``"svd"`` (TT-SVD of the trained table) or ``"random"``
-    (:func:`sampled_gaussian_` with ``init_std``, default TT-Rec's :func:`tt_rec_init_std`:
-    ``1 / sqrt(3 s)``, the table's values are not read).
-    """
-    if not isinstance(tt_rank, int) or isinstance(tt_rank, bool) or tt_rank < 1:
-        raise ValueError(f"tt_rank must be a positive int, got {tt_rank!r}")
-    if init not in TT_INITS:
-        raise ValueError(f"init must be one of {TT_INITS}, got {init!r}")
-    table = _table(model, name)
-    s, t = table.weight.shape
-    try:
-        if init == "svd":
-            new = TTEmbedding.from_table(
-                table.weight,
-                tt_rank,
-                row_factors=row_factors,
-                dim_factors=dim_factors,
-                num_cores=num_cores,
-                padding_idx=table.padding_idx,
-                deduplicate=deduplicate,
-            )
-        else:
-            std = tt_rec_init_std(s) if init_std is None else float(init_std)
-            new = TTEmbedding(
-                s,
-                t,
-                tt_rank,
-                row_factors=row_factors,
-                dim_factors=dim_factors,
-                num_cores=num_cores,
-                padding_idx=table.padding_idx,
-                deduplicate=deduplicate,
-                init_std=std,
-                device=table.weight.device,
-                dtype=table.weight.dtype,
-            )
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{name!r}: {err}") from err
-    flags: dict[str, object] = {
-        "row_factors": list(new.row_factors),
-        "dim_factors": list(new.dim_factors),
-        "tt_ranks": list(new.tt_ranks),
-        "padding_idx": new.padding_idx,
-        "deduplicate": new.deduplicate,
-        "init": init,
-    }
-    if init == "svd":
-        flags["relative_error"] = float(new.tt_svd_relative_error)
-    entry = PlanEntry(name=name, kind="tt_embedding", method="ttd", rank=int(tt_rank), shape=[s, t], flags=flags)
-    return entry, new
-
-
-def compress_embedding_ttd(
-    model: nn.Module,
-    name: str,
-    tt_rank: int = DEFAULT_TT_RANK,
-    init: str = "svd",
-    row_factors: Sequence[int] | None = None,
-    dim_factors: Sequence[int] | None = None,
-    num_cores: int = DEFAULT_NUM_CORES,
-    init_std: float | None = None,
-    deduplicate: bool = True,
-) -> PlanEntry:
-    """Replace the nn.Embedding ``name`` by a :class:`TTEmbedding`; returns the ``"tt_embedding"`` plan entry.
-
-    Everything is validated and the new table built before the model changes, so a bad
-    request raises and leaves the model as it was. Arguments as :func:`build_tt_embedding`.
-
-    Example:
-        >>> model = nn.Sequential(nn.Embedding(1000, 16))
-        >>> entry = compress_embedding_ttd(model, "0", tt_rank=4)
-        >>> type(model[0]).__name__, entry.kind, entry.method, entry.rank
-        ('TTEmbedding', 'tt_embedding', 'ttd', 4)
-    """
-    entry, new = build_tt_embedding(
-        model, name, tt_rank, init, row_factors, dim_factors, num_cores, init_std, deduplicate
-    )
-    _replace(model, name, new)
-    return entry
-
-
-def compress_embeddings_ttd(
-    model: nn.Module,
-    names: Sequence[str],
-    tt_rank: int = DEFAULT_TT_RANK,
-    init: str = "svd",
-    num_cores: int = DEFAULT_NUM_CORES,
-    init_std: float | None = None,
-    deduplicate: bool = True,
-) -> list[PlanEntry]:
-    """:func:`compress_embedding_ttd` on several tables, all or nothing (every table built first).
-
-    Factors are left to their defaults per table (tables differ in rows). Returns the entries
-    in ``names`` order.
-    """
-    if not names:
-        raise ValueError("no embedding tables to compress")
-    built = [
-        build_tt_embedding(model, name, tt_rank, init, None, None, num_cores, init_std, deduplicate) for name in names
-    ]
-    for entry, new in built:
-        _replace(model, entry.name, new)
-    return [entry for entry, _ in built]
-
-
-def select_tt_tables(
-    model: nn.Module,
-    names: Sequence[str],
-    min_rows: int = DEFAULT_TT_MIN_ROWS,
-    lr_tables: bool = True,
-) -> list[str]:
-    """The tables a TT-Rec stage compresses: ``names`` with ``>= min_rows`` rows, and their LR tables.
-
-    TT-Rec replaces only the large tables: a small one costs less dense than as cores (a
-    3-row table of width 16 is 48 entries; its rank-16 cores are over 800), and its lookup
-    is cheap. ``lr_tables``: for each selected field table ``embeddings.<field>`` of a CTR
-    model, also its width-1 LR (first-order) table ``linear.<field>``: with 33.8M Criteo rows the
-    dense LR tables alone are 33.2M parameters against the 3.76M of the paper's whole TTD
-    model (Table 4, line 715), so the paper's TTD compresses them too. A model without a
-    ``linear`` part (or a field without an LR table) just has no LR table to add.
-
-    Returns the field tables in ``names`` order, then their LR tables in the same order.
-
-    Raises:
-        ValueError: ``min_rows`` is not a positive int, or no table in ``names`` has that many rows.
-    """
-    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
-        raise ValueError(f"min_rows must be a positive int (tables with fewer rows stay dense), got {min_rows!r}")
-    sizes = {name: _table(model, name).num_embeddings for name in names}
-    large = [name for name in names if sizes[name] >= min_rows]
-    if not large:
-        biggest = max(sizes.values(), default=0)
-        raise ValueError(
-            f"no table has {min_rows} rows or more (the largest of {len(sizes)} has {biggest}); TT-Rec leaves "
-            f"tables below min_rows dense, so nothing would be compressed: lower min_rows (ttd_min_rows)"
-        )
-    lr: list[str] = []
-    if lr_tables:
-        linear = getattr(model, "linear", None)
-        for name in large:
-            prefix, _, field = name.rpartition(".")
-            candidate = f"linear.{field}"
-            if prefix != "embeddings" or linear is None or candidate in large:
-                continue
-            try:
-                module = model.get_submodule(candidate)
-            except AttributeError:
-                continue
-            if isinstance(module, nn.Embedding):
-                _table(model, candidate)  # the same checks as any table
-                lr.append(candidate)
-    return large + lr
-
-
-def replay_tt_embedding(model: nn.Module, entry: PlanEntry) -> None:
-    """Rebuild a ``"tt_embedding"`` entry's structure (random cores) in place of the nn.Embedding it replaced."""
-    try:
-        table = model.get_submodule(entry.name)
-    except AttributeError as err:
-        raise ValueError(f"{type(model).__name__} has no submodule {entry.name!r} ({err})") from None
-    if not isinstance(table, nn.Embedding) or list(table.weight.shape) != entry.shape:
-        found = f"{type(table).__name__} {list(table.weight.shape) if hasattr(table, 'weight') else ''}"
-        raise ValueError(
-            f"cannot replay the TT table {entry.name!r}: expected an nn.Embedding with weight {entry.shape}, "
-            f"found {found}; is this the same model architecture?"
-        )
-    flags = entry.flags
-    if "row_factors" not in flags or "dim_factors" not in flags:
-        raise ValueError(f"TT plan entry {entry.name!r} lacks row_factors/dim_factors in its flags: {flags}")
-    s, t = entry.shape
-    new = TTEmbedding(
-        s,
-        t,
-        entry.rank,
-        row_factors=flags["row_factors"],
-        dim_factors=flags["dim_factors"],
-        padding_idx=flags.get("padding_idx"),
-        deduplicate=bool(flags.get("deduplicate", True)),
-        device=table.weight.device,
-        dtype=table.weight.dtype,
-    )
-    if "tt_ranks" in flags and list(flags["tt_ranks"]) != new.tt_ranks:
-        raise ValueError(
-            f"TT plan entry {entry.name!r} records ranks {flags['tt_ranks']}, but rank {entry.rank} with "
-            f"factors {new.row_factors} x {new.dim_factors} gives {new.tt_ranks}"
-        )
-    _replace(model, entry.name, new)

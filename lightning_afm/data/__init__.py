@@ -12,6 +12,7 @@ loading torch or Lightning)::
     CsvSource, ParquetSource, TableSpec            readers
     SyntheticConfig, make_synthetic, make_truth,
     write_criteo_format, binary_auc                synthetic data
+    Encoder, EncodedRows                           raw rows -> model inputs, saved with the model (serving)
     EncodedSplit, BatchStream, batch_plan,
     num_batches                                    batching
     DataError, DataConfigError, CacheError, MalformedRowError  errors
@@ -52,6 +53,8 @@ _LAZY = {
     "num_batches": "batching",
     "split_assignment": "split",
     "default_cache_dir": "cache",
+    "Encoder": "encoder",
+    "EncodedRows": "encoder",
 }
 
 __all__ = [

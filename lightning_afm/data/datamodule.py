@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from .batching import BatchStream, EncodedSplit, rank_and_world
 from .cache import load_split
+from .encoder import CHECKPOINT_KEY, Encoder
 from .errors import DataConfigError
 from .pipeline import EncodeOptions, PreprocessResult, encode_arrays, preprocess
 from .readers import TableSource, avazu_source, criteo_source, table_source
@@ -206,6 +207,25 @@ class _FileDataModule(CTRDataModule):
 
     def prepare_data(self) -> None:
         self.preprocess_result = preprocess(self.source(), self.options, self.cache_dir, progress=self.progress)
+
+    def encoder(self) -> Encoder:
+        """The frozen preprocessing of this data (vocabularies, numeric ranges, reader settings): what
+        serving needs to encode new raw rows exactly as these were (:mod:`.encoder`)."""
+        if self.preprocess_result is None:
+            raise RuntimeError(f"{type(self).__name__}: call prepare_data() or setup() first")
+        return Encoder.from_cache(self.preprocess_result.path)
+
+    def state_dict(self) -> dict:
+        """The encoder, which Lightning then stores in every checkpoint (plain types and Arrow IPC bytes).
+
+        Rebuilt at each save from the cache (a copy of the vocabularies, not kept in memory between saves).
+        """
+        if self.preprocess_result is None:
+            return {}
+        return {CHECKPOINT_KEY: self.encoder().to_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore on resume: the cache, keyed by the file and options, is the state."""
 
     def data_report(self) -> dict:
         """Rows read, encoded per split and skipped (count, reasons, the first lines) for ``summary.json``.

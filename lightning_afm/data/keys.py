@@ -185,8 +185,9 @@ class GrowingDictionary:
         """Tallies added so far, indexed by id: ``int64 [size]``."""
         return self._counts[: self.size].copy()
 
-    def ids_for(self, keys: np.ndarray) -> np.ndarray:
-        """Ids of ``keys`` ``[u]`` (normally distinct), adding the unseen ones. Returns ``int64 [u]``."""
+    def _probe(self, keys: np.ndarray):
+        """Look ``keys`` ``[u]`` up: (sorted keys, the keys in a common dtype, their sort order, the
+        sorted probes, insertion points, found mask, ids of the found ones in probe order)."""
         if self._sorted_keys is None:
             self._sorted_keys = keys[:0].copy()
         sorted_keys, keys = _common(self._sorted_keys, keys)
@@ -198,6 +199,22 @@ class GrowingDictionary:
         found = sorted_keys[clipped] == probes if len(sorted_keys) else np.zeros(len(keys), dtype=bool)
         ids_sorted = np.empty(len(keys), dtype=np.int64)
         ids_sorted[found] = self._sorted_ids[clipped[found]]
+        return sorted_keys, keys, order, probes, pos, found, ids_sorted
+
+    def find(self, keys: np.ndarray, missing: int = -1) -> np.ndarray:
+        """Ids of ``keys`` ``[u]`` without adding any: ``int64 [u]``, ``missing`` for keys never seen.
+
+        Serving's lookup (:mod:`.encoder`): the same keys and comparison as :meth:`ids_for`.
+        """
+        _, _, order, _, _, found, ids_sorted = self._probe(keys)
+        ids_sorted[~found] = missing
+        ids = np.empty(len(keys), dtype=np.int64)
+        ids[order] = ids_sorted
+        return ids
+
+    def ids_for(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of ``keys`` ``[u]`` (normally distinct), adding the unseen ones. Returns ``int64 [u]``."""
+        sorted_keys, keys, order, probes, pos, found, ids_sorted = self._probe(keys)
         new = ~found
         if new.any():
             # New keys, deduplicated (a null and "" share the key of the missing value);

@@ -43,6 +43,20 @@ class RunningMinMax:
         self.high = np.fmax(self.high, np.fmax.reduce(values, axis=0, where=mask, initial=-np.inf))
 
 
+def fill_missing(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The paper's fill, as stored: NaN (missing) -> 0 in ``values`` (float64 ``[n, N]``, in place), then rounded to float32.
+
+    Returns ``out`` (float32 ``[n, N]``, fresh when ``None``). The cache stores these float32
+    values and :func:`minmax_scale` scales them later; serving does the same two steps, so a
+    row gets bit-identical inputs in both.
+    """
+    np.nan_to_num(values, copy=False, nan=0.0)
+    if out is None:
+        return values.astype(np.float32)
+    out[...] = values
+    return out
+
+
 def minmax_scale(values: np.ndarray, low: np.ndarray, high: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Scale ``values`` ``[n, N]`` to [0, 1] column-wise and clip; returns ``float32 [n, N]``.
 

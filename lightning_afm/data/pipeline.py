@@ -35,7 +35,7 @@ from .cache import MemoryBudget, NpyAppender, atomic_directory, cache_key, cache
 from .convert import BEYOND_FLOAT32, BEYOND_FLOAT32_FIX, beyond_float32, display, parse_label, parse_numeric
 from .errors import CacheError, DataConfigError, MalformedRowError, check_on_bad_rows
 from .keys import MISSING_BUCKET, GrowingDictionary, fixed8_row_keys, keys_to_arrow, string_keys
-from .numeric import RunningMinMax, log_bucket, minmax_scale
+from .numeric import RunningMinMax, fill_missing, log_bucket, minmax_scale
 from .readers import BadRows, RawChunk, TableSource, memory_pool
 from .schema import CategoricalField, Schema
 from .split import SPLIT_NAMES, TRAIN, check_fractions, split_assignment
@@ -134,6 +134,8 @@ def preprocess(
         >>> res.schema.vocab_sizes[:3], res.reused  # doctest: +SKIP
     """
     options = options or EncodeOptions()
+    if source.spec.label is None:
+        raise DataConfigError(f"{source.path}: training needs a label column; name it (e.g. label=click)")
     source.check()  # columns, emptiness: before any work
     final = cache_path(source, options, cache_dir)
     if final.exists():
@@ -317,10 +319,17 @@ class _Buffers:
         self.numeric32 = np.empty((rows, self.num_numeric), dtype=np.float32)
 
 
-def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: BadRows, pool: "_Workers", numeric: np.ndarray):
-    """Labels ``float32 [n]``, numbers (into ``numeric`` float64 ``[n, N]``, NaN = missing) and the rows to keep (``None`` = all)."""
+def validate_chunk(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: BadRows, pool, numeric: np.ndarray):
+    """Labels ``float32 [n]`` (``None`` when ``source.spec.label`` is ``None``: rows to score), numbers
+    (into ``numeric`` float64 ``[n, N]``, NaN = missing) and the rows to keep (``None`` = all).
+
+    Shared by training (:func:`preprocess`) and serving (:mod:`.encoder`): a bad value raises
+    :class:`MalformedRowError` naming its line and column, or is counted in ``bad_rows``.
+    ``pool`` has ``map(fn, items)`` (a thread pool, or ``_Inline``).
+    """
     spec = source.spec
     table = chunk.table
+    first = -1 if spec.label is not None else 0  # task -1 parses the label
 
     def parse(j: int):
         if j < 0:
@@ -329,10 +338,11 @@ def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: 
         numeric[:, j] = values
         return None, bad_j, why_j
 
-    results = list(pool.map(parse, range(-1, len(spec.numeric))))  # Arrow and numpy release the GIL
-    label = results[0][0]
+    results = list(pool.map(parse, range(first, len(spec.numeric))))  # Arrow and numpy release the GIL
+    label = results[0][0] if first < 0 else None
     # (column, bad rows, reason, how to fix it or None)
-    problems = [(name, bad, why, None) for name, (_, bad, why) in zip((spec.label,) + spec.numeric, results)]
+    names = ((spec.label,) if first < 0 else ()) + spec.numeric
+    problems = [(name, bad, why, None) for name, (_, bad, why) in zip(names, results)]
     for j, name in enumerate(spec.numeric):
         huge = beyond_float32(numeric[:, j])
         if huge.any():
@@ -356,16 +366,13 @@ def _validate(chunk: RawChunk, source: TableSource, on_bad_rows: str, bad_rows: 
     return label, numeric, ~any_bad
 
 
-def _encode_field(
-    table: pa.Table, numeric: np.ndarray, ids: np.ndarray, dictionaries: list[GrowingDictionary], f: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode field ``f`` of a chunk into column ``f`` of ``ids`` ``[n, F]`` (provisional ids).
+def field_keys(table: pa.Table, numeric: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The keys of field ``f``'s distinct values in a chunk ``[u]`` and each row's index into them ``[n]``.
 
-    Returns the provisional ids of the chunk's distinct values ``[u]`` and each
-    row's index into them ``[n]`` (for counting the training rows).
-
-    Fields ``f < table.num_columns`` are the table's categorical columns; the
-    rest are the log buckets of ``numeric`` ``[n, N]`` (NaN = missing).
+    Fields ``f < table.num_columns`` are the table's categorical columns (string keys, see
+    :mod:`.keys`); the rest are the log buckets of ``numeric`` ``[n, N]`` (NaN = missing,
+    ``int64`` keys). ``None`` for a column without chunks (no rows). Shared by training and
+    serving (:mod:`.encoder`), so a value gets the same key in both.
     """
     if f < table.num_columns:
         column = table.column(f)
@@ -379,11 +386,26 @@ def _encode_field(
         else:
             encoded = pc.dictionary_encode(column, null_encoding="encode", memory_pool=memory_pool())
             if encoded.num_chunks == 0:
-                return np.zeros(0, np.int64), np.zeros(0, np.int64)
+                return None
             indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks])
             keys = string_keys(encoded.chunk(0).dictionary)
     else:
         keys, indices = _factorize(log_bucket(numeric[:, f - table.num_columns]))
+    return keys, indices
+
+
+def _encode_field(
+    table: pa.Table, numeric: np.ndarray, ids: np.ndarray, dictionaries: list[GrowingDictionary], f: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode field ``f`` of a chunk into column ``f`` of ``ids`` ``[n, F]`` (provisional ids).
+
+    Returns the provisional ids of the chunk's distinct values ``[u]`` and each
+    row's index into them ``[n]`` (for counting the training rows).
+    """
+    found = field_keys(table, numeric, f)
+    if found is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys, indices = found
     provisional = dictionaries[f].ids_for(keys)
     # mode="clip": the indices are valid by construction, and numpy's default
     # checking mode with out= is 10x slower (it buffers the whole result).
@@ -449,7 +471,7 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
             n = chunk.table.num_rows
             rows_read += n
             buffers.reserve(n)
-            label, numeric, keep = _validate(chunk, source, options.on_bad_rows, bad_rows, pool, buffers.numeric[:n])
+            label, numeric, keep = validate_chunk(chunk, source, options.on_bad_rows, bad_rows, pool, buffers.numeric[:n])
             table = chunk.table.select(list(spec.categorical))
             if keep is not None:
                 label, numeric = label[keep], numeric[keep]
@@ -464,10 +486,8 @@ def _encode_kept(source: TableSource, options: EncodeOptions, out: Path, progres
             is_train = split == TRAIN
             for f, (provisional, indices) in enumerate(encoded):
                 dictionaries[f].add_counts(provisional, np.bincount(indices[is_train], minlength=len(provisional)))
-            np.nan_to_num(numeric, copy=False, nan=0.0)  # the paper's fill: missing -> 0 before scaling
+            numeric32 = fill_missing(numeric, out=buffers.numeric32[:n])  # missing -> 0; numeric is filled in place
             minmax.update(numeric, where=is_train)
-            numeric32 = buffers.numeric32[:n]
-            numeric32[...] = numeric
             # Each split's rows in file order (a stable radix sort of int8), gathered into
             # new arrays that the writers keep as they are.
             order = np.argsort(split, kind="stable")

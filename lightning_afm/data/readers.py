@@ -73,10 +73,11 @@ def memory_pool() -> pa.MemoryPool:
 class TableSpec:
     """Which columns of a table are the label, the categorical and the numeric fields.
 
-    ``integer_numeric`` makes numeric fields integer-only (Criteo's I1..I13).
+    ``integer_numeric`` makes numeric fields integer-only (Criteo's I1..I13). ``label=None``
+    reads rows without a label (rows to score, :mod:`.encoder`); training refuses it.
     """
 
-    label: str
+    label: str | None
     categorical: tuple[str, ...]
     numeric: tuple[str, ...] = ()
     integer_numeric: bool = False
@@ -84,7 +85,7 @@ class TableSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "categorical", tuple(str(c) for c in self.categorical))
         object.__setattr__(self, "numeric", tuple(str(c) for c in self.numeric))
-        if not self.label:
+        if self.label is not None and not self.label:
             raise DataConfigError("a label column is required (e.g. label=click)")
         if not self.categorical and not self.numeric:
             raise DataConfigError("name at least one categorical or numeric column")
@@ -97,8 +98,8 @@ class TableSpec:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """All columns read, in the order of every chunk's table: label, numeric, categorical."""
-        return (self.label,) + self.numeric + self.categorical
+        """All columns read, in the order of every chunk's table: label (if any), numeric, categorical."""
+        return ((self.label,) if self.label is not None else ()) + self.numeric + self.categorical
 
 
 @dataclass
@@ -287,7 +288,7 @@ class TableSource:
 
     def _check_columns(self, available: Sequence[str]) -> None:
         have = set(available)
-        if self.spec.label not in have:
+        if self.spec.label is not None and self.spec.label not in have:
             raise DataConfigError(
                 f"{self.path}: label column {self.spec.label!r} not found; {_describe_columns(available)}"
             )
@@ -413,6 +414,14 @@ class CsvSource(TableSource):
         """The file's bytes, decompressed when the name says so (``.gz``, ``.bz2``, ``.zst``, ...)."""
         return pa.input_stream(str(self.path), compression="detect")
 
+    def _csv_input(self):
+        """What Arrow's CSV reader opens: the path (it decompresses by suffix); in-memory sources override it."""
+        return self.path
+
+    def _byte_size(self) -> int:
+        """Bytes of the input as stored (the row count's progress bar)."""
+        return self.path.stat().st_size
+
     def _first_lines(self, n: int) -> list[str]:
         lines: list[str] = []
         with self._open() as raw:
@@ -473,7 +482,7 @@ class CsvSource(TableSource):
         """
         from tqdm.auto import tqdm
 
-        size = self.path.stat().st_size
+        size = self._byte_size()
         scan = _LineScan(self.quote_char.encode() if self.quote_char else None)
         buffer = bytearray(8 << 20)  # reused: no fresh memory per block
         with self._open() as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"counting rows of {self.path.name}", disable=not progress, leave=False) as bar:
@@ -585,7 +594,7 @@ class CsvSource(TableSource):
 
         def batches() -> Iterator[RawChunk]:
             reader = pacsv.open_csv(
-                path, read_options=read_options, parse_options=parse_options, convert_options=convert_options, memory_pool=memory_pool()
+                self._csv_input(), read_options=read_options, parse_options=parse_options, convert_options=convert_options, memory_pool=memory_pool()
             )
             pending: list[pa.RecordBatch] = []
             pending_rows = 0

@@ -61,7 +61,7 @@ from typing import Any, Mapping
 
 from ..data.schema import Schema
 from .autoint import AutoInt
-from .base import CTRModel, count_parameters, make_adam
+from .base import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, CTRModel, count_parameters, make_adam
 from .dcn import DCN
 from .dcnv2 import DCNv2
 from .deepfm import DeepFM
@@ -102,5 +102,7 @@ __all__ = [
     "NFM",
     "build_model",
     "count_parameters",
+    "DEFAULT_EMBEDDING_TARGETS",
+    "DEFAULT_MLP_TARGETS",
     "make_adam",
 ]

@@ -9,22 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compress.contract import ModelLayout
+from ..compress.surgery import parameter_count
 from ..data.schema import CATEGORICAL, LABEL, NUMERIC, Schema
-from .allocator import reuse_freed_memory
 from .layers.embedding import FieldEmbedding
 from .layers.linear_logit import LinearLogit
 from .layers.mlp import MLP
 from .metrics import BinaryAUC, BinaryLogLoss
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameter elements (works on ``meta``-device models: nothing is read).
+#: The MLP Linears compression takes by default: the paper's 2nd and 3rd (the 1st depends on the
+#: embedding width; a fold compresses it with the tables). The zoo's compression layout.
+DEFAULT_MLP_TARGETS = ("mlp.1.linear", "mlp.2.linear")
+#: Every field table of ``FieldEmbedding`` (a glob; the layout lists them by name).
+DEFAULT_EMBEDDING_TARGETS = ("embeddings.*",)
 
-    Example:
-        >>> count_parameters(nn.Linear(3, 2))
-        8
-    """
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+#: Number of parameter elements (works on ``meta``-device models): one definition, compression's.
+count_parameters = parameter_count
 
 
 def make_adam(params: Sequence[torch.Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -40,6 +41,9 @@ def make_adam(params: Sequence[torch.Tensor], lr: float, weight_decay: float = 0
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
+
+#: The checkpoint key naming the model's class (``module.QualName``), read by ``lightning_afm.serve``.
+MODEL_CLASS_KEY = "lightning_afm_model_class"
 
 #: Which table entries the L2 term of the loss covers (``CTRModel(l2=...)``).
 L2_MODES = ("rows", "full")
@@ -59,11 +63,12 @@ class CTRModel(L.LightningModule):
     from the schema alone, so a model of full Criteo size can be built (for
     example on the ``meta`` device, to count parameters) without any data.
 
-    Attribute contract (compression code targets these names):
-        ``embeddings`` (:class:`FieldEmbedding`), ``linear`` (:class:`LinearLogit`),
+    Parts: ``embeddings`` (:class:`FieldEmbedding`), ``linear`` (:class:`LinearLogit`),
         ``mlp`` (:class:`MLP`, blocks with ``.linear``), ``output`` (the 1-unit
         Linear after the MLP), ``mlp_reads_codes`` (instance flag, default False),
-        ``MLP_READS_EMBEDDINGS`` (class flag).
+        ``MLP_READS_EMBEDDINGS`` (class flag). Compression reads them only through the
+        compression contract (:class:`lightning_afm.compress.CompressibleModel`), implemented
+        here once for every model: :meth:`compression_layout`, :meth:`set_mlp_reads_codes`.
 
     Args (hyper-parameters shared by all models, saved in checkpoints):
         schema: a :class:`Schema` or its ``to_dict()``.
@@ -100,6 +105,8 @@ class CTRModel(L.LightningModule):
     #: True when the first MLP Linear reads ``cat([X.flatten(1), numeric])`` with ``X`` the
     #: ``[B, F, d]`` embeddings (or codes, when ``mlp_reads_codes``), field-major.
     MLP_READS_EMBEDDINGS: ClassVar[bool] = True
+    #: The MLP Linears compression takes by default (:data:`DEFAULT_MLP_TARGETS`).
+    COMPRESSIBLE_MLP_LINEARS: ClassVar[tuple[str, ...]] = DEFAULT_MLP_TARGETS
 
     def __init__(
         self,
@@ -296,7 +303,28 @@ class CTRModel(L.LightningModule):
                 if p.requires_grad:
                     yield p
 
+    # -- compression contract -----------------------------------------------
+    def compression_layout(self) -> ModelLayout:
+        """Where compression finds this model's parts (:class:`lightning_afm.compress.ModelLayout`)."""
+        fields = list(self.embeddings.module_names)
+        return ModelLayout(
+            mlp_targets=self.COMPRESSIBLE_MLP_LINEARS,
+            field_tables=tuple(f"embeddings.{n}" for n in fields),
+            first_mlp_linear="mlp.0.linear",
+            mlp_reads_embeddings=type(self).MLP_READS_EMBEDDINGS,
+            mlp_reads_codes=bool(self.mlp_reads_codes),
+            lr_tables={f"embeddings.{n}": f"linear.{n}" for n in self.linear.module_names if n in fields},
+        )
+
+    def set_mlp_reads_codes(self, reads_codes: bool) -> None:
+        """After a fold the first MLP Linear reads the ``[B, F, k]`` codes (:meth:`mlp_input`)."""
+        self.mlp_reads_codes = bool(reads_codes)
+
     # -- checkpoints ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the class in the checkpoint, so serving (``lightning_afm.serve``) rebuilds the model from the file alone."""
+        checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Give a fresh model the compressed structure a checkpoint's weights need.
 
@@ -310,10 +338,6 @@ class CTRModel(L.LightningModule):
         restore_compressed_structure(self, checkpoint)
 
     # -- steps ---------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        # dense embedding gradients are re-allocated every step; see allocator.py
-        reuse_freed_memory()
-
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         categorical, numeric, label = self._unpack(batch)
         logits, codes, lr_weights = self.forward_parts(categorical, numeric)

@@ -55,46 +55,36 @@ class BilinearInteraction(nn.Module):
     def num_pairs(self) -> int:
         return self.num_fields * (self.num_fields - 1) // 2
 
-    def forward(self, embeddings: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, F, d]`` -> ``[B, P, d]``, ``P = F (F - 1) / 2``.
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``[B, F, d]`` -> ``[B, P, d]``, ``P = F (F - 1) / 2``."""
+        outs: list[torch.Tensor] = []
+        for i, left in enumerate(self.left_products(embeddings)):
+            outs.append(left * embeddings[:, i + 1 :])
+        return torch.cat(outs, dim=1)
 
-        ``out`` (optional, ``[B, P, d]``, may be a strided view such as a slice of a wider
-        MLP input): written in place and returned when autograd is off, which saves the
-        concatenation copy of the caller at inference; ignored (a new tensor is returned)
-        while gradients are recorded, since in-place writes cannot be differentiated.
-        """
+    def left_products(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """``v_i W`` for every left field ``i < F - 1``: ``[B, n_i, d]`` (one per pair ``(i, j)``,
+        ``j > i``, for ``field_interaction``) or ``[B, 1, d]`` (shared by the pairs ``(i, j)``);
+        the output's pairs ``(i, i+1..F-1)`` are ``lefts[i] * e[:, i+1:]``."""
         if self.bilinear_type == "field_interaction":
-            return self._per_pair(embeddings, out)
+            return self._per_pair(embeddings)
         if self.bilinear_type == "field_all":
             left = embeddings @ self.weight[0]
         else:  # field_each: v_i W_i for every field
             left = torch.einsum("bfd,fde->bfe", embeddings, self.weight)
-        return self._join(embeddings, [left[:, i : i + 1] for i in range(self.num_fields - 1)], out)
+        return [left[:, i : i + 1] for i in range(self.num_fields - 1)]
 
-    def _per_pair(self, embeddings: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    def _per_pair(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
         # Pairs are grouped by their left field i: the pairs (i, i+1..F-1) are contiguous both
         # in the weight and in the output, and their right fields are the slice e[:, i+1:], so
         # each group is one [B, d] x [d, n_i d] matrix product and no [B, P, d] gathers of the
         # embeddings are needed (3x faster than gather + bmm at Criteo's shape, batch 10000).
-        batch, _, d = embeddings.shape
-        lefts = []
+        batch, d = embeddings.shape[0], embeddings.shape[2]
+        lefts: list[torch.Tensor] = []
         start = 0
         for i in range(self.num_fields - 1):
             n = self.num_fields - 1 - i
             block = self.weight[start : start + n].permute(1, 0, 2).reshape(d, n * d)  # [d, n d]
             lefts.append((embeddings[:, i] @ block).view(batch, n, d))
             start += n
-        return self._join(embeddings, lefts, out)
-
-    def _join(self, embeddings: torch.Tensor, lefts: list[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
-        """``lefts[i]`` (``[B, n_i or 1, d]``) times the right fields ``e[:, i+1:]``, pairs in order."""
-        if out is not None and not torch.is_grad_enabled():
-            if out.shape != (embeddings.shape[0], self.num_pairs, embeddings.shape[2]):
-                raise ValueError(f"out must be [batch, {self.num_pairs}, dim], got {tuple(out.shape)}")
-            start = 0
-            for i, left in enumerate(lefts):
-                n = self.num_fields - 1 - i
-                torch.mul(left, embeddings[:, i + 1 :], out=out[:, start : start + n])
-                start += n
-            return out
-        return torch.cat([left * embeddings[:, i + 1 :] for i, left in enumerate(lefts)], dim=1)
+        return lefts

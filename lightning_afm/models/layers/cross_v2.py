@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .aligned import cross_aligned, has_hooks, is_plain_linear, padded_bias, padded_weight
 
 
 class MatrixCrossLayer(nn.Module):
@@ -26,16 +24,6 @@ class MatrixCrossLayer(nn.Module):
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x0 * self.linear(x) + x
-
-    def forward_aligned(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The same on inputs zero-padded to a width ``W >= D`` (``[B, W]`` -> ``[B, W]``).
-
-        The weight is padded to ``W x W`` with zeros, so the padded columns stay zero;
-        see :mod:`.aligned` for why this is faster.
-        """
-        width = x.shape[1]
-        crossed = F.linear(x, padded_weight(self.linear, width), padded_bias(self.linear, width))
-        return torch.addcmul(x, x0, crossed)
 
 
 class LowRankMixtureCrossLayer(nn.Module):
@@ -102,16 +90,7 @@ class CrossNetworkV2(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        if self._can_align():
-            return cross_aligned(self.layers, x0)
         x = x0
         for layer in self.layers:
             x = layer(x0, x)
         return x
-
-    def _can_align(self) -> bool:
-        # only full matrices gain from it, and only while nothing replaced, subclassed or hooks them
-        return all(
-            type(layer) is MatrixCrossLayer and not has_hooks(layer) and is_plain_linear(layer.linear)
-            for layer in self.layers
-        )

@@ -17,20 +17,9 @@ the projection is folded into the first MLP Linear the MLP can read the small
 codes directly while interaction layers (FM, cross, attention) still get
 ``t``-dim vectors.
 
-Two optional members let a factored table join the batched paths below (without
-them it is called field by field, which is always correct)::
-
-    code_rows() -> Tensor[s, k] | None  # codes(idx) == code_rows()[idx]; None: call codes
-    project_all(tables, codes[B, F, k]) -> Tensor[B, F, t]  # static: all fields at once
-
-Batched paths, giving the values of the field-by-field calls: without a graph to
-record (inference, ``torch.no_grad``, frozen tables) every field's rows are gathered
-straight into one ``[B, F, d]`` tensor (:func:`gather_field_rows`) instead of ``F``
-lookups stacked afterwards (a copy of the whole output); when every table is of one
-class with ``project_all``, all projections run as one batched product. Under
-autograd every table is still called (its ``sparse`` and ``padding_idx`` gradients
-stay its own business), as is any table watched by a forward hook: compression
-collects its statistics with hooks.
+The lookups are plain module calls, stacked: faster batched structures for inference
+(all fields gathered into one tensor, one batched projection product) are built from a model
+by :func:`lightning_afm.inference.optimize_for_inference`.
 """
 
 from __future__ import annotations
@@ -40,95 +29,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module_globals
 
 _INVALID = re.compile(r"[^0-9A-Za-z_]")
-
-
-def _has_forward_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs forward (pre-)hooks, its own or global ones."""
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or getattr(_module_globals, "_global_forward_hooks", None)
-        or getattr(_module_globals, "_global_forward_pre_hooks", None)
-    )
-
-
-def _readable_rows(table: nn.Module) -> torch.Tensor | None:
-    """The tensor whose rows a lookup in ``table`` returns, when reading them directly gives the
-    same values and skips no hook; else None (the table must be called).
-
-    A plain ``nn.Embedding`` without ``max_norm`` (which renormalises rows on lookup) gives its
-    weight; a factored table gives what its ``code_rows()`` gives.
-    """
-    if hasattr(table, "codes"):
-        code_rows = getattr(table, "code_rows", None)
-        return None if code_rows is None else code_rows()
-    if type(table).forward is not nn.Embedding.forward or table.max_norm is not None or _has_forward_hooks(table):
-        return None
-    return table.weight
-
-
-#: Rows of these sizes (bytes) are copied as one integer word each; see :func:`gather_field_rows`.
-_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _as_words(t: torch.Tensor, word_bytes: int) -> torch.Tensor | None:
-    """``t`` ``[..., d]`` (``d`` elements of ``word_bytes`` bytes in all) reinterpreted as ``[...]``
-    integer words, or None where its memory layout does not allow it."""
-    ratio = word_bytes // t.element_size()
-    if t.stride(-1) != 1 or t.shape[-1] != ratio or t.storage_offset() % ratio:
-        return None
-    return t.view(_WORD_DTYPES[word_bytes]).squeeze(-1)
-
-
-def gather_field_rows(tables: Sequence[nn.Module], ids: torch.Tensor) -> torch.Tensor | None:
-    """Every field's looked-up rows side by side, read straight from the tables' weights:
-    ``[F, B]`` ids (row ``i`` for ``tables[i]``) -> ``[B, F, d]``, equal to
-    ``stack([tables[i](ids[i]) for i in range(F)], dim=1)`` (``codes`` for factored tables).
-
-    Returns None, to have the tables called instead, when autograd would record the lookups
-    (``out=`` kernels are not differentiable, and a table's ``sparse`` / ``padding_idx``
-    gradients are its own business), a forward hook watches a table, a table renormalises rows
-    on lookup (``max_norm``) or has no readable rows, or the rows differ in width, dtype or device.
-
-    Each field's rows go straight into their strided ``[B, d]`` slot of the output (index_select
-    accepts it as ``out``) instead of ``F`` separate results stacked afterwards. Rows of 1, 2, 4
-    or 8 bytes (LR weights; 2-dim float32 codes) are gathered as single integer words: the 1-D
-    gather is a load and a store per row where the 2-D one calls ``memcpy`` per row, about twice
-    as fast for such small rows; the bits are copied unchanged.
-
-    Example:
-        >>> tables = [nn.Embedding(5, 3), nn.Embedding(7, 3)]
-        >>> ids = torch.tensor([[0, 4], [6, 1]])  # field 0 looks up rows 0, 4; field 1 rows 6, 1
-        >>> with torch.no_grad():
-        ...     rows = gather_field_rows(tables, ids)
-        >>> rows.shape, torch.equal(rows[:, 1], tables[1].weight[[6, 1]])
-        (torch.Size([2, 2, 3]), True)
-        >>> gather_field_rows(tables, ids) is None  # autograd on: the tables must be called
-        True
-    """
-    rows = [_readable_rows(t) for t in tables]
-    if not rows or any(r is None or r.dim() != 2 for r in rows):
-        return None
-    first = rows[0]
-    if any(r.shape[1] != first.shape[1] or r.dtype != first.dtype or r.device != first.device for r in rows):
-        return None
-    if torch.is_grad_enabled() and any(r.requires_grad for r in rows):
-        return None
-    out = first.new_empty((ids.shape[1], len(rows), first.shape[1]))
-    word_bytes = first.shape[1] * first.element_size()
-    if word_bytes in _WORD_DTYPES:
-        words = [_as_words(r, word_bytes) for r in rows]
-        if all(w is not None for w in words):
-            out_words = _as_words(out, word_bytes)  # [B, F]
-            for i, weight in enumerate(words):
-                torch.index_select(weight, 0, ids[i], out=out_words[:, i])
-            return out
-    for i, weight in enumerate(rows):
-        torch.index_select(weight, 0, ids[i], out=out[:, i])
-    return out
 
 
 def module_name_for_field(name: str) -> str:
@@ -198,14 +100,10 @@ class FieldEmbedding(nn.Module):
 
     def codes(self, categorical: torch.Tensor) -> torch.Tensor:
         """``[B, F]`` ids -> ``[B, F, d]`` codes (needs every field to have the same ``d``)."""
-        tables = self.tables()
         # one transposing copy of the ids instead of a contiguous copy of each column per lookup
         ids = categorical.t().contiguous()  # [F, B]
-        gathered = gather_field_rows(tables, ids)
-        if gathered is not None:
-            return gathered
         outs = []
-        for i, table in enumerate(tables):
+        for i, table in enumerate(self.tables()):
             outs.append(table.codes(ids[i]) if hasattr(table, "codes") else table(ids[i]))
         return torch.stack(outs, dim=1)
 
@@ -213,13 +111,8 @@ class FieldEmbedding(nn.Module):
         """``[B, F, d]`` codes -> ``[B, F, t]`` vectors (identity for plain tables)."""
         if not self.is_factored:
             return codes
-        tables = self.tables()
-        kind = type(tables[0])
-        project_all = getattr(kind, "project_all", None)
-        if project_all is not None and all(type(t) is kind for t in tables):
-            return project_all(tables, codes)
         outs = []
-        for i, table in enumerate(tables):
+        for i, table in enumerate(self.tables()):
             outs.append(table.project(codes[:, i]) if hasattr(table, "project") else codes[:, i])
         return torch.stack(outs, dim=1)
 

@@ -4,10 +4,8 @@ Cross Network for CTR Prediction", CIKM 2023)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .aligned import cross_aligned, has_hooks, is_plain_linear, padded_bias, padded_weight
 
 
 class GatedCrossLayer(nn.Module):
@@ -28,31 +26,6 @@ class GatedCrossLayer(nn.Module):
 
     def forward(self, c0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return c0 * self.cross(c) * torch.sigmoid(self.gate(c)) + c
-
-    def can_align(self) -> bool:
-        """Whether :meth:`forward_aligned` may stand in for :meth:`forward`: this very class,
-        plain Linears, and no hooks on them or on the layer."""
-        return (
-            type(self) is GatedCrossLayer
-            and not has_hooks(self)
-            and is_plain_linear(self.cross)
-            and is_plain_linear(self.gate)
-        )
-
-    def forward_aligned(self, c0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The same on inputs zero-padded to a width ``W >= D`` (``[B, W]`` -> ``[B, W]``).
-
-        Both matrices, zero-padded to ``W x W``, run as one ``[B, W] x [W, 2W]`` product
-        (one pass over ``c`` instead of two); the padded columns stay zero because the
-        crossed part is zero there. See :mod:`.aligned`.
-        """
-        width = c.shape[1]
-        weight = torch.cat([padded_weight(self.cross, width), padded_weight(self.gate, width)])
-        zeros = c.new_zeros(width)
-        biases = [padded_bias(self.cross, width), padded_bias(self.gate, width)]
-        bias = torch.cat([zeros if b is None else b for b in biases])
-        crossed, gate = F.linear(c, weight, bias).split(width, dim=1)
-        return torch.addcmul(c, c0 * crossed, torch.sigmoid(gate))
 
 
 class GatedCrossNetwork(nn.Module):
@@ -76,8 +49,6 @@ class GatedCrossNetwork(nn.Module):
         self.layers = nn.ModuleList(GatedCrossLayer(in_features) for _ in range(num_layers))
 
     def forward(self, c0: torch.Tensor) -> torch.Tensor:
-        if all(layer.can_align() for layer in self.layers):
-            return cross_aligned(self.layers, c0)
         c = c0
         for layer in self.layers:
             c = layer(c0, c)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .embedding import gather_field_rows, module_name_for_field
+from .embedding import module_name_for_field
 
 
 class LinearLogit(nn.Module):
@@ -77,13 +77,9 @@ class LinearLogit(nn.Module):
         """``[B, F]`` ids -> ``[B, F]`` first-order weights of the looked-up values."""
         if not self.module_names:
             return categorical.new_zeros((categorical.shape[0], 0), dtype=torch.float32)
-        tables = self.tables()
         ids = categorical.t().contiguous()  # [F, B]: one copy instead of one per column
-        gathered = gather_field_rows(tables, ids)  # [B, F, 1]; None under autograd
-        if gathered is not None and gathered.shape[2] == 1:
-            return gathered.view(categorical.shape[0], len(tables))
         # each table maps [B] ids to [B, 1]; side by side they are the [B, F] weights
-        return torch.cat([t(ids[i]) for i, t in enumerate(tables)], dim=1)
+        return torch.cat([t(ids[i]) for i, t in enumerate(self.tables())], dim=1)
 
     def combine(self, weights: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         """Looked-up weights ``[B, F]`` and numeric ``[B, N]`` -> logit ``[B]``."""

@@ -35,11 +35,7 @@ class MLPBlock(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.after_linear(self.linear(x))
-
-    def after_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """The block past its Linear (norm, ReLU, dropout), for callers that computed the Linear
-        themselves (FiBiNet's folded inference path)."""
+        x = self.linear(x)
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(self.activation(x))

@@ -1,0 +1,242 @@
+"""FiBiNet at inference: bilinear outputs written straight into the MLP input, or, on low-rank
+codes, both bilinear branches and the first MLP Linear folded onto products of the codes.
+
+**The fold.** After AFM (or SVD) on the tables, field ``i``'s vector is ``v_i = U_i c_i + b_i``
+with codes ``c_i`` of width ``k``; write ``c^_i = [c_i, 1]`` and ``V_i = [U_i, b_i]``
+(``[d, k+1]``), so ``v_i = V_i c^_i``. A bilinear output ``p_ij = (v_i W_ij) * v_j`` is then
+bilinear in the codes::
+
+    p_ij[t] = sum_{a,b} c^_i[a] c^_j[b] L_ij[t, a] V_j[t, b],    L_ij = W_ij^T V_i   ([d, k+1])
+
+so the first MLP Linear's block ``M_ij`` (``[H, d]``) applied to ``p_ij`` equals a block
+``G_ij[h, (a, b)] = sum_t M_ij[h, t] L_ij[t, a] V_j[t, b]`` (``[H, (k+1)^2]``) applied to the
+outer product ``c^_i (x) c^_j``. SENET scales ``v_i`` by a per-row ``s_i``, which is the same
+as scaling ``c^_i`` by it. The MLP then reads ``(k+1)^2`` numbers per pair of the SENET branch
+instead of ``d``; in the plain branch, whose codes are not rescaled, the terms linear in one
+field's codes are summed per field and the constant joins the bias, leaving ``k^2`` per pair
+plus ``k`` per field (:func:`code_mlp_input`). At Criteo's shape (``d = 16``, ``k = 2``) that is
+4,290 inputs instead of 10,413, and no ``d x d`` bilinear products at all. It pays only while
+``(k+1)^2 < d`` (not at Avazu's ``d = 50``, ``k = 8``), which :func:`fold_pays` checks.
+
+The folded weight costs ``H P d (k+1)^2`` multiply-adds (19M per branch at Criteo's shape,
+about 10 ms on one core against ~600 ms for the rest of a forward at batch 10,000), so it is
+rebuilt on every call from the current (shared) parameters: nothing derived is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_afm.models.fibinet import FiBiNet
+
+from .dense import InferenceBlock, build_mlp, is_plain_block
+from .projection import _Projection, plain_projection
+from .sharing import Tensors
+
+
+def fold_pays(embedding_dim: int, code_dim: int) -> bool:
+    """Whether reading ``(k+1)^2`` code products per pair is narrower than ``d`` bilinear outputs."""
+    return (int(code_dim) + 1) ** 2 < int(embedding_dim)
+
+
+def extended_projections(fields: list[torch.Tensor], biases: list[torch.Tensor]) -> torch.Tensor:
+    """``V_i = [U_i, b_i]`` of every field (``U_i`` ``[d, k]``, ``b_i`` ``[d]``): ``[F, d, k+1]``."""
+    return torch.cat([torch.stack(fields), torch.stack(biases).unsqueeze(2)], dim=2)
+
+
+def pair_weights(weight: torch.Tensor, bilinear_type: str, left: torch.Tensor) -> torch.Tensor:
+    """The ``d x d`` matrix of every pair, ``[P, d, d]``, whatever the bilinear type
+    (``weight`` and ``left`` as in :class:`~lightning_afm.models.layers.bilinear.BilinearInteraction`)."""
+    if bilinear_type == "field_interaction":
+        return weight
+    if bilinear_type == "field_each":
+        return weight[left]
+    return weight.expand(left.shape[0], -1, -1)  # field_all
+
+
+def fold_pair_blocks(
+    block: torch.Tensor, weights: torch.Tensor, left: torch.Tensor, right: torch.Tensor, projections: torch.Tensor
+) -> torch.Tensor:
+    """The first Linear's blocks for one bilinear branch, moved from its outputs to code products.
+
+    Args:
+        block: ``[H, P, d]``, the columns of the first MLP Linear that read this branch
+            (pair-major, as the branch's ``[B, P, d]`` output is flattened).
+        weights: ``[P, d, d]`` from :func:`pair_weights`; ``left``, ``right``: ``[P]`` field ids.
+        projections: ``[F, d, k+1]`` from :func:`extended_projections`.
+
+    Returns:
+        ``G`` ``[H, P, k+1, k+1]``: ``block[:, p] @ p_ij == sum_{a,b} G[:, p, a, b] c^_i[a] c^_j[b]``.
+    """
+    lifted = torch.einsum("pst,psa->pta", weights, projections[left])  # L_ij = W_ij^T V_i, [P, d, k+1]
+    basis = lifted.unsqueeze(3) * projections[right].unsqueeze(2)  # [P, d, k+1, k+1]
+    pairs, dim, width = basis.shape[0], basis.shape[1], basis.shape[2]
+    # [P, H, d] @ [P, d, (k+1)^2] -> [P, H, (k+1)^2], one product per pair
+    folded = torch.bmm(block.transpose(0, 1), basis.reshape(pairs, dim, width * width))
+    return folded.transpose(0, 1).reshape(block.shape[0], pairs, width, width)
+
+
+def pair_code_products(codes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``codes[a, i] * codes[b, j]`` for every field pair ``i < j``, written into ``out``.
+
+    Field-major and batch-last: the pairs ``(i, i+1), ..., (i, F-1)`` are contiguous (the
+    ``itertools.combinations`` order of the bilinear layers), so each left field is one
+    broadcast product against the slice of fields after it, with rows of ``B`` contiguous
+    numbers. (Batch-first with gathered pairs took 13x longer at Criteo's shape.)
+
+    Args:
+        codes: ``[m, F, B]`` (the codes with a row of ones, or scaled by SENET, as needed).
+        out: ``[m, m, P, B]``, ``P = F (F-1) / 2``, e.g. a view into a transposed MLP input.
+    """
+    fields = codes.shape[1]
+    start = 0
+    for i in range(fields - 1):
+        n = fields - 1 - i
+        torch.mul(codes[:, i : i + 1].unsqueeze(1), codes[:, i + 1 :].unsqueeze(0), out=out[:, :, start : start + n])
+        start += n
+    return out
+
+
+def write_pairs(lefts: list[torch.Tensor], embeddings: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A bilinear layer's output ``lefts[i] * e[:, i+1:]`` (pairs in order) written into ``out``
+    ``[B, P, d]`` (a strided view of the MLP input: no concatenation copy)."""
+    fields = embeddings.shape[1]
+    start = 0
+    for i, left in enumerate(lefts):
+        n = fields - 1 - i
+        torch.mul(left, embeddings[:, i + 1 :], out=out[:, start : start + n])
+        start += n
+    return out
+
+
+class FiBiNetHead(nn.Module):
+    """FiBiNet's deep logit with both bilinear layers writing into one MLP input (this saves
+    copying ``2 P d`` floats per row, 416 MB at Criteo's shape and batch 10000, into a concat).
+
+    Shapes: ``codes`` ``[B, F, k]`` (unused), ``emb`` ``[B, F, d]``, ``numeric`` ``[B, N]`` -> ``[B]``.
+    """
+
+    def __init__(self, model: FiBiNet, tensors: Tensors) -> None:
+        super().__init__()
+        self.senet = tensors.frozen(model.senet)
+        self.senet_bilinear = tensors.frozen(model.senet_bilinear)
+        self.bilinear = tensors.frozen(model.bilinear)
+        self.mlp = build_mlp(model.mlp, tensors)
+        self.output = tensors.frozen(model.output)
+
+    def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        batch, fields, d = emb.shape[0], emb.shape[1], emb.shape[2]
+        width = (fields * (fields - 1) // 2) * d
+        x = emb.new_empty([batch, 2 * width + numeric.shape[1]])
+        senet = self.senet(emb)
+        write_pairs(self.senet_bilinear.left_products(senet), senet, x[:, :width].view(batch, -1, d))
+        write_pairs(self.bilinear.left_products(emb), emb, x[:, width : 2 * width].view(batch, -1, d))
+        x[:, 2 * width :] = numeric
+        return self.output(self.mlp(x)).squeeze(-1)
+
+
+class FoldedFiBiNetHead(nn.Module):
+    """FiBiNet's deep logit on the codes: both bilinear branches and the first MLP Linear folded
+    (module docstring). Shapes as :class:`FiBiNetHead`; ``codes`` ``[B, F, k]`` is read."""
+
+    def __init__(self, model: FiBiNet, tensors: Tensors) -> None:
+        super().__init__()
+        self.senet = tensors.frozen(model.senet)
+        self.senet_bilinear = tensors.frozen(model.senet_bilinear)
+        self.bilinear = tensors.frozen(model.bilinear)
+        projections = [plain_projection(t) for t in model.embeddings.tables()]
+        self.projections = nn.ModuleList(
+            _Projection(
+                tensors.take(p.weight),
+                tensors.take(p.bias) if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]),
+            )
+            for p in projections
+        )
+        blocks = list(build_mlp(model.mlp, tensors))
+        self.first: InferenceBlock = blocks[0]
+        self.rest = nn.Sequential(*blocks[1:])
+        self.output = tensors.frozen(model.output)
+
+    def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        x, weight, bias = self.code_mlp_input(codes, emb, numeric)
+        hidden = self.first.after_linear(F.linear(x, weight, bias))
+        return self.output(self.rest(hidden)).squeeze(-1)
+
+    def code_mlp_input(
+        self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The folded MLP input (a transposed view), first-Linear weight and bias.
+
+        Input columns (``B`` rows): the SENET branch's code products ``[k+1, k+1, P]`` (codes
+        scaled by SENET's weights, with the scaled constant), the plain branch's products of
+        codes ``[k, k, P]``, its terms linear in one field's codes ``[F, k]`` (summed over the
+        pairs the field is in), and the numeric fields; the plain branch's constant term joins
+        the bias. Width ``P (k+1)^2 + P k^2 + F k + N`` (4,290 at Criteo's shape, against
+        10,413 bilinear outputs and numeric fields).
+        """
+        batch, fields, k = codes.shape[0], codes.shape[1], codes.shape[2]
+        weights: list[torch.Tensor] = []
+        biases: list[torch.Tensor] = []
+        for p in self.projections:
+            weights.append(p.weight)
+            biases.append(p.bias)
+        projections = extended_projections(weights, biases)
+        left, right = self.bilinear.left, self.bilinear.right
+        pairs, d = left.shape[0], projections.shape[1]
+        first = self.first.linear
+        hidden = first.weight.shape[0]
+        blocks = first.weight[:, : 2 * pairs * d].reshape(hidden, 2, pairs, d)
+        senet_w = pair_weights(self.senet_bilinear.weight, self.senet_bilinear.bilinear_type, left)
+        plain_w = pair_weights(self.bilinear.weight, self.bilinear.bilinear_type, left)
+        senet = fold_pair_blocks(blocks[:, 0], senet_w, left, right, projections)  # [H, P, k+1, k+1]
+        plain = fold_pair_blocks(blocks[:, 1], plain_w, left, right, projections)
+        # plain branch, terms c_i[a] * 1 and 1 * c_j[b]: summed per field
+        linear = plain.new_zeros([hidden, fields, k])
+        linear.index_add_(1, left, plain[:, :, :k, k])
+        linear.index_add_(1, right, plain[:, :, k, :k])
+        weight = torch.cat(
+            [
+                senet.permute(0, 2, 3, 1).reshape(hidden, -1),
+                plain[:, :, :k, :k].permute(0, 2, 3, 1).reshape(hidden, -1),
+                linear.reshape(hidden, -1),
+                first.weight[:, 2 * pairs * d :],
+            ],
+            dim=1,
+        )
+        bias = plain[:, :, k, k].sum(1)
+        if first.bias is not None:
+            bias = bias + first.bias
+
+        # The input is built transposed, [width, B]: every product then writes rows of B
+        # contiguous numbers, and the Linear reads the transposed view at full speed.
+        by_field = codes.permute(2, 1, 0)  # [k, F, B]
+        extended = torch.cat([by_field, codes.new_ones([1, fields, batch])])  # c^, [k+1, F, B]
+        scaled = extended * self.senet.field_weights(emb).t()  # SENET scales v_i, so c^_i too
+        sizes = [pairs * (k + 1) * (k + 1), pairs * k * k, fields * k, numeric.shape[1]]
+        x_t = codes.new_empty([sizes[0] + sizes[1] + sizes[2] + sizes[3], batch])
+        senet_x, plain_x, linear_x, numeric_x = x_t.split(sizes)
+        pair_code_products(scaled, out=senet_x.view(k + 1, k + 1, pairs, batch))
+        pair_code_products(by_field.contiguous(), out=plain_x.view(k, k, pairs, batch))
+        linear_x.copy_(codes.reshape(batch, -1).t())
+        numeric_x.copy_(numeric.t())
+        return x_t.t(), weight, bias
+
+
+def can_fold(model: FiBiNet) -> bool:
+    """Whether :class:`FoldedFiBiNetHead` applies: every table a plain-projection factored table
+    of one code width ``k`` with ``(k+1)^2 < d``, and the first MLP block a plain Linear block."""
+    projections = [plain_projection(t) for t in model.embeddings.tables()]
+    if not all(p is not None for p in projections):
+        return False
+    if len({tuple(p.weight.shape) for p in projections}) != 1:
+        return False
+    if not is_plain_block(model.mlp[0]) or type(model.mlp[0].linear) is not nn.Linear:
+        return False
+    return fold_pays(model.embedding_dim, projections[0].weight.shape[1])
+
+
+def build_fibinet_head(model: FiBiNet, tensors: Tensors) -> nn.Module:
+    """The folded head where it applies and pays (:func:`can_fold`), else the written one."""
+    return FoldedFiBiNetHead(model, tensors) if can_fold(model) else FiBiNetHead(model, tensors)

@@ -1,0 +1,145 @@
+"""Every field's lookup in one ``[B, F, d]`` output: the embedding codes and the LR weights.
+
+The training model calls each table and stacks the results (a copy of the whole output after
+``F`` separate lookups), because autograd needs each table's own call. Here, with nothing to
+record, each field's rows are ``index_select`` -ed straight into their strided slot of one
+output tensor. Rows of 1, 2, 4 or 8 bytes (the LR weights; 2-dim float32 codes) are gathered
+as single integer words: the 1-D gather is a load and a store per row where the 2-D one calls
+``memcpy`` per row, about twice as fast for such small rows; the bits are copied unchanged.
+(TorchScript cannot reinterpret a tensor's dtype, so a scripted module gathers rows.)
+
+Tables whose rows cannot be read directly (``max_norm`` renormalises rows on lookup, TT tables
+compute them, unknown kinds) are called, through a frozen copy, as the training model calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lightning_afm.compress.modules import LowRankEmbedding
+
+from .sharing import Tensors
+
+#: Rows of these sizes (bytes) are copied as one integer word each.
+_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _as_words(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` ``[..., d]`` reinterpreted as ``[...]`` integer words of ``d`` elements each, or None
+    where the row size or the memory layout does not allow it (a view: the bits are shared)."""
+    word_bytes = t.shape[-1] * t.element_size()
+    if word_bytes not in _WORD_DTYPES or t.stride(-1) != 1 or t.storage_offset() % t.shape[-1]:
+        return None
+    if t.dim() > 1 and t.stride(-2) != t.shape[-1]:
+        return None
+    return t.view(_WORD_DTYPES[word_bytes]).squeeze(-1)
+
+
+def readable_rows(table: nn.Module) -> torch.Tensor | None:
+    """The ``[s, d]`` tensor whose rows a lookup in ``table`` returns (its codes, for a factored
+    table), when reading them directly gives the same values; else None (it must be called).
+
+    Exact classes only: a subclass may override what a lookup does.
+    """
+
+    if type(table) is LowRankEmbedding:
+        table = table.table
+    if type(table) is nn.Embedding and table.max_norm is None:
+        return table.weight
+    return None
+
+
+class _Rows(nn.Module):
+    """Holds one field's ``[s, d]`` rows (a buffer, so ``.to()`` moves it)."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("rows", rows, persistent=False)
+
+
+class GatheredLookup(nn.Module):
+    """``[F, B]`` ids (row ``i`` for field ``i``) -> ``[B, F, d]`` rows, gathered into one output.
+
+    Equal to ``stack([rows[i][ids[i]] for i in range(F)], dim=1)``. Build with :func:`build_lookup`.
+    """
+
+    def __init__(self, rows: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        self.fields = nn.ModuleList(_Rows(r) for r in rows)
+        self.width = int(rows[0].shape[1])
+        # dtype and device of the output (TorchScript cannot index the ModuleList by a variable)
+        self.register_buffer("like", rows[0].new_empty(0), persistent=False)
+        words = [_as_words(r) for r in rows]
+        self.as_words = all(w is not None for w in words)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.as_words and not torch.jit.is_scripting():
+            return self._gather_words(ids)
+        out = self.like.new_empty([ids.shape[1], len(self.fields), self.width])
+        for i, field in enumerate(self.fields):
+            torch.index_select(field.rows, 0, ids[i], out=out[:, i])
+        return out
+
+    @torch.jit.unused
+    def _gather_words(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.like.new_empty((ids.shape[1], len(self.fields), self.width))
+        out_words = _as_words(out)  # [B, F]
+        for i, field in enumerate(self.fields):
+            torch.index_select(_as_words(field.rows), 0, ids[i], out=out_words[:, i])
+        return out
+
+
+class FactoredPart(nn.Module):
+    """Calls one half of a factored table (the factored-table protocol of
+    :mod:`lightning_afm.models.layers.embedding`): ``codes(idx)`` or ``project(codes)``."""
+
+    def __init__(self, table: nn.Module, part: str) -> None:
+        super().__init__()
+        if part not in ("codes", "project"):
+            raise ValueError(f"part must be 'codes' or 'project', got {part!r}")
+        self.table = table
+        self.codes = part == "codes"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table.codes(x) if self.codes else self.table.project(x)
+
+
+class CalledFields(nn.Module):
+    """Each field's (frozen) module called on its slice of the input, the results stacked on
+    dim 1: what the training model does, for modules without a faster form.
+
+    Shapes: ``[F, B]`` ids (``field_dim=0``) or ``[B, F, k]`` codes (``field_dim=1``) -> ``[B, F, ...]``.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], field_dim: int) -> None:
+        super().__init__()
+        self.fields = nn.ModuleList(modules)
+        self.field_dim = int(field_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: list[torch.Tensor] = []
+        for i, field in enumerate(self.fields):
+            outs.append(field(x.select(self.field_dim, i)))
+        return torch.stack(outs, dim=1)
+
+
+def build_lookup(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
+    """The fastest module giving every table's lookup (``codes`` for factored tables) side by side.
+
+    Gathered when every table's rows are readable and share width, dtype and device; called
+    otherwise (a frozen copy of each table, so the values are those of calling the tables).
+    """
+    if not tables:
+        raise ValueError("a lookup needs at least one table")
+    rows = [readable_rows(t) for t in tables]
+    if all(r is not None for r in rows):
+        first = rows[0]
+        if all(r.shape[1] == first.shape[1] and r.dtype == first.dtype and r.device == first.device for r in rows):
+            return GatheredLookup([tensors.take(r) for r in rows])
+    return CalledFields(
+        [FactoredPart(tensors.frozen(t), "codes") if hasattr(t, "codes") else tensors.frozen(t) for t in tables],
+        field_dim=0,
+    )

@@ -1,0 +1,183 @@
+"""``Predictor``: load a run once, then score raw rows, encoded ids or whole files.
+
+Small enough for a web handler: loading reads the checkpoint once (model and encoder); each call
+encodes the rows (:class:`~lightning_afm.data.encoder.Encoder`) and runs the model under
+``torch.inference_mode()`` in batches. No Lightning Trainer is involved.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, EncodedRows, Encoder, find_checkpoint, no_encoder_message
+from lightning_afm.data.readers import BadRows
+
+from .runtime import ServeError, inference_module, load_model
+
+OUTPUT_FORMATS = ("csv", "parquet")
+
+
+def _run_encoder(path: Path, checkpoint_path: Path) -> Encoder | None:
+    """The encoder folder of the run a checkpoint belongs to (``<run>/encoder``), if any."""
+    for folder in (path, checkpoint_path.parent, checkpoint_path.parent.parent):
+        if (folder / ENCODER_DIR / ENCODER_FILE).is_file():
+            return Encoder.load(folder / ENCODER_DIR)
+    return None
+
+
+def output_format(path: str | Path, file_format: str | None = None) -> str:
+    """``"csv"`` or ``"parquet"``: as given, else by the output's suffix (``.parquet``/``.pq``; anything else: CSV)."""
+    fmt = file_format or ("parquet" if str(path).lower().endswith((".parquet", ".pq")) else "csv")
+    if fmt not in OUTPUT_FORMATS:
+        raise ServeError(f"output format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+    return fmt
+
+
+class _Writer:
+    """Streams tables of predictions into a CSV (``.gz`` etc. compressed by suffix) or a Parquet file."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt, self._writer, self._sink = path, fmt, None, None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            if self.fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                self._writer = pq.ParquetWriter(str(self.path), table.schema)
+            else:
+                import pyarrow.csv as pacsv
+
+                self._sink = pa.output_stream(str(self.path), compression="detect")
+                self._writer = pacsv.CSVWriter(self._sink, table.schema)
+        self._writer.write_table(table)
+
+    def close(self, schema: pa.Schema) -> None:
+        if self._writer is None:  # no rows: still a valid file with the header
+            self.write(schema.empty_table())
+        self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+
+
+class Predictor:
+    """A model in inference mode and the encoder of its training data.
+
+    Example (a web handler loads it once, then calls it per request)::
+
+        predictor = Predictor.load("outputs/2024-06-01/12-00-00")   # run folder or .ckpt
+        p = predictor.predict(frame)          # float32 [n], click probabilities
+
+    Args:
+        model: a CTR model (``forward(categorical [B, F], numeric [B, N]) -> logits [B]``).
+        encoder: the encoder of its training data; ``None``: only :meth:`predict_encoded` works.
+        batch_size: rows per forward pass (bounds memory, whatever the request size).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: nn.Module, encoder: Encoder | None = None, batch_size: int = 8192, device: str | torch.device = "cpu",
+                 source: str = "the model") -> None:
+        if int(batch_size) < 1:
+            raise ServeError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = inference_module(model).to(self.device)
+        self.encoder = encoder
+        self.batch_size = int(batch_size)
+        self._source = source
+        schema = getattr(model, "schema", None)
+        if encoder is not None and schema is not None and encoder.schema.vocab_sizes != schema.vocab_sizes:
+            raise ServeError(
+                f"the encoder does not belong to this model: vocabulary sizes {encoder.schema.vocab_sizes[:5]}... "
+                f"against the model's {schema.vocab_sizes[:5]}...; use the encoder of the run that trained it"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path, model_class: str | type | None = None, device: str = "cpu", batch_size: int = 8192) -> "Predictor":
+        """From a run folder (its ``last.ckpt``) or a checkpoint file; the encoder from the checkpoint, else
+        from the run's ``encoder/`` folder. ``model_class`` for checkpoints of other LightningModules."""
+        path = Path(path).expanduser()
+        checkpoint_path = find_checkpoint(path)
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        encoder = Encoder.from_checkpoint(checkpoint) or _run_encoder(path, checkpoint_path)
+        model = load_model(checkpoint, model_class)
+        return cls(model, encoder, batch_size=batch_size, device=device, source=str(checkpoint_path))
+
+    def _need_encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise ServeError(no_encoder_message(Path(self._source)))
+        return self.encoder
+
+    # -- scoring -------------------------------------------------------------------------------
+    def predict_encoded(self, categorical: np.ndarray, numeric: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities ``float32 [n]`` of encoded rows: ids ``[n, F]`` (int), numbers ``[n, N]`` (scaled, float32)."""
+        categorical = np.asarray(categorical)
+        if numeric is None:
+            numeric = np.zeros((len(categorical), 0), dtype=np.float32)
+        out = np.empty(len(categorical), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(categorical), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                cat = torch.from_numpy(np.ascontiguousarray(categorical[part], dtype=np.int64)).to(self.device)
+                num = torch.from_numpy(np.ascontiguousarray(numeric[part], dtype=np.float32)).to(self.device)
+                out[part] = torch.sigmoid(self.model(cat, num)).float().cpu().numpy()
+        return out
+
+    def predict(self, rows: Any, on_bad_rows: str = "error") -> np.ndarray:
+        """Probabilities ``float32 [n]`` of raw rows (anything :meth:`Encoder.encode` takes), one per input row.
+
+        ``on_bad_rows="skip"``: a row with a bad value (or, in raw lines, the wrong number of columns)
+        gets NaN instead of an error.
+        """
+        encoded = self._need_encoder().encode(rows, on_bad_rows=on_bad_rows)
+        scores = self.predict_encoded(encoded.categorical, encoded.numeric)
+        if not encoded.skipped:
+            return scores
+        out = np.full(len(encoded) + encoded.skipped, np.nan, dtype=np.float32)
+        out[encoded.rows] = scores
+        return out
+
+    def predict_file(self, path: str | Path, output: str | Path, on_bad_rows: str = "error", chunk_rows: int = 65536,
+                     file_format: str | None = None, progress: bool = True) -> dict[str, Any]:
+        """Score a raw file chunk by chunk (bounded memory) into ``output`` (CSV or Parquet).
+
+        Columns written: ``row`` (1-based data row of the input; skipped rows are absent), ``probability``,
+        and ``label`` when the input has one. Returns ``{"rows", "skipped", "skipped_by_reason", "output"}``.
+        """
+        from tqdm.auto import tqdm
+
+        encoder = self._need_encoder()
+        output = Path(output).expanduser()
+        fmt = output_format(output, file_format)
+        source = encoder.file_source(path, chunk_rows=int(chunk_rows))
+        bad_rows = BadRows()
+        writer = _Writer(output, fmt)
+        written = 0
+        schema = None
+        with tqdm(unit="rows", unit_scale=True, desc=f"scoring {Path(path).name}", disable=not progress, file=sys.stderr) as bar:
+            chunks = source.chunks(on_bad_rows, bad_rows)
+            try:
+                for chunk in chunks:
+                    encoded: EncodedRows = encoder.encode_chunk(chunk, source, on_bad_rows, bad_rows)
+                    columns = {"row": pa.array(encoded.rows + 1),
+                               "probability": pa.array(self.predict_encoded(encoded.categorical, encoded.numeric))}
+                    if encoded.label is not None:
+                        columns["label"] = pa.array(encoded.label)
+                    table = pa.table(columns)
+                    schema = table.schema
+                    writer.write(table)
+                    written += len(encoded)
+                    bar.update(chunk.table.num_rows)
+            finally:
+                if hasattr(chunks, "close"):  # stop the reader thread after an error
+                    chunks.close()
+                writer.close(schema or pa.schema([("row", pa.int64()), ("probability", pa.float32())]))
+        bad_rows.resolve(source)
+        return {"rows": written, "skipped": bad_rows.total, "skipped_by_reason": dict(bad_rows.by_reason),
+                "skipped_first": bad_rows.examples, "output": str(output)}

@@ -1,0 +1,66 @@
+"""The model side of serving: rebuild the LightningModule from a checkpoint dict, make it ready for inference.
+
+No Trainer: the class named in the checkpoint (``CTRModel`` writes it, :data:`MODEL_CLASS_KEY`) is
+built from the saved hyper-parameters, given the compressed structure by its own
+``on_load_checkpoint`` (a compressed checkpoint replays its plan there), then its weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Mapping
+
+from torch import nn
+
+from lightning_afm.models.base import MODEL_CLASS_KEY
+
+
+class ServeError(ValueError):
+    """Serving cannot proceed with what it was given (which model class, which encoder); says how to fix it."""
+
+
+def inference_module(model: nn.Module) -> nn.Module:
+    """The one step that makes a loaded model ready for inference: eval mode (dropout off, batch norm
+    frozen) and no gradients. Every serving path goes through here, so a faster inference form of the
+    model (fused or folded modules) is switched on in this one place."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def resolve_class(name: str | type | None, checkpoint: Mapping[str, Any]) -> type[nn.Module]:
+    """The model class: ``name`` (a class, or ``"package.module.Class"``), else the one the checkpoint names."""
+    name = name if name is not None else checkpoint.get(MODEL_CLASS_KEY)
+    if name is None:
+        raise ServeError(
+            "the checkpoint does not name its model class (lightning-afm's models do; this one is another "
+            "LightningModule): pass it, model_class=MyModule (Python) or --model-class package.module.MyModule"
+        )
+    if isinstance(name, str):
+        module, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ServeError(f"cannot import the model class {name!r} ({exc}); is its package installed?") from exc
+    else:
+        cls = name
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ServeError(f"{name!r} is not a torch.nn.Module class")
+    return cls
+
+
+def load_model(checkpoint: Mapping[str, Any], model_class: str | type | None = None) -> nn.Module:
+    """A model with the checkpoint's structure and weights (``checkpoint``: a loaded ``.ckpt`` dict)."""
+    cls = resolve_class(model_class, checkpoint)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        hparams = {k: v for k, v in hparams.items() if k in params}
+    model = cls(**hparams)
+    if hasattr(model, "on_load_checkpoint"):
+        model.on_load_checkpoint(dict(checkpoint))  # compressed models rebuild their factored structure here
+    if "state_dict" not in checkpoint:
+        raise ServeError("the checkpoint has no state_dict: is it a Lightning checkpoint (.ckpt)?")
+    model.load_state_dict(checkpoint["state_dict"])
+    return model

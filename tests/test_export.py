@@ -1,0 +1,125 @@
+"""Verified export: every zoo model to ONNX, TorchScript and torch.export, checked against eager PyTorch."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_afm.data.schema import Schema
+from lightning_afm.export import ExportCheckFailed, MissingExtra, export_model, load_runner, read_manifest
+from lightning_afm.export import formats
+from lightning_afm.models import MODELS
+
+SCHEMA = Schema.from_vocab_sizes([50, 200, 1000, 7, 3000], numeric=3)
+
+
+def _rows(n: int, schema: Schema = SCHEMA, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    categorical = np.stack([rng.integers(0, v, n) for v in schema.vocab_sizes], 1).astype(np.int64)
+    return categorical, rng.random((n, schema.num_numeric), dtype=np.float32)
+
+
+def _model(name: str, schema: Schema = SCHEMA) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = MODELS[name](schema=schema, embedding_dim=8, mlp_hidden=[32, 32, 32])
+    with torch.no_grad():  # trained-looking weights: the default 1e-4 tables make every output ~0.5
+        for table in model.embeddings.modules():
+            if isinstance(table, torch.nn.Embedding):
+                table.weight.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("fmt", formats.FORMATS)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_exports_and_matches_eager(name, fmt, tmp_path):
+    model = _model(name)
+    categorical, numeric = _rows(1500)
+    manifest = export_model(model, tmp_path / "out", fmt, categorical, numeric, source="random ids")
+    assert model.training  # the model's mode is given back
+    check = manifest["verification"]
+    assert check["passed"] and check["max_abs_diff"] <= 1e-5 and check["rows"] == 1500
+    assert {1, 500, 1000} <= set(check["batch_sizes"])  # the batch dimension is dynamic
+    assert read_manifest(tmp_path / "out") == manifest
+    # the artifact read back independently gives the model's probabilities
+    runner = load_runner(fmt, tmp_path / "out" / manifest["file"])
+    with torch.no_grad():
+        eager = torch.sigmoid(model.eval()(torch.from_numpy(categorical[:7]), torch.from_numpy(numeric[:7])))
+    np.testing.assert_allclose(runner(categorical[:7], numeric[:7]), eager.double().numpy(), atol=1e-5)
+    assert manifest["model"]["class"].endswith(type(model).__name__)
+    assert manifest["inputs"][0]["shape"] == ["batch", 5] and manifest["inputs"][1]["fields"] == list(SCHEMA.numeric)
+
+
+def test_a_schema_without_numeric_fields_exports_one_input(tmp_path):
+    schema = Schema.from_vocab_sizes([30, 40], numeric=0)
+    categorical, _ = _rows(300, schema)
+    manifest = export_model(_model("deepfm", schema), tmp_path / "o", "onnx", categorical)
+    assert [i["name"] for i in manifest["inputs"]] == ["categorical"] and manifest["verification"]["passed"]
+
+
+def test_a_failed_check_writes_nothing(tmp_path, monkeypatch):
+    real = formats.load_runner
+
+    def off_by_a_bit(fmt, path, threads=None):
+        run = real(fmt, path, threads)
+        return lambda c, n: run(c, n) + 1e-3
+
+    monkeypatch.setattr(formats, "load_runner", off_by_a_bit)
+    categorical, numeric = _rows(200)
+    with pytest.raises(ExportCheckFailed, match=r"max \|Δp\| = 0\.001 on 200 rows .* nothing was written"):
+        export_model(_model("dcn"), tmp_path / "out", "pt2", categorical, numeric)
+    assert list(tmp_path.iterdir()) == []  # no artifact, no manifest, no staging folder left
+
+
+def test_an_existing_export_is_not_overwritten_unless_asked(tmp_path):
+    categorical, numeric = _rows(100)
+    model = _model("nfm")
+    export_model(model, tmp_path / "out", "torchscript", categorical, numeric)
+    with pytest.raises(FileExistsError, match="already holds an export"):
+        export_model(model, tmp_path / "out", "torchscript", categorical, numeric)
+    manifest = export_model(model, tmp_path / "out", "pt2", categorical, numeric, overwrite=True)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["format"] == manifest["format"] == "pt2"
+
+
+def test_bad_requests_are_named(tmp_path, monkeypatch):
+    categorical, numeric = _rows(10)
+    with pytest.raises(ValueError, match=r"unknown format 'tflite'; choose one of"):
+        export_model(_model("dcn"), tmp_path / "a", "tflite", categorical, numeric)
+    with pytest.raises(ValueError, match="at least one row"):
+        export_model(_model("dcn"), tmp_path / "b", "pt2", categorical[:0], numeric[:0])
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(MissingExtra, match=r"format=onnx needs the 'onnx' package.*lightning-afm\[serve\]"):
+        export_model(_model("dcn"), tmp_path / "c", "onnx", categorical, numeric)
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_cli_exports_a_compressed_run_checked_on_its_test_rows(criteo_afm_run, tmp_path, capsys):
+    from lightning_afm.data.encoder import Encoder
+    from lightning_afm.export.cli import main as export_main
+    from lightning_afm.serve import Predictor
+
+    run_dir, _, data = criteo_afm_run
+    assert export_main([str(run_dir), "format=onnx", f"out={tmp_path / 'onnx'}"]) == 0
+    manifest = read_manifest(tmp_path / "onnx")
+    assert manifest["verification"]["passed"] and "test split" in manifest["verification"]["source"]
+    assert [e["kind"] for e in manifest["compression"]["plan"]] == ["linear", "linear", *["embedding"] * 26, "fold"]
+    assert {m["type"] for m in manifest["compression"]["factored_modules"]} >= {"LowRankLinear", "LowRankEmbedding"}
+    assert json.loads(capsys.readouterr().out)["max_abs_diff"] <= 1e-5
+
+    # raw rows -> the exported encoder -> the ONNX artifact == the Predictor on the run
+    lines = data.read_text().splitlines()[:50]
+    encoded = Encoder.load(tmp_path / "onnx" / "encoder").encode(lines)
+    runner = load_runner("onnx", tmp_path / "onnx" / manifest["file"])
+    np.testing.assert_allclose(runner(encoded.categorical.astype(np.int64), encoded.numeric.astype(np.float32)),
+                               Predictor.load(run_dir).predict(lines), atol=1e-5)
+
+    # a checkpoint away from its run: checked on random ids, and the manifest says so
+    alone = tmp_path / "alone.ckpt"
+    alone.write_bytes((run_dir / "last.ckpt").read_bytes())
+    assert export_main([str(alone), "--format", "pt2", "-o", str(tmp_path / "pt2")]) == 0
+    assert "random ids" in read_manifest(tmp_path / "pt2")["verification"]["source"]
+    # exporting again into a full folder is refused with one line, exit 1
+    assert export_main([str(alone), "--format", "pt2", "-o", str(tmp_path / "pt2")]) == 1
+    assert "already holds an export" in capsys.readouterr().err

@@ -1,0 +1,250 @@
+"""Serving: the encoder reproduces the training cache's arrays bit for bit, and a trained run scores raw rows.
+
+The references are the cache's own arrays (``preprocess``), so one code path is checked against
+the other; the end-to-end test trains a tiny compressed model with the app and compares
+``Predictor.predict`` on raw lines with the model's output on the cached rows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv  # noqa: F401 - pa.csv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lightning_afm.data import DataConfigError, MalformedRowError
+from lightning_afm.data.cache import load_split
+from lightning_afm.data.encoder import CHECKPOINT_KEY, Encoder, concat_encoded
+from lightning_afm.data.pipeline import EncodeOptions, preprocess
+from lightning_afm.data.readers import BadRows, avazu_source, criteo_source, table_source
+from lightning_afm.data.split import SPLIT_NAMES, split_assignment
+from lightning_afm.models.base import MODEL_CLASS_KEY
+from lightning_afm.serve import Predictor, ServeError, inference_module
+from lightning_afm.serve.cli import main as predict_main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CRITEO = SHARED / "criteo_sample_10k.txt"
+AVAZU = SHARED / "avazu_sample_3k.csv"
+needs_samples = pytest.mark.skipif(not CRITEO.exists(), reason="the shared data samples are not here")
+
+
+def encode_file(encoder: Encoder, path) -> "object":
+    source = encoder.file_source(path, chunk_rows=777)  # several chunks: ids must not depend on chunking
+    bad = BadRows()
+    return concat_encoded([encoder.encode_chunk(c, source, "error", bad) for c in source.chunks("error", bad)], encoder.schema, 0)
+
+
+def assert_matches_cache(encoded, cache: Path, options: EncodeOptions) -> None:
+    """Every split of the cache equals the encoder's rows of that split, bit for bit."""
+    assignment = split_assignment(len(encoded), options.test_fraction, options.val_fraction, options.seed)
+    for s, name in enumerate(SPLIT_NAMES):
+        arrays = load_split(cache / name, mmap=False)
+        rows = assignment == s
+        np.testing.assert_array_equal(encoded.categorical[rows], arrays["categorical"])
+        np.testing.assert_array_equal(encoded.numeric[rows].view(np.uint32), arrays["numeric"].view(np.uint32))
+        np.testing.assert_array_equal(encoded.label[rows], arrays["label"])
+
+
+def write_table(path: Path, rows: int = 600, seed: int = 0) -> None:
+    """A CSV with short and long (> 8 byte) strings, an integer-like categorical, missing values and floats."""
+    rng = np.random.default_rng(seed)
+    lines = ["click,site,device,hour,price,score"]
+    for i in range(rows):
+        site = f"site-{rng.integers(0, 40)}-long-name" if rng.random() < 0.7 else ""
+        device = ["a", "b", "cc", "", "d9"][rng.integers(0, 5)]
+        price = "" if rng.random() < 0.2 else f"{rng.gamma(2.0, 3.0):.3f}"
+        lines.append(f"{int(rng.random() < 0.3)},{site},{device},{rng.integers(0, 24)},{price},{rng.normal():.4f}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@needs_samples
+@pytest.mark.parametrize("options", [EncodeOptions(val_fraction=0.1), EncodeOptions(min_count=3, log_buckets=True)])
+def test_encoder_reproduces_the_criteo_cache(tmp_path, options):
+    result = preprocess(criteo_source(CRITEO), options, tmp_path, progress=False)
+    encoder = Encoder.from_state(Encoder.from_cache(result.path).to_state())  # through the checkpoint form
+    encoded = encode_file(encoder, CRITEO)
+    assert_matches_cache(encoded, result.path, options)
+    assert (encoded.categorical == 0).any()  # values unseen in training (or rarer than min_count) are OOV there too
+
+
+@needs_samples
+def test_encoder_reproduces_the_avazu_cache_from_a_gzipped_copy(tmp_path):
+    options = EncodeOptions(test_fraction=0.2, min_count=2)
+    result = preprocess(avazu_source(AVAZU), options, tmp_path / "cache", progress=False)
+    encoder = Encoder.from_cache(result.path).save(tmp_path / "encoder")
+    gz = tmp_path / "avazu.csv.gz"
+    gz.write_bytes(gzip.compress(AVAZU.read_bytes()))
+    assert_matches_cache(encode_file(Encoder.load(encoder), gz), result.path, options)
+
+
+def test_encoder_reproduces_a_csv_cache_from_every_input_kind(tmp_path):
+    path = tmp_path / "table.csv"
+    write_table(path)
+    options = EncodeOptions(log_buckets=True)
+    result = preprocess(table_source(path, "click", ["site", "device", "hour"], ["price", "score"]), options, tmp_path, progress=False)
+    encoder = Encoder.from_cache(result.path)
+    from_file = encode_file(encoder, path)
+    assert_matches_cache(from_file, result.path, options)
+    # The same rows as raw lines, an Arrow table, a Parquet file and dicts give the same arrays.
+    lines = path.read_text().splitlines()
+    table = pa.csv.read_csv(path, convert_options=pa.csv.ConvertOptions(column_types={c: pa.string() for c in ("site", "device", "hour")}))
+    pq.write_table(table, tmp_path / "table.parquet")
+    for other in (encoder.encode(lines), encoder.encode(table), encode_file(encoder, tmp_path / "table.parquet"),
+                  encoder.encode(table.to_pylist())):
+        np.testing.assert_array_equal(other.categorical, from_file.categorical)
+        np.testing.assert_array_equal(other.numeric, from_file.numeric)
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(path, dtype={"site": str, "device": str, "hour": str}, keep_default_na=False)
+    frame = frame.replace({"site": {"": None}, "device": {"": None}}).drop(columns="click")  # rows to score: no label
+    from_frame = encoder.encode(frame)
+    assert from_frame.label is None
+    np.testing.assert_array_equal(from_frame.categorical, from_file.categorical)
+
+
+def test_unseen_values_map_to_oov_and_missing_keeps_its_token(tmp_path):
+    path = tmp_path / "table.csv"
+    write_table(path)
+    result = preprocess(table_source(path, "click", ["site", "device"], ["price"]), EncodeOptions(), tmp_path, progress=False)
+    encoder = Encoder.from_cache(result.path)
+    vocab = {f: encoder.vocabs[f].to_pylist() for f in ("site", "device")}
+    out = encoder.encode([{"site": "never-seen-before-site", "device": "a", "price": 1.0},
+                          {"site": None, "device": "zz", "price": None}])
+    assert out.categorical[0].tolist() == [0, vocab["device"].index("a")]
+    assert out.categorical[1].tolist() == [vocab["site"].index(""), 0]  # missing: its own trained token
+
+
+def test_bad_rows_name_line_and_column_or_are_skipped(tmp_path):
+    path = tmp_path / "table.csv"
+    write_table(path)
+    result = preprocess(table_source(path, "click", ["site"], ["price"]), EncodeOptions(), tmp_path, progress=False)
+    encoder = Encoder.from_cache(result.path)
+    lines = ["click,site,price", "1,x,2.5", "0,y,oops", "1,z,1"]
+    with pytest.raises(MalformedRowError, match=r"line 3, column 'price'"):
+        encoder.encode(lines)
+    out = encoder.encode(lines, on_bad_rows="skip")
+    assert out.rows.tolist() == [0, 2] and out.skipped == 1
+    with pytest.raises(DataConfigError, match=r"\['price'\]"):
+        encoder.encode([{"site": "x"}])
+    with pytest.raises(TypeError, match="DataFrame"):
+        encoder.encode(42)
+
+
+# -- end to end: the app trains, the run folder scores ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(criteo_afm_run):
+    return criteo_afm_run
+
+
+def test_a_trained_run_scores_raw_rows_like_the_model_scores_the_cache(trained_run, tmp_path, capsys):
+    run_dir, cache, data = trained_run
+    assert (run_dir / "encoder" / "encoder.json").is_file()
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert CHECKPOINT_KEY in checkpoint["CriteoDataModule"] and checkpoint[MODEL_CLASS_KEY].endswith("DeepFM")
+    predictor = Predictor.load(run_dir)
+    assert predictor.model.mlp_reads_codes and not predictor.model.training  # the compressed structure, in eval mode
+
+    # The test split's raw lines, scored from the run folder, against the model on the cached arrays.
+    lines = data.read_text().splitlines()
+    options = EncodeOptions(test_fraction=0.1, val_fraction=0.1, seed=2020)
+    test_rows = np.flatnonzero(split_assignment(len(lines), options.test_fraction, options.val_fraction, options.seed) == 2)
+    cached = load_split(cache / "test", mmap=False)
+    with torch.inference_mode():
+        expected = torch.sigmoid(predictor.model(torch.from_numpy(cached["categorical"]).long(), torch.from_numpy(cached["numeric"])))
+    got = predictor.predict([lines[i] for i in test_rows])
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-6)
+    unlabelled = [line.split("\t", 1)[1] for line in (lines[i] for i in test_rows)]
+    np.testing.assert_array_equal(predictor.predict(unlabelled), got)
+
+    # The command line, on a gzipped file without labels, from the checkpoint alone, writes the same.
+    raw = tmp_path / "rows.txt.gz"
+    raw.write_bytes(gzip.compress(("\n".join(unlabelled) + "\n").encode()))
+    alone = tmp_path / "model.ckpt"
+    alone.write_bytes((run_dir / "last.ckpt").read_bytes())
+    assert predict_main([str(alone), str(raw), "-o", str(tmp_path / "p.csv")]) == 0
+    written = pa.csv.read_csv(tmp_path / "p.csv")
+    assert written.column_names == ["row", "probability"]
+    np.testing.assert_allclose(written.column("probability").to_numpy(), got, rtol=0, atol=1e-6)
+    assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["rows"] == len(test_rows)
+
+
+def test_predict_cli_reports_bad_rows_and_skips_them(trained_run, tmp_path, capsys):
+    run_dir, _, data = trained_run
+    lines = data.read_text().splitlines()[:20]
+    fields = lines[4].split("\t")
+    fields[3] = "x1"  # I3 is an integer field
+    lines[4] = "\t".join(fields)
+    raw = tmp_path / "bad.txt"
+    raw.write_text("\n".join(lines) + "\n")
+    assert predict_main([str(run_dir), str(raw), "-o", str(tmp_path / "p.parquet"), "-q"]) == 1
+    assert "bad.txt, line 5, column 'I3': not an integer, got 'x1'" in capsys.readouterr().err
+    lines[9] = "1\t2"  # the wrong number of columns
+    raw.write_text("\n".join(lines) + "\n")
+    assert predict_main([str(run_dir), str(raw), "-o", str(tmp_path / "p.parquet"), "-q"]) == 1
+    assert "line 10: expected 40 columns" in capsys.readouterr().err
+    assert predict_main([str(run_dir), str(raw), "-o", str(tmp_path / "p.parquet"), "--on-bad-rows", "skip"]) == 0
+    report = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert report["rows"] == 18 and report["skipped"] == 2
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert 5 not in table.column("row").to_pylist() and 10 not in table.column("row").to_pylist()
+    probabilities = Predictor.load(run_dir).predict(lines, on_bad_rows="skip")
+    assert np.isnan(probabilities[[4, 9]]).all() and np.isfinite(np.delete(probabilities, [4, 9])).all()
+
+
+def test_a_checkpoint_without_encoder_or_model_class_says_what_to_do(trained_run, tmp_path):
+    run_dir, cache, _ = trained_run
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    del checkpoint["CriteoDataModule"]
+    torch.save(checkpoint, tmp_path / "no_encoder.ckpt")
+    predictor = Predictor.load(tmp_path / "no_encoder.ckpt")  # scores encoded ids still
+    cached = load_split(cache / "test", mmap=False)
+    assert predictor.predict_encoded(cached["categorical"], cached["numeric"]).shape == (len(cached["label"]),)
+    with pytest.raises(ServeError, match="predict_encoded"):
+        predictor.predict(["0\t1"])
+    del checkpoint[MODEL_CLASS_KEY]
+    torch.save(checkpoint, tmp_path / "anonymous.ckpt")
+    with pytest.raises(ServeError, match="model_class"):
+        Predictor.load(tmp_path / "anonymous.ckpt")
+    assert Predictor.load(tmp_path / "anonymous.ckpt", model_class="lightning_afm.models.DeepFM").model.mlp_reads_codes
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataConfigError, match="no last.ckpt"):
+        Predictor.load(tmp_path / "empty")
+
+
+def test_inference_module_is_eval_without_gradients():
+    model = inference_module(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_the_readme_serving_handler_scores_a_request(trained_run, monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Serving", 1)[1].split("\n## ", 1)[0]
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert commands.count("lightning-afm-predict") == 2  # the console script pyproject.toml declares
+    handler = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    run_dir, _, data = trained_run
+    monkeypatch.setenv("LIGHTNING_AFM_RUN", str(run_dir))
+    namespace: dict = {}
+    exec(compile(handler, "README.md", "exec"), namespace)
+    lines = data.read_text().splitlines()[:5]
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    rows = [{n: v or None for n, v in zip(names[1:], line.split("\t")[1:])} for line in lines]
+    rows[2]["I1"] = "not a number"
+    body = json.dumps({"rows": rows}).encode()
+    replies = []
+    reply = namespace["app"]({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))},
+                             lambda status, headers: replies.append(status))
+    got = json.loads(b"".join(reply))["probability"]
+    expected = Predictor.load(run_dir).predict(lines)
+    assert replies == ["200 OK"] and got[2] is None
+    np.testing.assert_allclose([got[i] for i in (0, 1, 3, 4)], expected[[0, 1, 3, 4]], atol=2e-6)
