@@ -42,3 +42,18 @@ def test_claim_on_a_small_generated_criteo_file(tmp_path, monkeypatch):
     assert d["delta_auc"] == pytest.approx(d["final_auc"] - d["baseline_auc"], abs=1e-9)
     assert d["holds"] == (d["delta_auc"] >= -0.001 and d["delta_logloss"] <= 0.002)
     assert "gen:3000:5" in (tmp_path / "out" / "claim.md").read_text()
+
+
+@pytest.mark.parametrize("spec", ["gen:1000:3", "criteo-sample", "synthetic"])
+def test_claim_runs_with_the_settings_of_its_table_whatever_the_data_config_says(spec, tmp_path):
+    from hydra import compose, initialize_config_module
+
+    claim = _load()
+    overrides = [*claim.data_overrides(spec, tmp_path), *claim.TABLE_SETTINGS]
+    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    assert (cfg.model.weight_decay, cfg.model.l2, cfg.model.mlp_init) == (0.0, "rows", "torch")
+    if spec.startswith("gen:"):  # data=criteo alone would give the paper's
+        with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
+            paper = compose(config_name="config", overrides=claim.data_overrides(spec, tmp_path))
+        assert (paper.model.weight_decay, paper.model.l2) == (1e-3, "full")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -60,8 +61,9 @@ def test_cache_dir_defaults_to_home_cache(monkeypatch, tmp_path):
     "name, finetune, model",
     [
         ("synthetic", (10000, 5000), {"lr": 1e-3}),
-        ("criteo", (20000, 10000), {}),
-        ("avazu", (10000, 5000), {"embedding_dim": 50, "mlp_hidden": [2000, 2000, 2000]}),
+        ("criteo", (20000, 10000), {"weight_decay": 1e-3, "l2_reg": 1e-5, "l2": "full"}),  # paper line 1086-1100
+        ("avazu", (10000, 5000), {"embedding_dim": 50, "mlp_hidden": [2000, 2000, 2000],
+                                  "weight_decay": 1e-3, "l2_reg": 1e-5, "l2": "full"}),
         ("csv", (10000, 5000), {"lr": 1e-3, "dropout": 0.2}),  # its own: README, "Your own table"
     ],
 )
@@ -96,3 +98,24 @@ def test_csv_config_with_column_lists(tmp_path, monkeypatch):
     dm.setup()
     # 10 rows: 2 test (test_fraction 0.2), 1 validation (the config's 5 %, for finetune.select=best), 7 train
     assert dm.schema.vocab_sizes == [3, 3] and (dm.num_rows("train"), dm.num_rows("val"), dm.num_rows("test")) == (7, 1, 2)
+
+
+@pytest.mark.parametrize("name", ["criteo", "avazu"])
+def test_paper_data_configs_train_with_the_papers_weight_decay_and_l2(tmp_path, name):
+    from hydra import compose, initialize_config_dir
+
+    from lightning_afm.data.schema import Schema
+
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        cfg = compose("config", overrides=[f"data={name}", f"data.path={tmp_path}/train", "model.embedding_dim=4",
+                                           "model.mlp_hidden=[8]"])
+    model = instantiate(cfg.model, schema=Schema.from_vocab_sizes([5, 6], numeric=1))
+    assert (model.hparams.l2, model.hparams.l2_reg) == ("full", 1e-5)
+    optimizer = model.configure_optimizers()  # the baseline's Adam: every parameter decays
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-3]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    # the shared sample's experiment keeps its own (and the README's figures on it)
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=criteo_sample"])
+    assert (cfg.model.weight_decay, cfg.model.l2) == (0.0, "rows")

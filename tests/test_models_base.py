@@ -245,3 +245,50 @@ def test_l2_full_penalises_every_table_entry_as_equation_13():
     assert model.embeddings.C1.weight.grad.abs().min() > 0, "every row gets the decay, looked up or not"
     with pytest.raises(ValueError, match="l2 must be one of"):
         DeepFM(SCHEMA, l2="all", **SMALL)
+
+
+def _numpy_equation_13(model: nn.Module, r: float) -> float:
+    """``r * sum_i ||W_i||^2`` in float64 numpy over every weight of the model: each parameter
+    but the biases and the batch-norm scales (the paper's "model weights", line 1087-1099)."""
+    return r * sum(
+        float(np.square(p.detach().double().numpy()).sum())
+        for name, p in model.named_parameters()
+        if not name.endswith("bias") and ".norm." not in name
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_l2_full_equals_numpy_over_all_model_weights_and_reaches_unseen_rows(name):
+    torch.manual_seed(0)
+    model = build_model(name, SCHEMA, l2_reg=1e-3, l2="full", batch_norm=True, **SMALL)
+    cat = torch.zeros(5, 3, dtype=torch.long)  # every field looks up row 0 only
+    _, codes, lr_weights = model.forward_parts(cat, torch.rand(5, 2))
+    penalty = model.l2_penalty(codes, lr_weights)
+    assert penalty.item() == pytest.approx(_numpy_equation_13(model, 1e-3), rel=1e-5)
+    penalty.backward()
+    for f in range(3):  # the gradient of 2 r W reaches the rows no example looked up
+        for table in (model.embeddings.tables()[f], model.linear.tables()[f]):
+            torch.testing.assert_close(table.weight.grad[1:], 2e-3 * table.weight.detach()[1:])
+    # "rows" (the default) is unchanged: unseen rows get no gradient from the term
+    rows = build_model(name, SCHEMA, l2_reg=1e-3, batch_norm=True, **SMALL)
+    assert rows.hparams.l2 == "rows"
+    _, codes, lr_weights = rows.forward_parts(cat, torch.rand(5, 2))
+    rows.l2_penalty(codes, lr_weights).backward()
+    assert rows.embeddings.tables()[0].weight.grad[1:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_mlp_init_normal_draws_hidden_weights_with_std_1e_4(name):
+    wide = dict(SMALL, embedding_dim=8, mlp_hidden=[64, 64])
+    torch.manual_seed(3)
+    normal = build_model(name, SCHEMA, mlp_init="normal", **wide)
+    torch.manual_seed(3)
+    default = build_model(name, SCHEMA, **wide)
+    assert default.hparams.mlp_init == "torch"
+    for a, b in zip(normal.mlp, default.mlp):
+        w = a.linear.weight.detach().numpy()
+        assert abs(w.mean()) < 1e-5 and w.std() == pytest.approx(1e-4, rel=0.1)
+        assert b.linear.weight.std() > 50 * w.std()  # PyTorch's Kaiming-uniform: about 1/sqrt(3 fan_in)
+        torch.testing.assert_close(a.linear.bias, b.linear.bias)  # biases keep PyTorch's init, as DeepCTR-Torch
+    with pytest.raises(ValueError, match="mlp_init must be one of"):
+        build_model(name, SCHEMA, mlp_init="xavier", **SMALL)

@@ -10,7 +10,6 @@ from torch import nn
 from ..data.schema import Schema
 from .base import CTRModel
 from .layers.attention import InteractingLayer
-from .layers.mlp import MLP
 
 
 class AutoInt(CTRModel):
@@ -54,7 +53,7 @@ class AutoInt(CTRModel):
         self.attention = nn.Sequential(
             *(InteractingLayer(d, attention_heads, attention_residual, attention_scaled) for _ in range(attention_layers))
         )
-        self.mlp = MLP(self.flat_width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
+        self.mlp = self.make_mlp(self.flat_width)
         self.output = nn.Linear(self.num_fields * d + self.mlp.out_features, 1)
 
     def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:

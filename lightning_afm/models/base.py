@@ -14,6 +14,7 @@ from ..compress.surgery import parameter_count
 from ..data.schema import CATEGORICAL, LABEL, NUMERIC, Schema
 from .layers.embedding import FieldEmbedding
 from .layers.linear_logit import LinearLogit
+from .layers.mlp import MLP
 from .metrics import BinaryAUC, BinaryLogLoss
 
 
@@ -46,6 +47,12 @@ MODEL_CLASS_KEY = "lightning_afm_model_class"
 
 #: Which table entries the L2 term of the loss covers (``CTRModel(l2=...)``).
 L2_MODES = ("rows", "full")
+#: How the MLP's hidden Linear weights start (``CTRModel(mlp_init=...)``): PyTorch's default
+#: (Kaiming-uniform), or ``N(0, MLP_INIT_STD^2)`` as the authors' base code, DeepCTR-Torch
+#: (its ``DNN`` calls ``nn.init.normal_(weight, mean=0, std=init_std)`` with ``init_std=0.0001``:
+#: 1e-4 is the standard deviation there, read in deepctr_torch 0.3.0 ``layers/core.py``).
+MLP_INIT_MODES = ("torch", "normal")
+MLP_INIT_STD = 1e-4
 
 
 class CTRModel(L.LightningModule):
@@ -77,6 +84,10 @@ class CTRModel(L.LightningModule):
             up, averaged over the batch; ``"full"`` every entry of every table at every step,
             equation 13 as written (cost ``O(V d)`` a step instead of ``O(B F d)``).
         embedding_init_std: embeddings and LR weights start from ``N(0, std^2)``.
+        mlp_init: how the MLP's hidden Linear weights start: ``"torch"`` (default) PyTorch's
+            Kaiming-uniform; ``"normal"`` ``N(0, 1e-4^2)`` as DeepCTR-Torch's DNN (the authors'
+            base code; the paper does not say). Biases and the output layer keep PyTorch's
+            default either way, as there. Subclasses build their MLP with :meth:`make_mlp`.
         train_metrics: compute train AUC and log loss (the exact AUC keeps every
             training prediction until the epoch ends; switch off for huge epochs).
 
@@ -109,6 +120,7 @@ class CTRModel(L.LightningModule):
         l2_reg: float = 1e-5,
         l2: str = "rows",
         embedding_init_std: float = 1e-4,
+        mlp_init: str = "torch",
         train_metrics: bool = True,
     ) -> None:
         super().__init__()
@@ -119,6 +131,11 @@ class CTRModel(L.LightningModule):
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if l2 not in L2_MODES:
             raise ValueError(f"l2 must be one of {L2_MODES} (which table entries the L2 term covers), got {l2!r}")
+        if mlp_init not in MLP_INIT_MODES:
+            raise ValueError(
+                f"mlp_init must be one of {MLP_INIT_MODES} (PyTorch's default, or N(0, {MLP_INIT_STD:g}^2) as "
+                f"DeepCTR-Torch), got {mlp_init!r}"
+            )
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l2_reg", l2_reg)):
             if float(value) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -164,6 +181,15 @@ class CTRModel(L.LightningModule):
     def flat_width(self) -> int:
         """Width of ``cat([emb.flatten(1), numeric])``: ``F d + N``."""
         return self.num_fields * self.embedding_dim + self.num_numeric
+
+    def make_mlp(self, in_features: int) -> MLP:
+        """The model's :class:`MLP` (``[B, in_features]`` -> ``[B, mlp_hidden[-1]]``) with its
+        hyper-parameters (hidden widths, dropout, batch norm) and the ``mlp_init`` of the weights."""
+        mlp = MLP(in_features, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
+        if self.hparams.get("mlp_init", "torch") == "normal":
+            for block in mlp:
+                nn.init.normal_(block.linear.weight, mean=0.0, std=MLP_INIT_STD)
+        return mlp
 
     # -- inputs --------------------------------------------------------------
     def flat_input(self, x: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:

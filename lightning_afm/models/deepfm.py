@@ -10,7 +10,6 @@ from torch import nn
 from ..data.schema import Schema
 from .base import CTRModel
 from .layers.fm import FactorizationMachine
-from .layers.mlp import MLP
 
 
 class DeepFM(CTRModel):
@@ -34,7 +33,7 @@ class DeepFM(CTRModel):
     def __init__(self, schema: Schema | Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
         self.fm = FactorizationMachine()
-        self.mlp = MLP(self.flat_width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
+        self.mlp = self.make_mlp(self.flat_width)
         self.output = nn.Linear(self.mlp.out_features, 1)
 
     def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ from torch import nn
 from ..data.schema import Schema
 from .base import CTRModel
 from .layers.bilinear import BilinearInteraction
-from .layers.mlp import MLP
 from .layers.senet import SENETLayer
 
 
@@ -54,7 +53,7 @@ class FiBiNet(CTRModel):
         self.senet_bilinear = BilinearInteraction(f, d, bilinear_type)
         self.bilinear = BilinearInteraction(f, d, bilinear_type)
         width = 2 * self.bilinear.num_pairs * d + self.num_numeric
-        self.mlp = MLP(width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
+        self.mlp = self.make_mlp(width)
         self.output = nn.Linear(self.mlp.out_features, 1)
 
     def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:

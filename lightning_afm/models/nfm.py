@@ -11,7 +11,6 @@ from ..data.schema import Schema
 from .base import CTRModel
 from .layers.bi_interaction import BiInteractionPooling
 from .layers.dropout import Dropout
-from .layers.mlp import MLP
 
 
 class NFM(CTRModel):
@@ -38,9 +37,7 @@ class NFM(CTRModel):
         super().__init__(schema, **kwargs)
         self.bi_interaction = BiInteractionPooling()
         self.bi_dropout = Dropout(bi_dropout)
-        self.mlp = MLP(
-            self.embedding_dim + self.num_numeric, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm
-        )
+        self.mlp = self.make_mlp(self.embedding_dim + self.num_numeric)
         self.output = nn.Linear(self.mlp.out_features, 1)
 
     def deep_logit(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:

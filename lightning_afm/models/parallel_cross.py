@@ -9,7 +9,6 @@ from torch import nn
 
 from ..data.schema import Schema
 from .base import CTRModel
-from .layers.mlp import MLP
 
 
 class ParallelCrossModel(CTRModel):
@@ -26,7 +25,7 @@ class ParallelCrossModel(CTRModel):
     def __init__(self, schema: Schema | Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(schema, **kwargs)
         self.cross = self.build_cross(self.flat_width)
-        self.mlp = MLP(self.flat_width, self.hparams.mlp_hidden, self.hparams.dropout, self.hparams.batch_norm)
+        self.mlp = self.make_mlp(self.flat_width)
         self.output = nn.Linear(self.flat_width + self.mlp.out_features, 1)
 
     def build_cross(self, width: int) -> nn.Module:  # pragma: no cover - subclasses override
