@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -33,7 +29,7 @@ def _auto(budget, **emb):
 
 
 @pytest.mark.parametrize("budget", [Budget(ratio=3.0, multiple=4), Budget(kept_variance=0.9, multiple=4)])
-def test_auto_ranks_meet_the_budget_and_are_recorded(tmp_path, tiny_synthetic, budget):
+def test_auto_ranks_meet_the_budget_and_are_recorded(tiny_synthetic, same_predictions_in_fresh_process, budget):
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
@@ -61,22 +57,7 @@ def test_auto_ranks_meet_the_budget_and_are_recorded(tmp_path, tiny_synthetic, b
         assert all(v >= 0.9 - 1e-9 for v in allocation["kept_variance"].values())
 
     # a checkpoint of the variable-rank model loads into a fresh model in a fresh process
-    ckpt = tmp_path / "auto.ckpt"
-    trainer.save_checkpoint(ckpt)
-    batch = next(iter(dm.test_dataloader()))
-    torch.save({"categorical": batch["categorical"], "numeric": batch["numeric"]}, tmp_path / "batch.pt")
-    with torch.no_grad():
-        expected = model.eval()(batch["categorical"], batch["numeric"])
-    script = textwrap.dedent(f"""
-        import torch
-        from lightning_afm.models import DeepFM
-        model = DeepFM.load_from_checkpoint({str(ckpt)!r}).eval()
-        batch = torch.load({str(tmp_path / 'batch.pt')!r})
-        with torch.no_grad():
-            torch.save(model(batch["categorical"], batch["numeric"]), {str(tmp_path / 'out.pt')!r})
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    same_predictions_in_fresh_process(trainer, model, dm)
 
 
 def test_an_infeasible_budget_says_the_smallest_feasible_one_before_any_swap(tiny_synthetic):

@@ -58,29 +58,20 @@ class BatchedProjection(nn.Module):
 
 class _RankGroup(nn.Module):
     """The fields of one code width ``k``: their columns in the ``[B, sum_i k_i]`` codes, their
-    positions among the ``F`` fields, and their ``[t, k]`` weights and ``[t]`` biases."""
+    positions among the ``F`` fields, and their projections as one :class:`BatchedProjection`."""
 
     def __init__(self, fields: Sequence[int], columns: Sequence[int], weights: Sequence[torch.Tensor],
-                 biases: Sequence[torch.Tensor]) -> None:
+                 biases: Sequence[torch.Tensor], has_bias: bool) -> None:
         super().__init__()
         self.register_buffer("field_index", torch.tensor(list(fields), dtype=torch.long), persistent=False)
         self.register_buffer("column_index", torch.tensor(list(columns), dtype=torch.long), persistent=False)
-        self.projections = nn.ModuleList(_Projection(w, b) for w, b in zip(weights, biases))
+        self.projection = BatchedProjection(weights, biases, has_bias)
+        self.count = len(fields)
         self.width = int(weights[0].shape[1])
 
-    def forward(self, codes: torch.Tensor, out: torch.Tensor, has_bias: bool) -> None:
-        weights: list[torch.Tensor] = []
-        biases: list[torch.Tensor] = []
-        for p in self.projections:
-            weights.append(p.weight)
-            biases.append(p.bias)
-        weight = torch.stack(weights)  # [n, t, k]
-        batch, n = codes.shape[0], len(weights)
-        mine = codes.index_select(1, self.column_index).view(batch, n, self.width)  # [B, n, k]
-        by_field = torch.bmm(mine.transpose(0, 1), weight.transpose(1, 2))  # [n, B, t]
-        if has_bias:
-            by_field = by_field + torch.stack(biases).unsqueeze(1)
-        out.index_copy_(1, self.field_index, by_field.transpose(0, 1))
+    def forward(self, codes: torch.Tensor, out: torch.Tensor) -> None:
+        mine = codes.index_select(1, self.column_index).view(codes.shape[0], self.count, self.width)  # [B, n, k]
+        out.index_copy_(1, self.field_index, self.projection(mine))
 
 
 class GroupedProjection(nn.Module):
@@ -97,16 +88,16 @@ class GroupedProjection(nn.Module):
         for k in sorted(set(widths)):
             fields = [i for i, w in enumerate(widths) if w == k]
             columns = [offsets[i] + j for i in fields for j in range(k)]
-            groups.append(_RankGroup(fields, columns, [weights[i] for i in fields], [biases[i] for i in fields]))
+            groups.append(_RankGroup(fields, columns, [weights[i] for i in fields], [biases[i] for i in fields],
+                                     has_bias))
         self.groups = nn.ModuleList(groups)
         self.num_fields = len(weights)
         self.out_width = int(weights[0].shape[0])
-        self.has_bias = bool(has_bias)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         out = codes.new_empty([codes.shape[0], self.num_fields, self.out_width])
         for group in self.groups:
-            group(codes, out, self.has_bias)
+            group(codes, out)
         return out
 
 
