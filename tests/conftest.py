@@ -73,3 +73,34 @@ def criteo_afm_run(tmp_path_factory) -> tuple[Path, Path, Path]:
             "trainer.enable_progress_bar=false", "logger=csv"])
     summary = run(cfg)
     return tmp / "run", Path(summary["data_report"]["cache"]), data
+
+
+@pytest.fixture
+def same_predictions_in_fresh_process(tmp_path) -> Callable[..., None]:
+    """``check(trainer, model, dm)``: the fit's checkpoint, loaded by ``DeepFM.load_from_checkpoint`` in a
+    fresh process, predicts the test batch exactly as ``model`` does."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import torch
+
+    def check(trainer, model, dm) -> None:
+        ckpt = tmp_path / "compressed.ckpt"
+        trainer.save_checkpoint(ckpt)
+        batch = next(iter(dm.test_dataloader()))
+        torch.save({"categorical": batch["categorical"], "numeric": batch["numeric"]}, tmp_path / "batch.pt")
+        with torch.no_grad():
+            expected = model.eval()(batch["categorical"], batch["numeric"])
+        script = textwrap.dedent(f"""
+            import torch
+            from lightning_afm.models import DeepFM
+            model = DeepFM.load_from_checkpoint({str(ckpt)!r}).eval()
+            batch = torch.load({str(tmp_path / 'batch.pt')!r})
+            with torch.no_grad():
+                torch.save(model(batch["categorical"], batch["numeric"]), {str(tmp_path / 'out.pt')!r})
+        """)
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+        assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+    return check

@@ -193,3 +193,27 @@ def test_materialize_refuses_unknown_modules():
 
     with pytest.raises(RuntimeError, match="no initialisation"):
         materialize_(Odd(), nn.Module())
+
+
+def test_per_field_and_per_layer_ranks_count_by_hand():
+    """A budget's variable ranks: field i holds ``s_i k_i`` codes and a ``k_i -> t`` projection (FM
+    still reads it), the folded first Linear ``out (sum_i k_i + N + 1)``, each factored MLP layer
+    ``k (n + m + 1) + m``."""
+    shape = paper_shape("criteo", 40)
+    base = build_structure("deepfm", shape, "baseline", _settings(shape))
+    tables = base.compression_layout().field_tables
+    emb_ranks = tuple(1 + i % 3 for i in range(len(tables)))
+    settings = VariantSettings(mlp_rank=8, emb_rank=2, emb_ranks=emb_ranks, mlp_ranks=(16, 8))
+    model = build_structure("deepfm", shape, "afm_emb", settings)
+    assert model.embeddings.code_dims == list(emb_ranks)
+    rows = [get_submodule(base, n).num_embeddings for n in tables]
+    hidden, numeric = list(shape.mlp_hidden), base.num_numeric
+    expect = count_parameters(base) - sum(r * shape.embedding_dim for r in rows) + sum(
+        (r + shape.embedding_dim) * k + shape.embedding_dim for r, k in zip(rows, emb_ranks))
+    first_in = len(tables) * shape.embedding_dim + numeric
+    expect += hidden[0] * (sum(emb_ranks) + numeric - first_in)
+    for (n, m), k in zip([(hidden[0], hidden[1]), (hidden[1], hidden[2])], (16, 8)):
+        expect += k * (n + m + 1) + m - (n * m + m)
+    assert count_parameters(model) == expect
+    with pytest.raises(ValueError, match="3 per-target ranks for the 2 mlp targets"):
+        build_structure("deepfm", shape, "afm_mlp", VariantSettings(mlp_rank=8, emb_rank=2, mlp_ranks=(8, 8, 8)))

@@ -1,9 +1,5 @@
 """Compressed checkpoints: load in a fresh process with identical predictions; resume inside a finetune."""
 
-import subprocess
-import sys
-import textwrap
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -30,31 +26,15 @@ def _trainer(callbacks, max_epochs=3, **kwargs):
                       enable_model_summary=False, accelerator="cpu", **kwargs)
 
 
-def test_compressed_checkpoint_loads_in_a_fresh_process_with_identical_predictions(tmp_path, tiny_synthetic):
+def test_compressed_checkpoint_loads_in_a_fresh_process_with_identical_predictions(tiny_synthetic,
+                                                                                   same_predictions_in_fresh_process):
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
     trainer = _trainer([_callback()], enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)
     assert isinstance(model.mlp[1].linear, LowRankLinear) and model.mlp_reads_codes
-    ckpt = tmp_path / "compressed.ckpt"
-    trainer.save_checkpoint(ckpt)
-
-    batch = next(iter(dm.test_dataloader()))
-    torch.save({"categorical": batch["categorical"], "numeric": batch["numeric"]}, tmp_path / "batch.pt")
-    with torch.no_grad():
-        expected = model.eval()(batch["categorical"], batch["numeric"])
-
-    script = textwrap.dedent(f"""
-        import torch
-        from lightning_afm.models import DeepFM
-        model = DeepFM.load_from_checkpoint({str(ckpt)!r}).eval()
-        batch = torch.load({str(tmp_path / 'batch.pt')!r})
-        with torch.no_grad():
-            torch.save(model(batch["categorical"], batch["numeric"]), {str(tmp_path / 'out.pt')!r})
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    same_predictions_in_fresh_process(trainer, model, dm)
 
 
 def test_resume_inside_the_mlp_finetune_continues_with_the_compressed_structure(tmp_path, tiny_synthetic):

@@ -88,6 +88,9 @@ class VariantSettings:
         afm_relu: ReLU between the AFM factors (the paper's default).
         svd_relu: ReLU between the SVD factors (as ``conf/compression/svd.yaml``'s ``mlp.relu``).
         fold: fold the table projections into the first MLP Linear where the model allows it.
+        emb_ranks: per-field ``k`` (a budget's allocation), one per field table in the order of
+            the model's compression layout, in place of ``emb_rank``; None: ``emb_rank`` for all.
+        mlp_ranks: per-layer ``k`` of the default MLP targets in place of ``mlp_rank``; None: ``mlp_rank``.
     """
 
     mlp_rank: int
@@ -98,35 +101,49 @@ class VariantSettings:
     afm_relu: bool = True
     svd_relu: bool = True
     fold: bool = True
+    emb_ranks: tuple[int, ...] | None = None
+    mlp_ranks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("mlp_rank", "emb_rank", "tt_rank", "tt_min_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("emb_ranks", "mlp_ranks"):
+            values = getattr(self, name)
+            if values is not None:
+                values = tuple(values)
+                if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                    raise ValueError(f"{name} must be positive integers (one per target), got {values!r}")
+                object.__setattr__(self, name, values)
 
 
 # --------------------------------------------------------------------------- structures
 
 
-def _entries(model: nn.Module, group: str, kind: str, method: str, rank: int, **options: bool) -> list[PlanEntry]:
+def _entries(model: nn.Module, group: str, kind: str, method: str, rank: int, ranks: tuple[int, ...] | None,
+             **options: bool) -> list[PlanEntry]:
     """The plan entries ``kind`` records when compressing ``model``'s default ``group`` targets by ``method``.
 
     Read off the kind's :meth:`planned_entry` (the structure compression builds: which factor has
-    a bias...), without computing factors.
+    a bias...), without computing factors. ``ranks``: one per target (in place of ``rank``).
     """
     planned = get_kind(kind).planned_entry
     names = resolve_targets(model, default_targets(model, group), kind)
-    return [planned(name, get_submodule(model, name), method, rank, **options) for name in names]
+    if ranks is not None and len(ranks) != len(names):
+        raise ValueError(f"{len(ranks)} per-target ranks for the {len(names)} {group} targets of "
+                         f"{type(model).__name__} ({names}); give one rank per target")
+    ranks = ranks or (rank,) * len(names)
+    return [planned(name, get_submodule(model, name), method, k, **options) for name, k in zip(names, ranks)]
 
 
 def _mlp_entries(model: nn.Module, method: str, settings: VariantSettings) -> list[PlanEntry]:
     relu = settings.afm_relu if method == "afm" else settings.svd_relu
-    return _entries(model, "mlp", "linear", method, settings.mlp_rank, relu=relu)
+    return _entries(model, "mlp", "linear", method, settings.mlp_rank, settings.mlp_ranks, relu=relu)
 
 
 def _embedding_entries(model: nn.Module, method: str, settings: VariantSettings) -> list[PlanEntry]:
-    return _entries(model, "embeddings", "embedding", method, settings.emb_rank)
+    return _entries(model, "embeddings", "embedding", method, settings.emb_rank, settings.emb_ranks)
 
 
 def variant_plan(model: nn.Module, variant: str, settings: VariantSettings) -> CompressionPlan:

@@ -49,7 +49,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -59,12 +59,15 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_afm import compress
+from lightning_afm.compress.budget import Budget
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
 from lightning_afm.compress.contract import mlp_reads_codes
 from lightning_afm.compress.registry import factored_types
 from lightning_afm.callbacks import lightning_compat
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
+from lightning_afm.callbacks.budgeting import (BudgetPrices, PlannedStage, allocate_for_budget, check_budget,
+                                               price_stages)
 from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,10 @@ class AFMCompressionCallback(pl.Callback):
         statistics_batch_size: batch size of the statistics pass (default: the datamodule's).
         forward_fn: ``forward_fn(module, batch) -> logits``; default :func:`default_forward`.
         label_fn: ``label_fn(batch) -> labels``; default :func:`default_labels`.
+        budget: what the ``rank="auto"`` stages must fit in (:class:`~lightning_afm.compress.budget.Budget`,
+            or a mapping of its settings: ``{"ratio": 5}``): their ranks, per MLP layer and per field,
+            are chosen together at the first auto stage (:mod:`.budgeting`). Needed by, and only
+            allowed with, a stage of ``rank="auto"``.
 
     Example::
 
@@ -128,6 +135,7 @@ class AFMCompressionCallback(pl.Callback):
         forward_fn: ForwardFn | None = None,
         label_fn: LabelFn | None = None,
         progress: bool = True,
+        budget: Budget | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         lightning_compat.check_lightning_version()  # the callback reads Lightning internals
@@ -155,6 +163,18 @@ class AFMCompressionCallback(pl.Callback):
         self.forward_fn = forward_fn or default_forward
         self.label_fn = label_fn or default_labels
         self.progress = progress
+        self.budget = Budget.from_value(budget)
+        auto = [s.name for s in self.stages if s.auto_rank]
+        if self.budget is not None and not auto:
+            raise ValueError(f"a budget ({self.budget.describe()}) chooses the ranks of stages with rank='auto', but "
+                             f"every stage has a fixed rank ({[(s.name, s.rank) for s in self.stages]}); set "
+                             "rank='auto' on the stages it should size, or drop the budget")
+        if auto and self.budget is None:
+            raise ValueError(f"stages {auto} have rank='auto', which needs a budget to choose the ranks for: "
+                             "AFMCompressionCallback(..., budget=Budget(ratio=5.0)) (or params=, bytes=, "
+                             "kept_variance=); Hydra: compression.budget.ratio=5")
+        #: The auto ranks (``compress.budget.Allocation.to_dict()``), chosen at the first auto stage.
+        self.allocation: dict[str, Any] | None = None
 
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, Any] | None = None
@@ -298,6 +318,7 @@ class AFMCompressionCallback(pl.Callback):
             "held_stops": list(self._held_stops),
             "best": self._best.to_dict() if self._best is not None else None,
             "epoch_s": [[epoch, seconds] for epoch, seconds in sorted(self._epoch_s.items())],
+            "allocation": self.allocation,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -313,10 +334,13 @@ class AFMCompressionCallback(pl.Callback):
         best = state_dict.get("best")
         self._best = BestState.from_dict(best) if best else None
         self._epoch_s = {int(epoch): float(seconds) for epoch, seconds in state_dict.get("epoch_s", [])}
+        self.allocation = state_dict.get("allocation")
 
     def summary(self) -> dict[str, Any]:
         """Entries for the run's ``summary.json``: the baseline figures and one record per stage."""
         out: dict[str, Any] = {"stages": [dict(r) for r in self.history]}
+        if self.allocation is not None:
+            out["budget"] = dict(self.allocation)
         for key, value in (self.baseline or {}).items():
             if key.startswith(tuple(f"{split}_" for split in EVAL_SPLITS)):
                 out[f"baseline_{key}"] = value
@@ -497,11 +521,17 @@ class AFMCompressionCallback(pl.Callback):
 
         statistics = {}
         started = self._now(pl_module)
-        if stage.method == "afm":
+        if stage.auto_rank and self.allocation is None:
+            statistics = self._allocate(trainer, pl_module, index)
+            record["budget"] = dict(self.allocation)
+        elif stage.method == "afm":
             log.info("AFM stage %r: statistics pass over the training data for %s", stage.name, names)
             statistics = self._collect_statistics(trainer, pl_module, stage, names)
         record["statistics_s"] = self._now(pl_module) - started
-        rank = stage.rank
+        rank: int | dict[str, int] = stage.rank
+        if stage.auto_rank:
+            rank = {name: int(self.allocation["ranks"][name]) for name in names}
+            record["ranks"] = dict(rank)  # "rank" stays "auto"; the chosen rank of each layer / field
         if isinstance(stage, EmbeddingStage) and stage.grow_rank and statistics:
             started = self._now(pl_module)
             rank, record["rank_search"] = self._grow_rank(trainer, pl_module, stage, statistics)
@@ -553,7 +583,8 @@ class AFMCompressionCallback(pl.Callback):
             "name": stage.name, "kind": stage.kind, "method": stage.method, "rank": stage.rank,
             "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
             "params_before": compress.parameter_count(pl_module), "params": None, "layers": None,
-            "rank_search": None, "selected_point": None, "checks": None, "finished": False,
+            "rank_search": None, "selected_point": None, "checks": None, "finished": False, "budget": None,
+            "ranks": None,
         }
         record.update(dict.fromkeys(STAGE_TIME_KEYS))
         record.update(dict.fromkeys(f"pre_finetune_{k}" for k in scores))
@@ -801,8 +832,52 @@ class AFMCompressionCallback(pl.Callback):
         except ValueError as err:
             raise ValueError(f"stage {stage.name!r}: {err}. {hint}") from err
 
+    def _planned_stages(self, pl_module: nn.Module, first: int) -> list[PlannedStage]:
+        """Stages ``first`` onwards with their targets and, where they will fold, the first MLP Linear's width."""
+        planned, folded = [], mlp_reads_codes(pl_module)
+        for stage in self.stages[first:]:
+            names = self._targets(pl_module, stage)
+            if stage.method == "ttd":
+                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
+                if self.budget is not None and self.budget.sized:
+                    raise ValueError(f"stage {stage.name!r}: a size budget cannot price TT tables yet; use "
+                                     "kept_variance= or leave the TT stage out of a budgeted compression")
+            width = None
+            if isinstance(stage, EmbeddingStage) and self._should_fold(pl_module, stage, names, folded):
+                folded = True
+                first_linear = compress.first_mlp_linear_name(pl_module)
+                if any(p.stage.auto_rank and first_linear in p.names for p in planned) or (
+                        stage.auto_rank and first_linear in names):
+                    raise ValueError(f"stage {stage.name!r}: the fold reads the codes through {first_linear!r}, "
+                                     "whose rank is also chosen by the budget; leave it out of the auto targets")
+                width = pl_module.get_submodule(first_linear).out_features
+            planned.append(PlannedStage(stage, names, width))
+        return planned
+
+    def _budget_prices(self, pl_module: nn.Module, first: int) -> BudgetPrices:
+        reference = self.baseline["params"] if self.baseline else compress.parameter_count(pl_module)
+        return price_stages(pl_module, self._planned_stages(pl_module, first), reference)
+
+    def _allocate(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                  index: int) -> dict[str, compress.OutputStatistics]:
+        """Choose every auto target's rank (one statistics pass over them all); returns the statistics
+        of stage ``index``'s own targets (its swap uses them)."""
+        planned = self._planned_stages(pl_module, index)
+        prices = price_stages(pl_module, planned, self.baseline["params"])
+        auto_names = [p.name for p in prices.auto]
+        log.info("AFM budget (%s): statistics pass over the training data for %d auto targets",
+                 self.budget.describe(), len(auto_names))
+        statistics = self._collect_statistics(trainer, pl_module, self.stages[index], auto_names)
+        with self._stage_errors(self.stages[index]):
+            self.allocation = allocate_for_budget(self.budget, prices, statistics).to_dict()
+        log.info("AFM budget: ranks %s -> %s parameters", self.allocation["ranks"], f"{self.allocation['params']:,}")
+        own = set(planned[0].names)
+        return {name: stats for name, stats in statistics.items() if name in own}
+
     @staticmethod
     def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
+        if stage.auto_rank:  # chosen per target within each target's width
+            return
         for name in names:
             module = pl_module.get_submodule(name)
             width = compress.kind_for_module(module, stage.method, name).max_rank(module)
@@ -939,6 +1014,9 @@ class AFMCompressionCallback(pl.Callback):
             if isinstance(stage, EmbeddingStage):
                 folded = self._should_fold(pl_module, stage, names, folded) or folded
             self._check_data_needs(trainer, stage)
+        if self.budget is not None and self.allocation is None and self.stages_started < len(self.stages):
+            # the smallest structure needs no statistics: an impossible budget fails before any work
+            check_budget(self.budget, self._budget_prices(pl_module, self.stages_started))
 
     def _check_data_needs(self, trainer: pl.Trainer, stage: CompressionStage) -> None:
         reads_val = [k for k, on in (("select='best'", stage.select == "best"),

@@ -13,6 +13,9 @@ at ``lr * lr_backoff``.
 ``freeze_embeddings`` keeps every embedding table (``nn.Embedding``: field, LR and code tables)
 fixed during the finetune.
 
+``rank="auto"`` (AFM only): each target's rank is chosen, with every other auto target's, for
+the callback's ``budget`` (:class:`lightning_afm.compress.budget.Budget`).
+
 Methods: ``"afm"`` (from the output statistics), ``"svd"`` (from the weights), ``"random"``
 (AFM's structure, freshly initialised, no statistics: with ``baseline_epochs=0`` it trains the
 small model from scratch, the paper's Table 14, see ``conf/compression/scratch.yaml``) and,
@@ -61,7 +64,7 @@ def _is_integral(value: Any) -> bool:
 class CompressionStage:
     """Settings shared by every stage. Use :class:`MLPStage` or :class:`EmbeddingStage`."""
 
-    rank: int
+    rank: int | str
     method: str = "afm"
     targets: Sequence[str] | None = None
     epochs: int = 1
@@ -95,10 +98,16 @@ class CompressionStage:
         self._check_numbers(where)
         if self.method not in self.methods:
             raise ValueError(f"{where}: method must be one of {self.methods}, got {self.method!r}")
-        try:
-            check_rank(self.rank)
-        except ValueError:
-            raise ValueError(f"{where}: rank must be a positive integer, got {self.rank!r}") from None
+        if self.auto_rank:
+            if self.method != "afm":
+                raise ValueError(f"{where}: rank='auto' reads AFM's spectra, so it needs method='afm', "
+                                 f"got method={self.method!r}")
+        else:
+            try:
+                check_rank(self.rank)
+            except ValueError:
+                raise ValueError(f"{where}: rank must be a positive integer or 'auto' (chosen for the "
+                                 f"callback's budget), got {self.rank!r}") from None
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
             raise ValueError(f"{where}: epochs must be an integer >= 0, got {self.epochs!r}")
         if self.batch_size is not None and (not _is_integral(self.batch_size) or int(self.batch_size) <= 0):
@@ -140,6 +149,11 @@ class CompressionStage:
                                  f"got {value!r}; e.g. {name}={_EXAMPLES.get(name, 1.0)!r}")
             if isinstance(value, str):
                 setattr(self, name, float(value))
+
+    @property
+    def auto_rank(self) -> bool:
+        """Whether the ranks are chosen per target for the callback's ``budget`` (``rank="auto"``)."""
+        return self.rank == "auto"
 
     def target_patterns(self, model: nn.Module) -> list[str]:
         """The stage's own ``targets``, or else the model's defaults (its compression contract's layout)."""
@@ -239,6 +253,9 @@ class EmbeddingStage(CompressionStage):
             raise ValueError(f"EmbeddingStage({self.name!r}): TT tables have no projection to fold; use fold='auto'")
         if min(float(self.grow_auc_tolerance), float(self.grow_logloss_tolerance)) < 0:
             raise ValueError(f"EmbeddingStage({self.name!r}): grow tolerances must be >= 0")
+        if self.grow_rank and self.auto_rank:
+            raise ValueError(f"EmbeddingStage({self.name!r}): grow_rank searches one rank for every table, "
+                             "rank='auto' chooses one per table for the budget; use one of them")
         if self.grow_rank and self.method != "afm":
             raise ValueError(f"EmbeddingStage({self.name!r}): grow_rank needs method='afm' (it scores AFM's "
                              f"projections), got method={self.method!r}")

@@ -145,19 +145,30 @@ def resolve_targets(
 # --------------------------------------------------------------------------- replacing
 
 
+def rank_for(rank: int | Mapping[str, int], name: str) -> int:
+    """``rank`` itself, or ``rank[name]`` when ranks are given per target (a budget's allocation)."""
+    if not isinstance(rank, Mapping):
+        return rank
+    if name not in rank:
+        raise ValueError(f"no rank given for {name!r}; the per-target ranks name {sorted(rank)}")
+    return rank[name]
+
+
 def build_replacements(
-    model: nn.Module, names: Sequence[str], stats: StatsArg, rank: int, method: str, **options: Any
+    model: nn.Module, names: Sequence[str], stats: StatsArg, rank: int | Mapping[str, int], method: str,
+    **options: Any,
 ) -> list[tuple[PlanEntry, nn.Module]]:
     """Each target's replacement and plan entry, built by its kind (:func:`kind_for_module`); changes nothing.
 
-    ``options`` go to every kind, which reads its own (``relu`` for Linears, ``init`` for TT tables...).
+    ``rank``: one rank for every target, or a rank per target name. ``options`` go to every kind,
+    which reads its own (``relu`` for Linears, ``init`` for TT tables...).
     """
     if not names:
         raise ValueError("no target modules to compress")
     built = []
     for name in names:
         kind = kind_for_module(get_submodule(model, name), method, name)
-        built.append(kind.build(model, name, stats, rank, method, options))
+        built.append(kind.build(model, name, stats, rank_for(rank, name), method, options))
     return built
 
 
@@ -169,9 +180,11 @@ def replace_all(model: nn.Module, built: Iterable[tuple[PlanEntry, nn.Module]]) 
     return [entry for entry, _ in built]
 
 
-def compress_targets(model: nn.Module, names: Sequence[str], stats: StatsArg, rank: int, method: str = "afm",
-                     **options: Any) -> list[PlanEntry]:
-    """Compress several modules at one rank and method, all or nothing; returns the plan entries in ``names`` order.
+def compress_targets(model: nn.Module, names: Sequence[str], stats: StatsArg, rank: int | Mapping[str, int],
+                     method: str = "afm", **options: Any) -> list[PlanEntry]:
+    """Compress several modules by one method, all or nothing; returns the plan entries in ``names`` order.
+
+    ``rank``: one rank for all, or a mapping target name -> rank (per-layer and per-field ranks).
 
     Every replacement is built first; the model changes only once all of them succeeded.
     ``options`` go to the kinds that read them: ``relu``/``relu_init``/``shift_std`` to Linear targets

@@ -1,4 +1,5 @@
-"""Every field's lookup in one ``[B, F, d]`` output: the embedding codes and the LR weights.
+"""Every field's lookup in one ``[B, F, d]`` output (``[B, sum_i k_i]`` when fields differ in rank):
+the embedding codes and the LR weights.
 
 The training model calls each table and stacks the results (a copy of the whole output after
 ``F`` separate lookups), because autograd needs each table's own call. Here, with nothing to
@@ -112,18 +113,50 @@ class CalledFields(nn.Module):
     dim 1: what the training model does, for modules without a faster form.
 
     Shapes: ``[F, B]`` ids (``field_dim=0``) or ``[B, F, k]`` codes (``field_dim=1``) -> ``[B, F, ...]``.
+    Per-field code widths (``code_widths``, a budgeted compression): the ids' results are
+    concatenated, ``[B, sum_i k_i]`` (``field_dim=0``), or the ``[B, sum_i k_i]`` codes are split
+    by those widths before each call (``field_dim=1``), as the training model's
+    :class:`~lightning_afm.models.layers.embedding.FieldEmbedding` does.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], field_dim: int) -> None:
+    def __init__(self, modules: Sequence[nn.Module], field_dim: int,
+                 code_widths: Sequence[int] | None = None) -> None:
         super().__init__()
         self.fields = nn.ModuleList(modules)
         self.field_dim = int(field_dim)
+        self.widths: list[int] = [int(w) for w in code_widths] if code_widths is not None else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs: list[torch.Tensor] = []
+        if len(self.widths) > 0 and self.field_dim == 1:
+            parts = torch.split(x, self.widths, dim=1)
+            for i, field in enumerate(self.fields):
+                outs.append(field(parts[i]))
+            return torch.stack(outs, dim=1)
         for i, field in enumerate(self.fields):
             outs.append(field(x.select(self.field_dim, i)))
-        return torch.stack(outs, dim=1)
+        return torch.cat(outs, dim=1) if len(self.widths) > 0 else torch.stack(outs, dim=1)
+
+
+class ConcatenatedLookup(nn.Module):
+    """``[F, B]`` ids -> ``[B, sum_i k_i]``: fields whose rows differ in width (per-field ranks), each
+    gathered straight into its columns of one output, field-major as the training model's codes.
+
+    Equal to ``cat([rows[i][ids[i]] for i in range(F)], dim=1)``. Build with :func:`build_lookup`.
+    """
+
+    def __init__(self, rows: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        self.fields = nn.ModuleList(_Rows(r) for r in rows)
+        widths = [int(r.shape[1]) for r in rows]
+        self.offsets = [sum(widths[:i]) for i in range(len(widths) + 1)]
+        self.register_buffer("like", rows[0].new_empty(0), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.like.new_empty([ids.shape[1], self.offsets[-1]])
+        for i, field in enumerate(self.fields):
+            torch.index_select(field.rows, 0, ids[i], out=out[:, self.offsets[i] : self.offsets[i + 1]])
+        return out
 
 
 def build_lookup(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
@@ -135,11 +168,19 @@ def build_lookup(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
     if not tables:
         raise ValueError("a lookup needs at least one table")
     rows = [readable_rows(t) for t in tables]
+    widths = code_widths(tables)
+    uniform = len(set(widths)) == 1
     if all(r is not None for r in rows):
         first = rows[0]
-        if all(r.shape[1] == first.shape[1] and r.dtype == first.dtype and r.device == first.device for r in rows):
-            return GatheredLookup([tensors.take(r) for r in rows])
+        if all(r.dtype == first.dtype and r.device == first.device for r in rows):
+            taken = [tensors.take(r) for r in rows]
+            return GatheredLookup(taken) if uniform else ConcatenatedLookup(taken)
     return CalledFields(
         [FactoredPart(tensors.frozen(t), "codes") if hasattr(t, "codes") else tensors.frozen(t) for t in tables],
-        field_dim=0,
+        field_dim=0, code_widths=None if uniform else widths,
     )
+
+
+def code_widths(tables: Sequence[nn.Module]) -> list[int]:
+    """Each table's lookup width: ``k`` (``code_dim``) of a factored table, else its ``embedding_dim``."""
+    return [int(getattr(t, "code_dim", getattr(t, "embedding_dim", 0))) for t in tables]

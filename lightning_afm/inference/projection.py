@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_afm.compress.modules import LowRankEmbedding
 
-from .lookups import CalledFields, FactoredPart
+from .lookups import CalledFields, FactoredPart, code_widths
 from .sharing import Tensors
 
 
@@ -56,6 +56,51 @@ class BatchedProjection(nn.Module):
         return torch.add(by_field.transpose(0, 1), torch.stack(biases), out=out)
 
 
+class _RankGroup(nn.Module):
+    """The fields of one code width ``k``: their columns in the ``[B, sum_i k_i]`` codes, their
+    positions among the ``F`` fields, and their projections as one :class:`BatchedProjection`."""
+
+    def __init__(self, fields: Sequence[int], columns: Sequence[int], weights: Sequence[torch.Tensor],
+                 biases: Sequence[torch.Tensor], has_bias: bool) -> None:
+        super().__init__()
+        self.register_buffer("field_index", torch.tensor(list(fields), dtype=torch.long), persistent=False)
+        self.register_buffer("column_index", torch.tensor(list(columns), dtype=torch.long), persistent=False)
+        self.projection = BatchedProjection(weights, biases, has_bias)
+        self.count = len(fields)
+        self.width = int(weights[0].shape[1])
+
+    def forward(self, codes: torch.Tensor, out: torch.Tensor) -> None:
+        mine = codes.index_select(1, self.column_index).view(codes.shape[0], self.count, self.width)  # [B, n, k]
+        out.index_copy_(1, self.field_index, self.projection(mine))
+
+
+class GroupedProjection(nn.Module):
+    """``[B, sum_i k_i]`` codes (fields of different ranks) -> ``[B, F, t]``: one batched product per
+    distinct rank, each written into its fields' slots; equal to each field's projection stacked.
+    A budget gives few distinct ranks, so a few products replace ``F`` small ones.
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], has_bias: bool) -> None:
+        super().__init__()
+        widths = [int(w.shape[1]) for w in weights]
+        offsets = [sum(widths[:i]) for i in range(len(widths))]
+        groups = []
+        for k in sorted(set(widths)):
+            fields = [i for i, w in enumerate(widths) if w == k]
+            columns = [offsets[i] + j for i in fields for j in range(k)]
+            groups.append(_RankGroup(fields, columns, [weights[i] for i in fields], [biases[i] for i in fields],
+                                     has_bias))
+        self.groups = nn.ModuleList(groups)
+        self.num_fields = len(weights)
+        self.out_width = int(weights[0].shape[0])
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        out = codes.new_empty([codes.shape[0], self.num_fields, self.out_width])
+        for group in self.groups:
+            group(codes, out)
+        return out
+
+
 def plain_projection(table: nn.Module) -> nn.Linear | None:
     """The projection Linear of a table whose ``project`` is exactly that Linear (AFM/SVD's
     :class:`~lightning_afm.compress.modules.LowRankEmbedding`), else None."""
@@ -68,16 +113,20 @@ def plain_projection(table: nn.Module) -> nn.Linear | None:
 def build_projection(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
     """What turns the stacked codes of ``tables`` into ``t``-dim vectors: the identity when no table
     is factored, one batched product when all are plain-projection tables of one shape, else
-    each table's own ``project``."""
+    each table's own ``project``. Tables of different ranks (a budgeted compression) read
+    ``[B, sum_i k_i]`` codes: one batched product per rank (:class:`GroupedProjection`)."""
     if not any(hasattr(t, "project") for t in tables):
         return nn.Identity()
+    widths = code_widths(tables)
+    uniform = len(set(widths)) == 1
     linears = [plain_projection(t) for t in tables]
-    if all(p is not None for p in linears) and len({tuple(p.weight.shape) for p in linears}) == 1:
+    if all(p is not None for p in linears) and len({p.weight.shape[0] for p in linears}) == 1:
         biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in linears]
-        return BatchedProjection(
+        build = BatchedProjection if uniform else GroupedProjection
+        return build(
             [tensors.take(p.weight) for p in linears],
             [tensors.take(b) for b in biases],
             has_bias=any(p.bias is not None for p in linears),
         )
     projections = [FactoredPart(tensors.frozen(t), "project") if hasattr(t, "project") else nn.Identity() for t in tables]
-    return CalledFields(projections, field_dim=1)
+    return CalledFields(projections, field_dim=1, code_widths=None if uniform else widths)

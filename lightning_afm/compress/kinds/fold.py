@@ -8,8 +8,9 @@ field ``i``::
 
     sum_i W'_i (U_i c_i + b_i) = sum_i (W'_i U_i) c_i + sum_i W'_i b_i
 
-The MLP can then read the ``k``-dim codes directly through a Linear of input width
-``F k + N``: block ``i`` becomes ``W'_i U_i`` and the bias gains ``sum_i W'_i b_i``. The models
+The MLP can then read the codes directly through a Linear of input width
+``sum_i k_i + N``: block ``i`` becomes ``W'_i U_i`` (``[out, k_i]``: fields may differ in rank,
+as a budgeted compression leaves them) and the bias gains ``sum_i W'_i b_i``. The models
 switch to reading codes through the contract (``set_mlp_reads_codes(True)``). Interaction
 layers (FM, cross network, attention) keep using the projected ``t``-dim vectors.
 
@@ -58,11 +59,11 @@ def _check_foldable(model: nn.Module) -> list[LowRankEmbedding]:
             f"cannot fold: every field table must be compressed first (LowRankEmbedding), "
             f"but these are not: {plain}"
         )
-    shapes = {(t.embedding_dim, t.code_dim) for t in tables}
-    if len(shapes) != 1:
+    widths = {t.embedding_dim for t in tables}
+    if len(widths) != 1:
         raise ValueError(
-            f"cannot fold: the model reads codes as one [B, F, k] tensor, so all tables need the same "
-            f"(embedding_dim, code_dim); got {sorted(shapes)}"
+            f"cannot fold: the first MLP Linear reads F blocks of one width t, so all tables need the same "
+            f"embedding_dim; got {sorted(widths)}"
         )
     return tables
 
@@ -88,15 +89,15 @@ def first_mlp_linear_name(model: nn.Module) -> str:
 def fold_into_first_linear(model: nn.Module) -> PlanEntry:
     """Fold every field's ``k -> t`` projection into the first MLP Linear; the MLP then reads codes.
 
-    Shapes: the first MLP Linear ``[out, F t + N]`` becomes ``[out, F k + N]`` (``F`` fields,
-    table width ``t``, code width ``k``, ``N`` numeric features after the fields).
+    Shapes: the first MLP Linear ``[out, F t + N]`` becomes ``[out, sum_i k_i + N]`` (``F`` fields,
+    table width ``t``, field ``i``'s code width ``k_i``, ``N`` numeric features after the fields).
 
     Returns:
         The ``"fold"`` :class:`PlanEntry` (``shape`` = the old ``[out, F t + N]``).
 
     Raises:
         ValueError: before changing anything, if the model's MLP does not read the
-            embeddings directly, a table is not factored, tables differ in ``k``, the first
+            embeddings directly, a table is not factored, tables differ in ``t``, the first
             Linear's width is not ``F t + N``, or the model is already folded.
     """
     kind = get_kind(FoldKind.name)
@@ -117,7 +118,8 @@ class FoldKind(CompressionKind):
         name = first_mlp_linear_name(model)
         linear: nn.Linear = model.get_submodule(name)  # type: ignore[assignment]
         num_fields = len(tables)
-        t, k = tables[0].embedding_dim, tables[0].code_dim
+        t = tables[0].embedding_dim
+        ranks = [int(tab.code_dim) for tab in tables]
         out_features, in_features = linear.weight.shape
         num_numeric = in_features - num_fields * t
         if num_numeric < 0:
@@ -128,8 +130,9 @@ class FoldKind(CompressionKind):
 
         w = linear.weight.detach().to(torch.float64)
         blocks = w[:, : num_fields * t].reshape(out_features, num_fields, t)  # [out, F, t]
-        proj_w = torch.stack([tab.projection.weight.detach() for tab in tables]).to(w)  # [F, t, k]
-        new_blocks = torch.einsum("oft,ftk->ofk", blocks, proj_w).reshape(out_features, num_fields * k)
+        # block i: [out, t] @ [t, k_i]; the k_i may differ, so one product per field
+        new_blocks = torch.cat([blocks[:, i] @ tab.projection.weight.detach().to(w) for i, tab in enumerate(tables)],
+                               dim=1)  # [out, sum_i k_i]
         new_weight = torch.cat([new_blocks, w[:, num_fields * t :]], dim=1)
 
         has_bias = linear.bias is not None or any(tab.projection.bias is not None for tab in tables)
@@ -148,7 +151,9 @@ class FoldKind(CompressionKind):
             if new_bias is not None:
                 folded.bias.copy_(new_bias)
         flags = {"in_features": int(new_weight.shape[1]), "bias": bool(has_bias), "num_fields": num_fields,
-                 "embedding_dim": int(t), "code_dim": int(k), "num_numeric": int(num_numeric)}
+                 "embedding_dim": int(t), "num_numeric": int(num_numeric)}
+        # one code width for all fields as before (old plans hold it); per-field widths when they differ
+        flags.update({"code_dim": ranks[0]} if len(set(ranks)) == 1 else {"code_dims": ranks})
         entry = PlanEntry(name=name, kind=self.name, method=None, rank=None, shape=[out_features, in_features],
                           flags=flags)
         return entry, folded
@@ -187,12 +192,12 @@ class FoldKind(CompressionKind):
         return isinstance(module, LowRankEmbedding)
 
     def undo(self, model: nn.Module, state_dict: Mapping[str, Any]) -> None:
-        """The first MLP Linear back at its unfolded width ``F t + N`` (it read ``F k + N`` codes)."""
+        """The first MLP Linear back at its unfolded width ``F t + N`` (it read ``sum_i k_i + N`` codes)."""
         name = first_mlp_linear_name(model)
         linear = get_submodule(model, name)
         tables = [get_submodule(model, n) for n in layout_of(model).field_tables]
-        width, code = tables[0].embedding_dim, tables[0].code_dim
-        in_features = linear.in_features - len(tables) * code + len(tables) * width
+        width = tables[0].embedding_dim
+        in_features = linear.in_features - sum(t.code_dim for t in tables) + len(tables) * width
         bias = f"{name}.bias" in state_dict if state_dict else linear.bias is not None
         set_submodule(model, name, plain_linear(in_features, linear.out_features, bias, linear.weight))
         set_mlp_reads_codes(model, False)

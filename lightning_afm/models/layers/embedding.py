@@ -52,7 +52,8 @@ class FieldEmbedding(nn.Module):
 
     Shapes:
         ``categorical``: ``[B, F]`` int64 -> ``forward``: ``[B, F, t]``;
-        ``codes``: ``[B, F, d]`` with ``d = t`` until a table is compressed.
+        ``codes``: ``[B, F, d]`` with ``d = t`` until a table is compressed; ``[B, sum_i k_i]``
+        once the fields' code widths differ (per-field ranks).
 
     Example:
         >>> emb = FieldEmbedding(["a", "b"], [10, 20], embedding_dim=4)
@@ -98,22 +99,36 @@ class FieldEmbedding(nn.Module):
         """Width of each field's codes: ``t`` for a plain table, ``k`` for a factored one."""
         return [int(getattr(t, "code_dim", t.embedding_dim)) for t in self.tables()]
 
+    @property
+    def uniform_codes(self) -> bool:
+        """Whether every field's codes have one width (then :meth:`codes` is ``[B, F, d]``)."""
+        return len(set(self.code_dims)) <= 1
+
     def codes(self, categorical: torch.Tensor) -> torch.Tensor:
-        """``[B, F]`` ids -> ``[B, F, d]`` codes (needs every field to have the same ``d``)."""
+        """``[B, F]`` ids -> ``[B, F, d]`` codes when every field has the same width ``d``, else the
+        fields' codes side by side, ``[B, sum_i k_i]`` (field-major: what ``flatten(1)`` of the
+        uniform case gives, so an MLP reading the flattened codes reads either alike)."""
         # one transposing copy of the ids instead of a contiguous copy of each column per lookup
         ids = categorical.t().contiguous()  # [F, B]
         outs = []
         for i, table in enumerate(self.tables()):
             outs.append(table.codes(ids[i]) if hasattr(table, "codes") else table(ids[i]))
-        return torch.stack(outs, dim=1)
+        # per-field ranks (a budgeted compression) give rows of different widths: concatenate them
+        return torch.stack(outs, dim=1) if self.uniform_codes else torch.cat(outs, dim=1)
+
+    def split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Each field's ``[B, k_i]`` codes from :meth:`codes`' ``[B, F, d]`` or ``[B, sum_i k_i]``."""
+        if codes.dim() == 3:
+            return list(codes.unbind(1))
+        return list(torch.split(codes, self.code_dims, dim=1))
 
     def project(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[B, F, d]`` codes -> ``[B, F, t]`` vectors (identity for plain tables)."""
+        """Codes (``[B, F, d]`` or ``[B, sum_i k_i]``) -> ``[B, F, t]`` vectors (identity for plain tables)."""
         if not self.is_factored:
             return codes
         outs = []
-        for i, table in enumerate(self.tables()):
-            outs.append(table.project(codes[:, i]) if hasattr(table, "project") else codes[:, i])
+        for table, c in zip(self.tables(), self.split_codes(codes)):
+            outs.append(table.project(c) if hasattr(table, "project") else c)
         return torch.stack(outs, dim=1)
 
     def forward(self, categorical: torch.Tensor) -> torch.Tensor:

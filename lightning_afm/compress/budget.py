@@ -1,0 +1,285 @@
+"""Ranks chosen for a budget: a knapsack over the AFM spectra of every target (MLP layers and fields together).
+
+Each target ``i`` (an MLP Linear or a field table) has the eigenvalues ``lambda_i`` of its output
+covariance (AFM's statistics pass, the paper's Table 11) and costs ``cost_i`` parameters per unit
+of rank (``n + m + 1`` for a Linear ``n -> m``; ``s + t`` for a table of ``s`` rows and width
+``t``, plus the first MLP Linear's width when the fold makes it read the codes). Keeping rank
+``k_i`` keeps the share ``v_i(k_i) = sum(lambda_i[:k_i]) / sum(lambda_i)`` of its variance. The
+allocation maximises ``sum_i v_i(k_i)`` subject to ``sum_i cost_i k_i <= capacity``, every
+``k_i`` at least its smallest allowed rank (1 for a field) and a multiple of its ``step`` (or its
+largest rank): each target weighs the same, so rank goes where the variance kept per parameter
+is highest.
+
+* ``"greedy"``: start every target at its smallest rank and repeatedly take the step (``step``
+  more components of one target) with the largest variance gained per parameter that still
+  fits. The gains of a target fall with its rank (eigenvalues sorted), so this is the
+  fractional knapsack's optimum up to the last step that did not fit: within one step's gain of
+  the best allocation.
+* ``"exact"``: dynamic programming over the targets on the Pareto front of (parameters,
+  variance); exact, for problems whose front stays small (it refuses larger ones by name).
+
+A ``kept_variance`` target instead gives each target the smallest allowed rank keeping that
+share of its variance, with no budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Budget", "RankTarget", "Allocation", "InfeasibleBudgetError", "allocate_ranks", "rank_choices",
+           "ALLOCATORS", "DEFAULT_LINEAR_MULTIPLE"]
+
+ALLOCATORS = ("greedy", "exact")
+#: Rank step of MLP Linears (see the README's "Budgeted AFM" for the timing that chose it).
+DEFAULT_LINEAR_MULTIPLE = 8
+#: The exact allocator gives up beyond this many Pareto states (use "greedy").
+_MAX_STATES = 200_000
+
+
+class InfeasibleBudgetError(ValueError):
+    """No allocation meets the budget; ``smallest`` is the smallest budget (in its unit) that one meets."""
+
+    def __init__(self, message: str, smallest: float) -> None:
+        super().__init__(message)
+        self.smallest = smallest
+
+
+def _positive(value: Any, name: str, integral: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Budget: {name} must be a positive number, got {value!r}")
+    if integral and float(value) != int(value):
+        raise ValueError(f"Budget: {name} must be a whole number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the ``rank="auto"`` stages of a compression must fit in; exactly one of the first four.
+
+    Attributes:
+        params: parameters of the whole model after every stage.
+        ratio: ``x`` fewer parameters than the model as it comes (before the first stage).
+        bytes: bytes of the whole model's parameters after every stage (at their element size).
+        kept_variance: no size target: each auto target keeps this share of its variance (0, 1].
+        multiple: MLP Linears get ranks in multiples of this (the matrix products' preferred
+            widths); fields step by 1. A Linear narrower than it gets its full width at most.
+        allocator: ``"greedy"`` or ``"exact"`` (see the module docstring).
+
+    Example:
+        >>> Budget(ratio=5.0).describe()
+        '5x fewer parameters'
+    """
+
+    params: int | None = None
+    ratio: float | None = None
+    bytes: int | None = None
+    kept_variance: float | None = None
+    multiple: int = DEFAULT_LINEAR_MULTIPLE
+    allocator: str = "greedy"
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("params", "ratio", "bytes", "kept_variance") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"Budget needs exactly one of params=, ratio=, bytes=, kept_variance=; got "
+                             f"{given or 'none'}; e.g. Budget(ratio=5.0) for 5x fewer parameters")
+        name = given[0]
+        _positive(getattr(self, name), name, integral=name in ("params", "bytes"))
+        if name == "kept_variance" and self.kept_variance > 1:
+            raise ValueError(f"Budget: kept_variance is a share of the variance in (0, 1], got {self.kept_variance!r}")
+        if name == "ratio" and self.ratio < 1:
+            raise ValueError(f"Budget: ratio is how many times fewer parameters (>= 1), got {self.ratio!r}")
+        if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
+            raise ValueError(f"Budget: multiple must be a positive integer (rank step of MLP layers), "
+                             f"got {self.multiple!r}")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"Budget: allocator must be one of {ALLOCATORS}, got {self.allocator!r}")
+
+    @classmethod
+    def from_value(cls, value: "Budget | Mapping[str, Any] | None") -> "Budget | None":
+        """A Budget from itself, a config mapping (``{"ratio": 5}``) or None."""
+        if value is None or isinstance(value, Budget):
+            return value
+        if isinstance(value, Mapping):
+            known = {"params", "ratio", "bytes", "kept_variance", "multiple", "allocator"}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"Budget: unknown settings {unknown}; the settings are {sorted(known)}")
+            return cls(**dict(value))
+        raise TypeError(f"budget must be a Budget, a mapping of its settings or None, got {type(value).__name__}")
+
+    @property
+    def sized(self) -> bool:
+        """Whether the budget is a size (params, ratio, bytes), not a kept-variance share."""
+        return self.kept_variance is None
+
+    def max_params(self, params_as_it_comes: int, bytes_per_param: int) -> int:
+        """The largest parameter count of the compressed model this budget allows."""
+        if self.params is not None:
+            return int(self.params)
+        if self.ratio is not None:
+            return int(params_as_it_comes / self.ratio)
+        if self.bytes is not None:
+            return int(self.bytes) // int(bytes_per_param)
+        raise ValueError("a kept_variance budget has no parameter count")
+
+    def in_own_unit(self, params: int, params_as_it_comes: int, bytes_per_param: int) -> str:
+        """A parameter count said in this budget's own terms (for the infeasible-budget error)."""
+        if self.ratio is not None:
+            return f"ratio={params_as_it_comes / params:.4g} ({params:,} parameters)"
+        if self.bytes is not None:
+            return f"bytes={params * bytes_per_param:,}"
+        return f"params={params:,}"
+
+    def describe(self) -> str:
+        if self.params is not None:
+            return f"{int(self.params):,} parameters"
+        if self.ratio is not None:
+            return f"{self.ratio:g}x fewer parameters"
+        if self.bytes is not None:
+            return f"{int(self.bytes):,} bytes"
+        return f"{self.kept_variance:g} of each target's variance"
+
+
+@dataclass(frozen=True)
+class RankTarget:
+    """One module whose rank the allocation chooses.
+
+    Attributes:
+        name: the module's dotted name.
+        eigenvalues: its output covariance's eigenvalues, descending (``[m]``).
+        cost: parameters per unit of rank.
+        max_rank: the largest rank it allows.
+        step: its ranks are multiples of ``step`` (or ``max_rank``); the smallest is
+            ``min(step, max_rank)``.
+    """
+
+    name: str
+    eigenvalues: Sequence[float]
+    cost: int
+    max_rank: int
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_rank < 1 or self.step < 1 or self.cost < 0:
+            raise ValueError(f"target {self.name!r}: max_rank and step must be >= 1 and cost >= 0, got "
+                             f"max_rank={self.max_rank}, step={self.step}, cost={self.cost}")
+        if len(self.eigenvalues) < self.max_rank:
+            raise ValueError(f"target {self.name!r}: {len(self.eigenvalues)} eigenvalues for ranks up to {self.max_rank}")
+        object.__setattr__(self, "eigenvalues", tuple(max(float(v), 0.0) for v in self.eigenvalues))
+
+    def kept(self, rank: int) -> float:
+        """Share of the variance its top ``rank`` components keep (1.0 when it has none)."""
+        total = sum(self.eigenvalues)
+        return 1.0 if total <= 0 else sum(self.eigenvalues[:rank]) / total
+
+
+def rank_choices(target: RankTarget) -> list[int]:
+    """The ranks ``target`` may get, ascending: multiples of its step, and its largest rank."""
+    ranks = list(range(target.step, target.max_rank + 1, target.step))
+    if not ranks or ranks[-1] != target.max_rank:
+        ranks.append(target.max_rank)
+    return ranks
+
+
+@dataclass
+class Allocation:
+    """The chosen rank and kept variance share of each target, and their parameters (``sum cost k``)."""
+
+    ranks: dict[str, int]
+    kept: dict[str, float]
+    cost: int
+    allocator: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ranks": dict(self.ranks), "kept_variance": dict(self.kept), "cost": int(self.cost),
+                "allocator": self.allocator, **self.notes}
+
+
+def smallest_cost(targets: Sequence[RankTarget]) -> int:
+    """Parameters of every target at its smallest allowed rank."""
+    return sum(t.cost * rank_choices(t)[0] for t in targets)
+
+
+def allocate_ranks(targets: Sequence[RankTarget], capacity: int | None = None, allocator: str = "greedy",
+                   kept_variance: float | None = None) -> Allocation:
+    """Ranks for ``targets``: the most variance within ``capacity`` parameters, or ``kept_variance`` each.
+
+    Raises:
+        InfeasibleBudgetError: ``capacity`` is below every target at its smallest rank (the error
+            says that smallest cost).
+        ValueError: neither or both of ``capacity`` and ``kept_variance``; duplicate names; an
+            exact problem too large.
+    """
+    names = [t.name for t in targets]
+    if not targets or len(set(names)) != len(names):
+        raise ValueError(f"allocate_ranks needs targets with distinct names, got {names}")
+    if (capacity is None) == (kept_variance is None):
+        raise ValueError("give allocate_ranks either capacity= (parameters) or kept_variance= (a share)")
+    if kept_variance is not None:
+        ranks = {t.name: next((k for k in rank_choices(t) if t.kept(k) >= kept_variance - 1e-12), t.max_rank)
+                 for t in targets}
+        return _allocation(targets, ranks, f"kept_variance={kept_variance:g}")
+    least = smallest_cost(targets)
+    if capacity < least:
+        raise InfeasibleBudgetError(
+            f"no ranks fit in {capacity:,} parameters: every target at its smallest rank already takes "
+            f"{least:,}", smallest=least)
+    if allocator == "greedy":
+        return _allocation(targets, _greedy(targets, capacity), allocator)
+    if allocator == "exact":
+        return _allocation(targets, _exact(targets, capacity), allocator)
+    raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}")
+
+
+def _allocation(targets: Sequence[RankTarget], ranks: dict[str, int], allocator: str) -> Allocation:
+    return Allocation(ranks=ranks, kept={t.name: t.kept(ranks[t.name]) for t in targets},
+                      cost=sum(t.cost * ranks[t.name] for t in targets), allocator=allocator)
+
+
+def _greedy(targets: Sequence[RankTarget], capacity: int) -> dict[str, int]:
+    choices = {t.name: rank_choices(t) for t in targets}
+    position = {t.name: 0 for t in targets}
+    spent = smallest_cost(targets)
+    heap: list[tuple[float, int, int]] = []  # (-gain per parameter, target order, added cost)
+
+    def push(i: int) -> None:
+        t = targets[i]
+        ranks, at = choices[t.name], position[t.name]
+        if at + 1 < len(ranks):
+            added = t.cost * (ranks[at + 1] - ranks[at])
+            gain = t.kept(ranks[at + 1]) - t.kept(ranks[at])
+            heapq.heappush(heap, (-gain / added if added else -math.inf, i, added))
+
+    for i in range(len(targets)):
+        push(i)
+    while heap:
+        _, i, added = heapq.heappop(heap)
+        if spent + added > capacity:
+            continue  # its next steps cost as much and gain less: this target stops here
+        spent += added
+        position[targets[i].name] += 1
+        push(i)
+    return {t.name: choices[t.name][position[t.name]] for t in targets}
+
+
+def _exact(targets: Sequence[RankTarget], capacity: int) -> dict[str, int]:
+    # states: (cost, kept, ranks) on the Pareto front, ascending in cost and strictly in kept
+    states: list[tuple[int, float, tuple[int, ...]]] = [(0, 0.0, ())]
+    for t in targets:
+        grown = [(c + t.cost * k, v + t.kept(k), ranks + (k,))
+                 for c, v, ranks in states for k in rank_choices(t) if c + t.cost * k <= capacity]
+        grown.sort(key=lambda s: (s[0], -s[1]))
+        states = []
+        for state in grown:
+            if not states or state[1] > states[-1][1] + 1e-15:
+                states.append(state)
+        if len(states) > _MAX_STATES:
+            raise ValueError(f"the exact allocation has more than {_MAX_STATES:,} candidate allocations; "
+                             "use Budget(allocator='greedy')")
+    best = max(states, key=lambda s: s[1])
+    return {t.name: k for t, k in zip(targets, best[2])}
