@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_afm.compress.factorize import EmbeddingFactors, LinearFactors
+from lightning_afm.compress.registry import check_rank
 
 __all__ = ["LowRankLinear", "LowRankEmbedding", "stack_projections", "project_fields"]
 
@@ -49,11 +50,7 @@ class LowRankLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not 1 <= int(rank) <= min(in_features, out_features):
-            raise ValueError(
-                f"rank {rank} is out of range for a {in_features} -> {out_features} layer: "
-                f"it must be between 1 and {min(in_features, out_features)}"
-            )
+        check_rank(int(rank), min(in_features, out_features), f"a {in_features} -> {out_features} layer")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.rank = int(rank)
@@ -143,11 +140,7 @@ class LowRankEmbedding(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not 1 <= int(code_dim) <= int(embedding_dim):
-            raise ValueError(
-                f"code_dim {code_dim} is out of range for embedding_dim {embedding_dim}: "
-                f"it must be between 1 and {embedding_dim}"
-            )
+        check_rank(int(code_dim), int(embedding_dim), f"embedding_dim {embedding_dim}", label="code_dim")
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
         self.code_dim = int(code_dim)
