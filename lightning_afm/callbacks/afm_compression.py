@@ -65,7 +65,7 @@ from lightning_afm.compress.registry import factored_types
 from lightning_afm.callbacks import lightning_compat
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
-from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
+from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage, leaves_projections
 
 log = logging.getLogger(__name__)
 
@@ -511,9 +511,7 @@ class AFMCompressionCallback(pl.Callback):
         # All or nothing: every replacement is built and checked before the first swap; the plan
         # grows with each structural change, so a checkpoint always matches its plan.
         with self._stage_errors(stage):
-            if stage.method == "ttd":
-                # TT-Rec: the large tables and their LR tables; the small ones stay dense
-                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
+            names = self._stage_targets(pl_module, stage, names, rank)
             entries = compress.compress_targets(pl_module, names, statistics or None, rank=rank,
                                                 method=stage.method, **stage.build_options())
             self.plan.extend(entries)
@@ -527,6 +525,7 @@ class AFMCompressionCallback(pl.Callback):
         self._apply_training_settings(trainer, pl_module, stage, new_optimizer=True)
         record["swap_s"] = self._now(pl_module) - started
         record["params"] = compress.parameter_count(pl_module)
+        record["stored_values"] = compress.stored_values(pl_module)  # PQ's codes too (Table 17 counts them)
         record["layers"] = layers
         started = self._now(pl_module)
         # select="best" scores the validation split with its predictions anyway: one pass serves both.
@@ -552,7 +551,8 @@ class AFMCompressionCallback(pl.Callback):
         record: dict[str, Any] = {
             "name": stage.name, "kind": stage.kind, "method": stage.method, "rank": stage.rank,
             "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
-            "params_before": compress.parameter_count(pl_module), "params": None, "layers": None,
+            "params_before": compress.parameter_count(pl_module), "params": None, "stored_values": None,
+            "layers": None,
             "rank_search": None, "selected_point": None, "checks": None, "finished": False,
         }
         record.update(dict.fromkeys(STAGE_TIME_KEYS))
@@ -802,14 +802,24 @@ class AFMCompressionCallback(pl.Callback):
             raise ValueError(f"stage {stage.name!r}: {err}. {hint}") from err
 
     @staticmethod
+    def _stage_targets(pl_module: nn.Module, stage: CompressionStage, names: list[str], rank: int) -> list[str]:
+        """The targets the stage's kind really takes (TT-Rec the large tables and their LR tables, QR
+        those it shrinks; the others stay as they are)."""
+        return compress.select_targets(pl_module, names, stage.method, rank, **stage.build_options())
+
+    @staticmethod
     def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
         for name in names:
             module = pl_module.get_submodule(name)
-            width = compress.kind_for_module(module, stage.method, name).max_rank(module)
+            kind = compress.kind_for_module(module, stage.method, name)
+            width = kind.max_rank(module)
             if width is not None and stage.rank > width:  # None: a TT-rank, not bounded by the table's width
                 raise ValueError(
                     f"stage {stage.name!r}: rank {stage.rank} is larger than {name!r} allows "
                     f"({type(module).__name__} of width {width}); choose a rank in 1..{width}")
+            problem = kind.rank_problem(module, stage.rank)
+            if problem is not None:
+                raise ValueError(f"stage {stage.name!r}: {name!r}: {problem}")
 
     @staticmethod
     def _fold_problem(pl_module: nn.Module, names: list[str], folded_earlier: bool) -> str | None:
@@ -837,7 +847,7 @@ class AFMCompressionCallback(pl.Callback):
 
     def _should_fold(self, pl_module: nn.Module, stage: EmbeddingStage, names: list[str],
                      folded_earlier: bool = False) -> bool:
-        if stage.method == "ttd" or stage.fold is False:
+        if stage.fold is False or not leaves_projections(stage.method):
             return False
         problem = self._fold_problem(pl_module, names, folded_earlier)
         if stage.fold is True and problem is not None:
@@ -927,8 +937,7 @@ class AFMCompressionCallback(pl.Callback):
         for stage in self.stages[self.stages_started:]:
             stage.validate()  # again: a stage's fields may have been changed since it was made
             names = self._targets(pl_module, stage)
-            if stage.method == "ttd":  # the tables it will really take: the large ones and their LR tables
-                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
+            names = self._stage_targets(pl_module, stage, names, stage.rank)
             self._check_ranks(pl_module, stage, names)
             for name in names:
                 if name in claimed:

@@ -28,6 +28,7 @@ __all__ = [
     "plain_linear",
     "parameter_count",
     "resolve_targets",
+    "select_targets",
     "build_replacements",
     "replace_all",
     "compress_targets",
@@ -140,6 +141,18 @@ def resolve_targets(
             )
         chosen.update(hits)
     return [n for n in candidates if n in chosen]
+
+
+def select_targets(model: nn.Module, names: Sequence[str], method: str, rank: int, **options: Any) -> list[str]:
+    """The targets among ``names`` that ``method``'s kind really replaces (:meth:`CompressionKind.select_targets`).
+
+    Most kinds take every target; TT-Rec keeps the small tables dense and adds their fields' LR
+    tables, QR keeps the tables it would not shrink. ``options`` as for :func:`compress_targets`.
+    """
+    if not names:
+        return []
+    kind = kind_for_module(get_submodule(model, names[0]), method, names[0])
+    return kind.select_targets(model, list(names), rank, options)
 
 
 # --------------------------------------------------------------------------- replacing
