@@ -159,7 +159,9 @@ class PQEmbedding(nn.Module):
         codes = self.assignments[idx].long()  # [..., D]
         subspaces = torch.arange(self.num_subspaces, device=codes.device)
         rows = self.codebooks[subspaces, codes]  # [..., D, t / D]
-        return rows.reshape(*idx.shape, self.embedding_dim)
+        shape = list(idx.shape)  # a list, not *idx.shape: TorchScript (export, inference) takes no starred args
+        shape.append(self.embedding_dim)
+        return rows.reshape(shape)
 
     def full_table(self) -> torch.Tensor:
         return self(torch.arange(self.num_embeddings, device=self.codebooks.device))
