@@ -280,3 +280,83 @@ def test_stage_settings_of_qr_and_pq_are_checked():
         EmbeddingStage(method="pq", rank=2, pq_centroids=0)
     with pytest.raises(ValueError, match="pq tables have no projection to fold"):
         EmbeddingStage(method="pq", rank=2, fold=True)
+
+
+# ------------------------------------------------------------------- the registry's view of the two kinds
+
+
+@pytest.mark.parametrize("operation, init", [("mult", "random"), ("add", "table")])
+def test_qr_kind_plans_what_it_builds_and_replays_it(operation, init):
+    from lightning_afm.compress import get_kind
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(23, 6).double())
+    kind = get_kind("qr_embedding")
+    entry, new = kind.build(model, "0", None, 4, "qr", {"qr_operation": operation, "qr_init": init, "init": "svd"})
+    assert (entry.kind, entry.method, entry.rank, entry.shape) == ("qr_embedding", "qr", 4, [23, 6])
+    assert entry.flags == {"operation": operation, "init": init} and type(model[0]) is torch.nn.Embedding
+    structure = kind.structure(entry)
+    assert structure.parameters == new.num_parameters == (6 + 4) * 6
+    assert structure.multiply_adds == (6 if operation == "mult" else 0)
+    replayed = kind.replay(model, entry)
+    assert {k: v.shape for k, v in replayed.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+    assert replayed.operation == operation and replayed.quotient.weight.dtype == torch.float64
+    assert type(kind.plain_module("0", new, {})) is torch.nn.Embedding
+    with pytest.raises(ValueError, match="qr_init must be one of"):
+        kind.build(model, "0", None, 4, "qr", {"qr_init": "svd"})
+
+
+def test_pq_kind_plans_what_it_builds_and_replays_it():
+    from lightning_afm.compress import get_kind
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(300, 8).double())
+    kind = get_kind("pq_embedding")
+    options = {"pq_centroids": 16, "pq_iterations": 2, "pq_seed": 3}
+    entry, new = kind.build(model, "0", None, 4, "pq", options)
+    assert (entry.kind, entry.method, entry.rank, entry.flags["num_centroids"], entry.flags["seed"]) == (
+        "pq_embedding", "pq", 4, 16, 3)
+    expected_error = np.linalg.norm(new.full_table().detach().numpy() - model[0].weight.detach().numpy())
+    assert entry.flags["relative_error"] == pytest.approx(expected_error / np.linalg.norm(model[0].weight.detach().numpy()))
+    structure = kind.structure(entry)
+    assert structure.parameters == new.codebooks.numel() == 16 * 8 and structure.multiply_adds == 0
+    replayed = kind.replay(model, entry)
+    assert {k: (v.shape, v.dtype) for k, v in replayed.state_dict().items()} == {
+        k: (v.shape, v.dtype) for k, v in new.state_dict().items()}
+    assert kind.max_rank(model[0]) == 8 and kind.rank_problem(model[0], 4) is None
+    assert "choose one of [1, 2, 4, 8]" in kind.rank_problem(model[0], 3)
+
+
+def test_stage_options_reach_the_kinds_and_target_selection_is_the_kinds():
+    from lightning_afm import EmbeddingStage
+    from lightning_afm.compress import compress_targets, select_targets
+
+    model = _deepfm()
+    names = [f"embeddings.C{i}" for i in range(1, 5)]
+    stage = EmbeddingStage(method="qr", rank=9, qr_operation="add", qr_init="table")
+    chosen = select_targets(model, names, "qr", 9, **stage.build_options())
+    assert chosen == ["embeddings.C3", "embeddings.C4"]  # 7 and 11 rows: ceil(s / 9) + 9 >= s
+    assert select_targets(model, names, "pq", 2, **stage.build_options()) == names
+    entries = compress_targets(model, chosen, None, 9, "qr", **stage.build_options())
+    assert [e.flags for e in entries] == [{"operation": "add", "init": "table"}] * 2
+    pq = EmbeddingStage(method="pq", rank=2, pq_centroids="8", pq_iterations=1.0, pq_seed=5)
+    assert {k: pq.build_options()[k] for k in ("pq_centroids", "pq_iterations", "pq_seed")} == {
+        "pq_centroids": 8, "pq_iterations": 1, "pq_seed": 5}
+    entries = compress_targets(model, ["embeddings.C2"], None, 2, "pq", **pq.build_options())
+    assert entries[0].flags["num_centroids"] == 8 and entries[0].flags["seed"] == 5
+
+
+def test_the_callback_refuses_a_pq_rank_that_does_not_divide_the_width_before_any_training(tiny_synthetic):
+    import lightning.pytorch as pl
+
+    from lightning_afm import AFMCompressionCallback, EmbeddingStage
+    from lightning_afm.models import DeepFM
+
+    dm = tiny_synthetic()
+    model = DeepFM(schema=dm.schema.to_dict(), embedding_dim=8, mlp_hidden=[16, 16, 16])
+    callback = AFMCompressionCallback([EmbeddingStage(method="pq", rank=3)], baseline_epochs=1, progress=False)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
+    with pytest.raises(ValueError, match=r"PQ cuts each row into rank=3 sub-vectors, which does not divide the width 8"):
+        trainer.fit(model, datamodule=dm)
+    assert trainer.current_epoch == 0 and callback.history == []
