@@ -360,3 +360,12 @@ def test_the_callback_refuses_a_pq_rank_that_does_not_divide_the_width_before_an
     with pytest.raises(ValueError, match=r"PQ cuts each row into rank=3 sub-vectors, which does not divide the width 8"):
         trainer.fit(model, datamodule=dm)
     assert trainer.current_epoch == 0 and callback.history == []
+
+
+def test_pq_target_selection_checks_every_table_first():
+    from lightning_afm.compress import select_targets
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Embedding(10, 4, max_norm=1.0))
+    assert select_targets(model, ["0"], "pq", 2) == ["0"]
+    with pytest.raises(ValueError, match=r"'1' renormalises rows \(max_norm=1.0\), which a PQ table does not do"):
+        select_targets(model, ["0", "1"], "pq", 2)

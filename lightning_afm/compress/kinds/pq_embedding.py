@@ -46,6 +46,13 @@ class PQEmbeddingKind(CompressionKind):
                     f"choose one of {divisors}")
         return None
 
+    def select_targets(self, model: nn.Module, names: list[str], rank: int,
+                       options: Mapping[str, Any]) -> list[str]:
+        """Every target, each checked now to be a table PQ can replace (a stage asks at fit start)."""
+        for name in names:
+            checked_table(model, name, "PQ")
+        return list(names)
+
     def build(self, model: nn.Module, name: str, stats: Any, rank: int, method: str,
               options: Mapping[str, Any]) -> tuple[PlanEntry, PQEmbedding]:
         centroids = options.get("pq_centroids", DEFAULT_PQ_CENTROIDS)
