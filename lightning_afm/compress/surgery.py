@@ -189,7 +189,8 @@ def compress_targets(model: nn.Module, names: Sequence[str], stats: StatsArg, ra
     Every replacement is built first; the model changes only once all of them succeeded.
     ``options`` go to the kinds that read them: ``relu``/``relu_init``/``shift_std`` to Linear targets
     (:func:`build_compressed_linear`), ``init``/``num_cores``/``init_std``/``deduplicate`` to TT tables
-    (``method="ttd"``, :func:`compress_embedding_ttd`).
+    (``method="ttd"``, :func:`compress_embedding_ttd`), ``qr_operation``/``qr_init`` to QR tables
+    (``method="qr"``) and ``pq_centroids``/``pq_iterations``/``pq_seed`` to PQ tables (``method="pq"``).
     """
     return replace_all(model, build_replacements(model, names, stats, rank, method, **options))
 
