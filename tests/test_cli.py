@@ -26,7 +26,7 @@ def test_every_data_config_composes(data, compose_app):
 
 
 @pytest.mark.parametrize("option", ["none", "afm", "afm_mlp", "afm_emb", "svd", "svd_mlp", "svd_emb", "ttd_emb",
-                                    "ttd_svd_emb", "scratch", "scratch_mlp"])
+                                    "ttd_svd_emb", "scratch", "scratch_mlp", "qr_emb", "pq_emb"])
 def test_every_compression_config_composes(option, compose_app):
     cfg = compose_app([f"compression={option}"])
     if option == "none":

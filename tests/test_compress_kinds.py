@@ -48,9 +48,9 @@ def _own_parameters(module: nn.Module) -> int:
 
 
 def test_registry_holds_the_built_in_kinds_and_their_methods():
-    assert kind_names() == ("linear", "embedding", "fold", "tt_embedding")
+    assert kind_names() == ("linear", "embedding", "fold", "tt_embedding", "qr_embedding", "pq_embedding")
     assert build_methods_for(nn.Linear) == ("afm", "svd", "random")
-    assert build_methods_for(nn.Embedding) == ("afm", "svd", "random", "ttd")
+    assert build_methods_for(nn.Embedding) == ("afm", "svd", "random", "ttd", "qr", "pq")
     with pytest.raises(ValueError, match=r"unknown compression kind 'pq'.*'linear'"):
         get_kind("pq")
 

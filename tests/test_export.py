@@ -51,6 +51,30 @@ def test_every_model_exports_and_matches_eager(name, fmt, tmp_path):
     assert manifest["inputs"][0]["shape"] == ["batch", 5] and manifest["inputs"][1]["fields"] == list(SCHEMA.numeric)
 
 
+@pytest.mark.parametrize("method, fmt", [("qr", "torchscript"), ("pq", "pt2")])
+def test_qr_and_pq_models_export_in_the_inference_form_and_match_eager(method, fmt, tmp_path):
+    from lightning_afm.compress import CompressionPlan, compress_embeddings_pq, compress_embeddings_qr, select_qr_tables
+
+    model = _model("deepfm")
+    names = [f"embeddings.{field.name}" for field in SCHEMA.categorical]
+    if method == "qr":  # 7 rows at 8 collisions would not shrink: that table stays dense
+        entries = compress_embeddings_qr(model, select_qr_tables(model, names, 8), 8, "mult", "table")
+    else:
+        entries = compress_embeddings_pq(model, names, 2, 16, iterations=3)
+    plan = CompressionPlan(entries).to_dict()["entries"]
+    categorical, numeric = _rows(600)
+    manifest = export_model(model, tmp_path / "out", fmt, categorical, numeric, source="random ids", plan=plan)
+    check = manifest["verification"]
+    assert check["passed"] and check["max_abs_diff"] <= 1e-5
+    assert manifest["exporter"]["form"].startswith("inference layer") and "forms_that_failed" not in manifest["exporter"]
+    assert {e["kind"] for e in manifest["compression"]["plan"]} == {f"{method}_embedding"}
+    assert {m["type"] for m in manifest["compression"]["factored_modules"]} == {f"{method.upper()}Embedding"}
+    runner = load_runner(fmt, tmp_path / "out" / manifest["file"])
+    with torch.no_grad():
+        eager = torch.sigmoid(model.eval()(torch.from_numpy(categorical[:9]), torch.from_numpy(numeric[:9])))
+    np.testing.assert_allclose(runner(categorical[:9], numeric[:9]), eager.double().numpy(), atol=1e-5)
+
+
 def test_a_schema_without_numeric_fields_exports_one_input(tmp_path):
     schema = Schema.from_vocab_sizes([30, 40], numeric=0)
     categorical, _ = _rows(300, schema)

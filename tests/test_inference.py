@@ -20,10 +20,13 @@ from lightning_afm.compress import (
     LowRankEmbedding,
     LowRankLinear,
     TTEmbedding,
+    compress_embeddings_pq,
+    compress_embeddings_qr,
     compress_embeddings_ttd,
     fold_into_first_linear,
     get_submodule,
     resolve_targets,
+    select_qr_tables,
     select_tt_tables,
     set_submodule,
 )
@@ -122,6 +125,24 @@ def test_tt_tables_and_svd_factors_are_called_as_they_are(name):
         fast = optimize_for_inference(m)
         torch.testing.assert_close(fast(cat, num), _plain(m, cat, num), **TOL)
     assert isinstance(optimize_for_inference(tt).codes, CalledFields)
+
+
+@pytest.mark.parametrize("name", ["deepfm", "fibinet", "gdcn"])
+@pytest.mark.parametrize("method", ["qr", "pq"])
+def test_qr_and_pq_tables_are_called_as_they_are_eager_and_scripted(name, method):
+    """The table-only kinds have no faster form here: their tables are called, and script."""
+    model = _compressed(name, "afm_mlp")
+    names = resolve_targets(model, DEFAULT_EMBEDDING_TARGETS, "embedding")
+    if method == "qr":  # 5 rows at 2 collisions: 3 + 2 rows, so every table but one shrinks
+        compress_embeddings_qr(model, select_qr_tables(model, names, 2), 2, "mult", "random")
+    else:
+        compress_embeddings_pq(model, names, 2, 4, iterations=2)
+    fast = optimize_for_inference(model)
+    assert isinstance(fast.codes, CalledFields)
+    cat, num = _batch()
+    expected = _plain(model, cat, num)
+    torch.testing.assert_close(fast(cat, num), expected, **TOL)
+    torch.testing.assert_close(torch.jit.script(fast)(cat, num), expected, **TOL)
 
 
 def test_shared_weights_follow_training_and_a_copy_does_not():

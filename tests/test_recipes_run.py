@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-TABLES = ["table2", "table4", "table6", "table7", "table8", "table11", "table13", "table14", "table15", "table16"]
+TABLES = ["table2", "table4", "table6", "table7", "table8", "table11", "table13", "table14", "table15", "table16",
+          "table17"]
 TINY = ["data.num_rows=3000", "data.vocab_sizes=[5,20,50,200]", "data.num_numeric=2", "data.batch_size=200",
         "data.eval_batch_size=1000", "model.embedding_dim=8", "model.mlp_hidden=[32,32,32]",
         "compression.mlp.rank=4", "finetune.mlp_batch_size=1000"]

@@ -77,7 +77,7 @@ def _row(markdown: str, *first: str) -> list[str]:
 
 def test_every_paper_table_is_registered():
     assert list(TABLES) == ["table2", "table4", "table6", "table7", "table8", "table11", "table13", "table14",
-                            "table15", "table16"]
+                            "table15", "table16", "table17"]
 
 
 def test_runs_are_found_recursively_in_job_order_with_their_overrides(tmp_path):
@@ -366,3 +366,19 @@ def test_runs_that_differ_in_a_setting_the_table_does_not_show_are_refused(tmp_p
         summary, compression = _afm(seed=seed)
         _write(seeds, job, summary, overrides=["compression=afm", f"seed={seed}"], compression=compression)
     write_report("table4", [seeds], out=tmp_path / "out_seeds", plot=False)
+
+
+def test_table17_afm_against_pq_and_qr_counts_pq_codes(tmp_path):
+    afm, c = _afm(emb=(0.7010, 0.4780))
+    pq_stage = dict(_stage("emb", "pq", 2, 300_000, (0.6950, 0.4850), (0.6980, 0.4820), 1), stored_values=700_000)
+    qr = _summary(stages=[_stage("emb", "qr", 8, 600_000, (0.5000, 0.6900), (0.6970, 0.4830), 1)], epochs=2)
+    _write(tmp_path, 0, afm, ["compression=afm"], c)
+    _write(tmp_path, 1, _summary(stages=[pq_stage], epochs=2), ["compression=pq_emb"], {"baseline_epochs": 1})
+    _write(tmp_path, 2, qr, ["compression=qr_emb"], {"baseline_epochs": 1})
+    md, _, _ = write_report("table17", [tmp_path])
+    assert [r[0] for r in _rows(md)] == ["Baseline", "PQ", "QR", "Ours (AFM MLP + EMB)"]
+    assert _row(md, "Baseline")[1:] == ["2.22M", "1.00x", "0.7000", "0.4800", "574.46M"]
+    # PQ's params are its stored values: the codes counted (the run's `params` alone would be 0.30M)
+    assert _row(md, "PQ")[1:] == ["0.70M", "3.16x", "0.6980", "0.4820", "102.08M"]
+    assert _row(md, "QR")[1:] == ["0.60M", "3.69x", "0.6970", "0.4830", "106.38M"]
+    assert _row(md, "Ours (AFM MLP + EMB)")[1:] == ["0.44M", "5.09x", "0.7010", "0.4780", "101.42M"]

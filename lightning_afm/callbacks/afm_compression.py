@@ -68,7 +68,7 @@ from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forwa
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
 from lightning_afm.callbacks.budgeting import (BudgetPrices, PlannedStage, allocate_for_budget, check_budget,
                                                price_stages)
-from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage
+from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage, leaves_projections
 
 log = logging.getLogger(__name__)
 
@@ -541,9 +541,7 @@ class AFMCompressionCallback(pl.Callback):
         # All or nothing: every replacement is built and checked before the first swap; the plan
         # grows with each structural change, so a checkpoint always matches its plan.
         with self._stage_errors(stage):
-            if stage.method == "ttd":
-                # TT-Rec: the large tables and their LR tables; the small ones stay dense
-                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
+            names = self._stage_targets(pl_module, stage, names, rank)
             entries = compress.compress_targets(pl_module, names, statistics or None, rank=rank,
                                                 method=stage.method, **stage.build_options())
             self.plan.extend(entries)
@@ -557,6 +555,7 @@ class AFMCompressionCallback(pl.Callback):
         self._apply_training_settings(trainer, pl_module, stage, new_optimizer=True)
         record["swap_s"] = self._now(pl_module) - started
         record["params"] = compress.parameter_count(pl_module)
+        record["stored_values"] = compress.stored_values(pl_module)  # PQ's codes too (Table 17 counts them)
         record["layers"] = layers
         started = self._now(pl_module)
         # select="best" scores the validation split with its predictions anyway: one pass serves both.
@@ -582,9 +581,9 @@ class AFMCompressionCallback(pl.Callback):
         record: dict[str, Any] = {
             "name": stage.name, "kind": stage.kind, "method": stage.method, "rank": stage.rank,
             "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
-            "params_before": compress.parameter_count(pl_module), "params": None, "layers": None,
-            "rank_search": None, "selected_point": None, "checks": None, "finished": False, "budget": None,
-            "ranks": None,
+            "params_before": compress.parameter_count(pl_module), "params": None, "stored_values": None,
+            "layers": None, "rank_search": None, "selected_point": None, "checks": None, "finished": False,
+            "budget": None, "ranks": None,
         }
         record.update(dict.fromkeys(STAGE_TIME_KEYS))
         record.update(dict.fromkeys(f"pre_finetune_{k}" for k in scores))
@@ -875,16 +874,26 @@ class AFMCompressionCallback(pl.Callback):
         return {name: stats for name, stats in statistics.items() if name in own}
 
     @staticmethod
+    def _stage_targets(pl_module: nn.Module, stage: CompressionStage, names: list[str], rank: int) -> list[str]:
+        """The targets the stage's kind really takes (TT-Rec the large tables and their LR tables, QR
+        those it shrinks; the others stay as they are)."""
+        return compress.select_targets(pl_module, names, stage.method, rank, **stage.build_options())
+
+    @staticmethod
     def _check_ranks(pl_module: nn.Module, stage: CompressionStage, names: list[str]) -> None:
         if stage.auto_rank:  # chosen per target within each target's width
             return
         for name in names:
             module = pl_module.get_submodule(name)
-            width = compress.kind_for_module(module, stage.method, name).max_rank(module)
+            kind = compress.kind_for_module(module, stage.method, name)
+            width = kind.max_rank(module)
             if width is not None and stage.rank > width:  # None: a TT-rank, not bounded by the table's width
                 raise ValueError(
                     f"stage {stage.name!r}: rank {stage.rank} is larger than {name!r} allows "
                     f"({type(module).__name__} of width {width}); choose a rank in 1..{width}")
+            problem = kind.rank_problem(module, stage.rank)
+            if problem is not None:
+                raise ValueError(f"stage {stage.name!r}: {name!r}: {problem}")
 
     @staticmethod
     def _fold_problem(pl_module: nn.Module, names: list[str], folded_earlier: bool) -> str | None:
@@ -912,7 +921,7 @@ class AFMCompressionCallback(pl.Callback):
 
     def _should_fold(self, pl_module: nn.Module, stage: EmbeddingStage, names: list[str],
                      folded_earlier: bool = False) -> bool:
-        if stage.method == "ttd" or stage.fold is False:
+        if stage.fold is False or not leaves_projections(stage.method):
             return False
         problem = self._fold_problem(pl_module, names, folded_earlier)
         if stage.fold is True and problem is not None:
@@ -1002,8 +1011,7 @@ class AFMCompressionCallback(pl.Callback):
         for stage in self.stages[self.stages_started:]:
             stage.validate()  # again: a stage's fields may have been changed since it was made
             names = self._targets(pl_module, stage)
-            if stage.method == "ttd":  # the tables it will really take: the large ones and their LR tables
-                names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
+            names = self._stage_targets(pl_module, stage, names, stage.rank)
             self._check_ranks(pl_module, stage, names)
             for name in names:
                 if name in claimed:

@@ -19,7 +19,7 @@ the callback's ``budget`` (:class:`lightning_afm.compress.budget.Budget`).
 Methods: ``"afm"`` (from the output statistics), ``"svd"`` (from the weights), ``"random"``
 (AFM's structure, freshly initialised, no statistics: with ``baseline_epochs=0`` it trains the
 small model from scratch, the paper's Table 14, see ``conf/compression/scratch.yaml``) and,
-for tables only, ``"ttd"``.
+for tables only, ``"ttd"``, ``"qr"`` and ``"pq"``.
 """
 
 from __future__ import annotations
@@ -31,15 +31,22 @@ from typing import Any, ClassVar, Sequence
 from torch import nn
 
 from lightning_afm.callbacks.selection import MONITORS
-from lightning_afm.compress import check_rank, default_targets
+from lightning_afm.compress import LowRankEmbedding, check_rank, default_targets
 from lightning_afm.compress.factorize import RELU_INITS
-from lightning_afm.compress.registry import build_methods_for
+from lightning_afm.compress.qr import QR_INITS, QR_OPERATIONS
+from lightning_afm.compress.registry import build_methods_for, kind_for_method
 from lightning_afm.compress.ttd import TT_INITS
 
 #: The methods of the registered kinds that replace a Linear / a table (``compress.kinds``).
 METHODS = build_methods_for(nn.Linear)
 EMBEDDING_METHODS = build_methods_for(nn.Embedding)
 SELECTS = ("last", "best")
+
+
+def leaves_projections(method: str) -> bool:
+    """Whether ``method``'s tables are AFM's codes and projections, the only ones a fold can take (not TT, QR, PQ)."""
+    produces = kind_for_method(nn.Embedding, method).produces
+    return produces is not None and issubclass(produces, LowRankEmbedding)
 
 
 _EXAMPLES = {"lr": 1e-3, "weight_decay": 1e-3, "dropout": 0.0, "significance": 1.0, "lr_backoff": 0.1,
@@ -220,12 +227,27 @@ class EmbeddingStage(CompressionStage):
     as TT-Rec's (``ttd_init="random"``, scale ``1/sqrt(3 rows)``) or from TT-SVD of the trained
     table (``"svd"``). The defaults give the counts nearest the paper's Table 4 (line 715), see
     :func:`lightning_afm.compress.select_tt_tables`. Nothing to fold.
+
+    ``method="qr"`` is the QR trick (Shi et al., the paper's Table 17 QR, :mod:`lightning_afm.compress.qr`):
+    ``rank`` is the number of collisions ``m``; each target table that gets smaller becomes a
+    ``ceil(s / m)``-row quotient and an ``m``-row remainder table, combined by ``qr_operation``
+    (``"mult"``, Shi et al.'s default, or ``"add"``), starting at random (``qr_init="random"``,
+    Shi et al.) or from the bucket means of the trained table (``"table"``).
+    ``method="pq"`` is product quantization (the paper's Table 17 PQ, :mod:`lightning_afm.compress.pq`):
+    ``rank`` is the number of sub-vectors (codes per row) ``D``; each target table is quantized by
+    ``pq_iterations`` Lloyd iterations of k-means per sub-space (``pq_centroids`` centroids, seed
+    ``pq_seed``), then the codebooks finetune with the codes fixed. Neither has anything to fold.
     """
 
     fold: bool | str = "auto"
     ttd_init: str = "random"
     ttd_min_rows: int = 100_000
     ttd_lr: bool = True
+    qr_operation: str = "mult"
+    qr_init: str = "random"
+    pq_centroids: int = 1024
+    pq_iterations: int = 10
+    pq_seed: int = 0
     grow_rank: bool = False
     grow_auc_tolerance: float = 0.0005
     grow_logloss_tolerance: float = 0.001
@@ -237,7 +259,9 @@ class EmbeddingStage(CompressionStage):
     target_group: ClassVar[str] = "embeddings"
 
     def build_options(self) -> dict[str, Any]:
-        return {"init": self.ttd_init}
+        return {"init": self.ttd_init, "ttd_min_rows": self.ttd_min_rows, "ttd_lr": self.ttd_lr,
+                "qr_operation": self.qr_operation, "qr_init": self.qr_init, "pq_centroids": self.pq_centroids,
+                "pq_iterations": self.pq_iterations, "pq_seed": self.pq_seed}
 
     def validate(self) -> None:
         super().validate()
@@ -249,8 +273,10 @@ class EmbeddingStage(CompressionStage):
             raise ValueError(f"EmbeddingStage({self.name!r}): ttd_lr must be true or false, got {self.ttd_lr!r}")
         if self.ttd_init not in TT_INITS:
             raise ValueError(f"EmbeddingStage({self.name!r}): ttd_init must be 'svd' or 'random', got {self.ttd_init!r}")
-        if self.method == "ttd" and self.fold is True:
-            raise ValueError(f"EmbeddingStage({self.name!r}): TT tables have no projection to fold; use fold='auto'")
+        if self.fold is True and not leaves_projections(self.method):
+            raise ValueError(f"EmbeddingStage({self.name!r}): {self.method} tables have no projection to fold; "
+                             "use fold='auto'")
+        self._check_table_options()
         if min(float(self.grow_auc_tolerance), float(self.grow_logloss_tolerance)) < 0:
             raise ValueError(f"EmbeddingStage({self.name!r}): grow tolerances must be >= 0")
         if self.grow_rank and self.auto_rank:
@@ -261,3 +287,19 @@ class EmbeddingStage(CompressionStage):
                              f"projections), got method={self.method!r}")
         if self.fold not in ("auto", True, False):
             raise ValueError(f"EmbeddingStage({self.name!r}): fold must be 'auto', True or False, got {self.fold!r}")
+
+    def _check_table_options(self) -> None:
+        """The QR and PQ settings (checked whatever the method: a config names them all)."""
+        where = f"EmbeddingStage({self.name!r})"
+        if self.qr_operation not in QR_OPERATIONS:
+            raise ValueError(f"{where}: qr_operation must be one of {QR_OPERATIONS}, got {self.qr_operation!r}")
+        if self.qr_init not in QR_INITS:
+            raise ValueError(f"{where}: qr_init must be one of {QR_INITS}, got {self.qr_init!r}")
+        if self.method == "qr" and self.rank < 2:
+            raise ValueError(f"{where}: with method='qr' the rank is the number of collisions, which must be >= 2 "
+                             f"(1 would leave the table as it is), got {self.rank}")
+        for name, least in (("pq_centroids", 1), ("pq_iterations", 0), ("pq_seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not _is_integral(value) or int(value) < least:
+                raise ValueError(f"{where}: {name} must be an integer >= {least}, got {value!r}")
+            setattr(self, name, int(value))

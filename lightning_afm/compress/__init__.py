@@ -6,7 +6,7 @@ Typical use (what ``AFMCompressionCallback`` does per stage)::
     stats = collect_statistics(model, names, train_loader, lambda b: model(b["categorical"], b["numeric"]))
     plan.extend(compress_targets(model, names, stats, rank=64, method="afm", relu=True))
 
-Each kind of change (low-rank Linear, low-rank table, TT table, fold) is one module of
+Each kind of change (low-rank Linear, low-rank table, TT table, QR table, PQ table, fold) is one module of
 :mod:`lightning_afm.compress.kinds`, registered by name (:mod:`lightning_afm.compress.registry`);
 what compression needs from a model is the contract of :mod:`lightning_afm.compress.contract`.
 No Lightning import here, and nothing of ``lightning_afm.models``: the callbacks join this
@@ -36,6 +36,7 @@ from lightning_afm.compress.registry import (
     build_methods_for,
     check_rank,
     get_kind,
+    kind_for_method,
     kind_for_module,
     kind_names,
     register_kind,
@@ -55,8 +56,11 @@ from lightning_afm.compress.surgery import (
     replace_all,
     replay_plan,
     resolve_targets,
+    select_targets,
     set_submodule,
 )
+from lightning_afm.compress.pq import PQEmbedding, stored_values
+from lightning_afm.compress.qr import QREmbedding
 from lightning_afm.compress.tt_modules import TTEmbedding
 from lightning_afm.compress.ttd import (
     DEFAULT_TT_MIN_ROWS,
@@ -70,7 +74,14 @@ from lightning_afm.compress.ttd import (
 )
 
 # the built-in kinds register themselves in the registry on import
-from lightning_afm.compress.kinds import first_mlp_linear_name, fold_into_first_linear, select_tt_tables  # noqa: E402
+from lightning_afm.compress.kinds import (  # noqa: E402
+    compress_embeddings_pq,
+    compress_embeddings_qr,
+    first_mlp_linear_name,
+    fold_into_first_linear,
+    select_qr_tables,
+    select_tt_tables,
+)
 
 __all__ = [
     "CompressibleModel",
@@ -87,6 +98,8 @@ __all__ = [
     "OutputCovariance",
     "OutputStatistics",
     "PlanEntry",
+    "PQEmbedding",
+    "QREmbedding",
     "RELU_INITS",
     "Spectrum",
     "Structure",
@@ -104,6 +117,8 @@ __all__ = [
     "collect_statistics",
     "compress_embedding",
     "compress_embedding_ttd",
+    "compress_embeddings_pq",
+    "compress_embeddings_qr",
     "compress_embeddings_ttd",
     "compress_linear",
     "compress_targets",
@@ -115,6 +130,7 @@ __all__ = [
     "get_submodule",
     "implements_contract",
     "kept_variance",
+    "kind_for_method",
     "kind_for_module",
     "kind_names",
     "parameter_count",
@@ -124,9 +140,12 @@ __all__ = [
     "replace_all",
     "replay_plan",
     "resolve_targets",
+    "select_qr_tables",
+    "select_targets",
     "select_tt_tables",
     "set_submodule",
     "stack_projections",
+    "stored_values",
     "svd_embedding_factors",
     "svd_factors",
     "tt_rec_dim_factors",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from lightning_afm.compress.plan import PlanEntry
 
 __all__ = ["Structure", "CompressionKind", "LowRankKind", "register_kind", "get_kind", "kind_names", "kinds",
-           "kind_for_module", "kind_of_module", "factored_types", "build_methods_for", "check_rank"]
+           "kind_for_module", "kind_for_method", "kind_of_module", "factored_types", "build_methods_for", "check_rank"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,22 @@ class CompressionKind:
     def max_rank(self, module: nn.Module) -> int | None:
         """The largest rank ``module`` allows (None: no bound, as a TT-rank)."""
         return None
+
+    def rank_problem(self, module: nn.Module, rank: int) -> str | None:
+        """Why ``rank`` cannot build this kind's replacement of ``module`` beyond :meth:`max_rank` (None: it can).
+
+        Asked before any work (a stage's checks at fit start), so a bad rank fails before the baseline trains.
+        """
+        return None
+
+    def select_targets(self, model: nn.Module, names: list[str], rank: int,
+                       options: Mapping[str, Any]) -> list[str]:
+        """The targets among ``names`` this kind really replaces (default: all of them).
+
+        A kind that leaves some targets as they are (TT-Rec the small tables, QR those it would not
+        shrink) says so here, and may add targets (TT-Rec the LR tables of its fields).
+        """
+        return list(names)
 
     def build(self, model: nn.Module, name: str, stats: Any, rank: int, method: str,
               options: Mapping[str, Any]) -> tuple["PlanEntry", nn.Module]:
@@ -198,6 +214,14 @@ def build_methods_for(replaces: type[nn.Module]) -> tuple[str, ...]:
         if kind.replaces is replaces:
             out.extend(m for m in kind.build_methods if m not in out)
     return tuple(out)
+
+
+def kind_for_method(replaces: type[nn.Module], method: str) -> CompressionKind:
+    """The kind that builds ``method``'s replacement of a ``replaces`` module (registration order decides)."""
+    for kind in kinds():
+        if kind.replaces is replaces and method in kind.build_methods:
+            return kind
+    raise ValueError(f"method must be one of {build_methods_for(replaces)} for an {replaces.__name__}, got {method!r}")
 
 
 def kind_for_module(module: nn.Module, method: str, name: str = "") -> CompressionKind:

@@ -28,6 +28,7 @@ __all__ = [
     "plain_linear",
     "parameter_count",
     "resolve_targets",
+    "select_targets",
     "build_replacements",
     "replace_all",
     "compress_targets",
@@ -142,6 +143,18 @@ def resolve_targets(
     return [n for n in candidates if n in chosen]
 
 
+def select_targets(model: nn.Module, names: Sequence[str], method: str, rank: int, **options: Any) -> list[str]:
+    """The targets among ``names`` that ``method``'s kind really replaces (:meth:`CompressionKind.select_targets`).
+
+    Most kinds take every target; TT-Rec keeps the small tables dense and adds their fields' LR
+    tables, QR keeps the tables it would not shrink. ``options`` as for :func:`compress_targets`.
+    """
+    if not names:
+        return []
+    kind = kind_for_module(get_submodule(model, names[0]), method, names[0])
+    return kind.select_targets(model, list(names), rank, options)
+
+
 # --------------------------------------------------------------------------- replacing
 
 
@@ -189,7 +202,8 @@ def compress_targets(model: nn.Module, names: Sequence[str], stats: StatsArg, ra
     Every replacement is built first; the model changes only once all of them succeeded.
     ``options`` go to the kinds that read them: ``relu``/``relu_init``/``shift_std`` to Linear targets
     (:func:`build_compressed_linear`), ``init``/``num_cores``/``init_std``/``deduplicate`` to TT tables
-    (``method="ttd"``, :func:`compress_embedding_ttd`).
+    (``method="ttd"``, :func:`compress_embedding_ttd`), ``qr_operation``/``qr_init`` to QR tables
+    (``method="qr"``) and ``pq_centroids``/``pq_iterations``/``pq_seed`` to PQ tables (``method="pq"``).
     """
     return replace_all(model, build_replacements(model, names, stats, rank, method, **options))
 

@@ -56,6 +56,12 @@ class TTEmbeddingKind(CompressionKind):
     replaces = nn.Embedding
     produces = TTEmbedding
 
+    def select_targets(self, model: nn.Module, names: list[str], rank: int,
+                       options: Mapping[str, Any]) -> list[str]:
+        """TT-Rec's tables: options ``ttd_min_rows`` and ``ttd_lr``, see :func:`select_tt_tables`."""
+        return select_tt_tables(model, names, options.get("ttd_min_rows", DEFAULT_TT_MIN_ROWS),
+                                options.get("ttd_lr", True))
+
     def build(self, model: nn.Module, name: str, stats: Any, rank: int, method: str,
               options: Mapping[str, Any]) -> tuple[PlanEntry, TTEmbedding]:
         check_rank(rank, label="tt_rank")

@@ -8,7 +8,7 @@ from types import ModuleType
 from lightning_afm.report.common import Context, TableReport
 from lightning_afm.report.runs import Run
 from lightning_afm.report.tables import (
-    table2, table4, table6, table7, table8, table11, table13, table14, table15, table16,
+    table2, table4, table6, table7, table8, table11, table13, table14, table15, table16, table17,
 )
 
 __all__ = ["TABLES", "TableBuilder", "get_table"]
@@ -18,6 +18,7 @@ TableBuilder = Callable[[list[Run], Context], TableReport]
 _MODULES: dict[str, ModuleType] = {
     "table2": table2, "table4": table4, "table6": table6, "table7": table7, "table8": table8,
     "table11": table11, "table13": table13, "table14": table14, "table15": table15, "table16": table16,
+    "table17": table17,
 }
 #: ``{"table4": build, ...}``: each ``build(runs, context) -> TableReport``.
 TABLES: dict[str, TableBuilder] = {name: module.build for name, module in _MODULES.items()}
