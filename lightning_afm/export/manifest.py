@@ -28,7 +28,7 @@ from lightning_afm.export.formats import INPUT_NAMES, OUTPUT_NAME
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-_RANK_ATTRIBUTES = ("rank", "code_dim", "tt_rank")
+_RANK_ATTRIBUTES = ("rank", "code_dim", "tt_rank", "collisions", "num_subspaces", "num_centroids")
 
 
 def sha256(path: Path) -> str:
