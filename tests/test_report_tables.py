@@ -159,6 +159,67 @@ def test_table4_shows_both_ttd_initialisations_as_rows(tmp_path):
     assert _row(md, "TTD (TT-SVD init)")[4:] == ["0.6500", "0.5200", "0.6980", "0.4810"]
 
 
+def _bench_row(variant, params, sps, gain, **extra):
+    return {"model": "deepfm", "dataset": "criteo", "variant": variant, "params": params, "samples_per_s": sps,
+            "gain_pct": gain, "vocab_cap": 100000, **extra}
+
+
+def test_table4_throughput_columns_map_each_row_to_its_bench_variant(tmp_path):
+    afm, c_afm = _afm()
+    svd, c_svd = _afm(method="svd", mlp=(0.69, 0.60), emb=(0.695, 0.55), emb_pre=(0.68, 0.58))
+    afm_base = _summary(stages=[_stage("emb", "afm", 2, 650_000, (0.699, 0.481), (0.697, 0.486), 1)])
+    ttd = _summary(stages=[_stage("emb", "ttd", 16, 820_000, (0.68, 0.49), (0.685, 0.488), 1)])
+    tt_emb = {"method": "ttd", "rank": 16, "ttd_min_rows": 10000}
+    _write(tmp_path / "runs", 0, afm, ["compression=afm"], c_afm)
+    _write(tmp_path / "runs", 1, svd, ["compression=svd"], c_svd)
+    _write(tmp_path / "runs", 2, afm_base, ["compression=afm_emb"], {"baseline_epochs": 1, "emb": {"method": "afm"}})
+    for job, init in ((3, "random"), (4, "svd")):
+        _write(tmp_path / "runs", job, ttd, ["compression=ttd_emb", f"compression.emb.ttd_init={init}"],
+               {"baseline_epochs": 1, "emb": {**tt_emb, "ttd_init": init}})
+    bench = [_bench_row("baseline", 560_000_000, 10_000.0, 0.0), _bench_row("afm_mlp", 559_800_000, 11_000.0, 10.0),
+             _bench_row("afm_emb", 37_770_000, 16_000.0, 60.0), _bench_row("svd_mlp", 559_700_000, 10_500.0, 5.0),
+             _bench_row("svd_emb", None, None, None, skipped="out of memory"),
+             _bench_row("ttd_emb", 20_000_000, 4_000.0, -60.0),
+             {**_bench_row("afm_emb", 1.0, 1.0, 1.0), "model": "dcn"}]  # another model's row must not leak in
+    bench_file = tmp_path / "bench" / "bench.json"
+    bench_file.parent.mkdir()
+    bench_file.write_text(json.dumps(bench))
+    md, _, _ = write_report("table4", [tmp_path / "runs"], tmp_path / "out", bench=str(bench_file))
+    assert "| Samples/s (bench) | Gain (bench) |" in md and "Bench params (criteo)" in md
+    assert _row(md, "Baseline")[8:] == ["560.00M", "10,000", "–"]
+    assert _row(md, "AFM", "MLP")[8:] == ["559.80M", "11,000", "+10.0 %"]
+    assert _row(md, "", "EMB (after MLP)", "0.44M", "5.09x", "0.6990")[8:] == ["37.77M", "16,000", "+60.0 %"]
+    assert _row(md, "SVD", "MLP")[8:] == ["559.70M", "10,500", "+5.0 %"]
+    # AFM's embedding stage on the baseline (MLP untouched) was not timed; a skipped variant has no figures
+    assert _row(md, "", "EMB (on the baseline)", "0.65M")[8:] == ["–", "–", "–"]
+    assert _row(md, "", "EMB (after MLP)", "0.44M", "5.09x", "0.6800")[8:] == ["–", "–", "–"]
+    # both TTD initialisations leave the same TT structure: the same bench row
+    for title in ("TTD (random init, TT-Rec)", "TTD (TT-SVD init)"):
+        assert _row(md, title)[8:] == ["20.00M", "4,000", "-60.0 %"]
+    assert "paper's criteo shape (**not the shape of the trained models**; every table capped at 100,000 rows)" in md
+    assert md.count("Bench columns on synthetic") == 1 and "ttd_emb: the same TT structure" in md
+
+
+def test_table4_without_a_bench_has_no_throughput_columns_and_a_second_bench_dataset_is_not_guessed(tmp_path):
+    s, c = _afm()
+    _write(tmp_path / "runs", 0, s, ["compression=afm"], c)
+    md, _, _ = write_report("table4", [tmp_path / "runs"], tmp_path / "out")
+    assert "Samples/s" not in md and len(_row(md, "Baseline")) == 8
+    bench = [_bench_row("baseline", 1, 1.0, 0.0), {**_bench_row("baseline", 1, 1.0, 0.0), "dataset": "avazu"}]
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    md, _, _ = write_report("table4", [tmp_path / "runs"], tmp_path / "out", bench=str(tmp_path / "bench.json"))
+    assert "Samples/s" not in md and "no single dataset to pair with synthetic" in md
+
+
+def test_stage_table_refuses_extra_columns_without_their_cells(tmp_path):
+    from lightning_afm.report.tables.stage_table import stage_table
+
+    s, c = _afm()
+    _write(tmp_path, 0, s, ["compression=afm"], c)
+    with pytest.raises(ValueError, match="extra_headers and extra together"):
+        stage_table(find_runs(tmp_path), lambda row: row.method, "Method", extra_headers=["Samples/s"])
+
+
 def test_table6_reads_the_relu_from_the_config_and_averages_seeds(tmp_path):
     for job, (relu, seed, auc) in enumerate([(True, 0, 0.7010), (False, 0, 0.6900), (True, 1, 0.7030)]):
         s, c = _afm(seed=seed, relu=relu, mlp=(auc, 0.47))
@@ -344,7 +405,8 @@ def test_cli_prints_the_table_and_explains_bad_input(tmp_path, capsys):
     assert out.out.startswith("# Table 4") and "wrote" in out.err
     for argv, message in [(["table5", str(tmp_path)], "unknown table 'table5'"),
                           (["table4", str(tmp_path / "missing")], "does not exist"),
-                          (["table4", str(tmp_path), "--bench", "x.json"], "--bench only applies to table2")]:
+                          (["table6", str(tmp_path), "--bench", "x.json"],
+                           "--bench only applies to table2 and table4")]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

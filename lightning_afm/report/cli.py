@@ -30,6 +30,8 @@ from lightning_afm.report.tables import SHOWN_KEYS, TABLES, get_table
 __all__ = ["main", "render", "write_report", "load_bench"]
 
 BENCH_KEYS = ("model", "dataset", "variant")
+#: The tables with throughput columns from lightning-afm-bench (report/bench_columns.py).
+BENCH_TABLES = ("table2", "table4")
 
 
 def _duration(seconds: Any) -> str:
@@ -122,12 +124,12 @@ def write_report(table: str, roots: Sequence[str | Path], out: str | Path | None
     out.mkdir(parents=True, exist_ok=True)
 
     context = Context()
-    if name == "table2":
+    if name in BENCH_TABLES:
         bench_path = _find_bench(bench, out, roots)
         if bench_path is not None:
             context.bench, context.bench_source = load_bench(bench_path), f"`{bench_path}`"
     elif bench:
-        raise ValueError(f"--bench only applies to table2 (the throughput columns), not {name}")
+        raise ValueError(f"--bench only applies to {' and '.join(BENCH_TABLES)} (the throughput columns), not {name}")
 
     record = provenance.write_record(out, command, wall_s) if command else provenance.read_record([out, *roots])
     report = builder(runs, context)
@@ -151,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="where to write <table>.md / .png (default: the first directory)")
     parser.add_argument("--command", help="the command that produced the runs (recorded in recipe.json)")
     parser.add_argument("--wall-s", type=float, help="its wall time in seconds (recorded in recipe.json)")
-    parser.add_argument("--bench", help="bench.json of lightning-afm-bench (table2; default: <out>/bench.json "
+    parser.add_argument("--bench", help="bench.json of lightning-afm-bench (table2, table4; default: <out>/bench.json "
                                         "or one found under the directories)")
     parser.add_argument("--no-plot", action="store_true", help="write the Markdown only")
     parser.add_argument("--quiet", action="store_true", help="do not print the Markdown")

@@ -20,7 +20,7 @@ SPLIT = "test"
 
 @dataclass
 class Context:
-    """What a table may use besides the runs: benchmark rows (Table 2) and where they came from."""
+    """What a table may use besides the runs: benchmark rows (Tables 2 and 4) and where they came from."""
 
     bench: list[dict[str, Any]] | None = None
     bench_source: str | None = None

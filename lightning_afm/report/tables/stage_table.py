@@ -32,14 +32,19 @@ def baseline_cells(runs: Sequence[Run]) -> tuple[list[str], float | None]:
 
 
 def stage_table(runs: Sequence[Run], variant: Callable[[StageRow], str], variant_header: str,
-                order: Sequence[str] = ()) -> str:
+                order: Sequence[str] = (), extra_headers: Sequence[str] = (),
+                extra: Callable[[Sequence[StageRow] | None], list[str]] | None = None) -> str:
     """Markdown: ``variant_header | Stage | Params | Compression | pre-train AUC/logloss | fine-tune AUC/logloss``.
 
     ``variant(row)`` names the row's variant (e.g. its method); variants listed in ``order``
-    come first, in that order, then the others as first seen.
+    come first, in that order, then the others as first seen. ``extra_headers``: more columns,
+    whose cells ``extra(members)`` gives for each row (``members``: the stage rows averaged
+    into it; None for the baseline row), e.g. Table 4's throughput from the benchmark.
     """
+    if bool(extra_headers) != (extra is not None):
+        raise ValueError("stage_table: give extra_headers and extra together (the columns and their cells)")
     base, base_params = baseline_cells(runs)
-    rows = [["Baseline", *base]] if base else []
+    rows = [["Baseline", *base, *(extra(None) if extra else [])]] if base else []
     stages = [row for r in runs for row in stage_rows(r)]
     groups = group(stages, lambda s: (variant(s), s.label))
     keys = sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), list(groups).index(k)))
@@ -49,6 +54,8 @@ def stage_table(runs: Sequence[Run], variant: Callable[[StageRow], str], variant
         params = mean_std(m.params for m in members)[0]
         rows.append([name if name != previous else "", label, fmt_params(params), fmt_ratio(base_params, params),
                      fmt_mean([m.pre_auc for m in members]), fmt_mean([m.pre_logloss for m in members]),
-                     fmt_mean([m.auc for m in members]), fmt_mean([m.logloss for m in members])])
+                     fmt_mean([m.auc for m in members]), fmt_mean([m.logloss for m in members]),
+                     *(extra(members) if extra else [])])
         previous = name
-    return markdown_table([variant_header, *HEADERS], rows, ["l", "l"] + ["r"] * len(HEADERS[1:]))
+    headers = [variant_header, *HEADERS, *extra_headers]
+    return markdown_table(headers, rows, ["l", "l"] + ["r"] * (len(headers) - 2))

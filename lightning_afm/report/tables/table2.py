@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_afm.report.bench_columns import bench_columns
 from lightning_afm.report.common import Context, TableReport, baseline, group, ordered
 from lightning_afm.report.format import (
     MISSING,
@@ -46,26 +47,6 @@ def _figures(run: Run, variant: str) -> dict[str, Any] | None:
     return None
 
 
-def _bench_dataset(data: str, bench: list[dict[str, Any]]) -> str | None:
-    datasets = list(dict.fromkeys(str(r.get("dataset")) for r in bench))
-    if data in datasets:
-        return data
-    return datasets[0] if len(datasets) == 1 else None
-
-
-def _bench_cells(bench: list[dict[str, Any]] | None, dataset: str | None, model: str, variant: str) -> list[str]:
-    if not bench or dataset is None:
-        return []
-    row = next((r for r in bench if r.get("dataset") == dataset and r.get("model") == model
-                and r.get("variant") == variant), None)
-    if row is None or row.get("skipped"):
-        return [MISSING, MISSING, MISSING]
-    sps = row.get("samples_per_s")
-    gain = row.get("gain_pct")
-    return [fmt_params(row.get("params")), MISSING if sps is None else f"{float(sps):,.0f}",
-            MISSING if variant == "baseline" or gain is None else f"{float(gain):+.1f} %"]
-
-
 def build(runs: list[Run], context: Context) -> TableReport:
     sections: list[str] = []
     notes = [
@@ -73,21 +54,11 @@ def build(runs: list[Run], context: Context) -> TableReport:
         "model with AFM on every table), as in the paper. ΔAUC is against the same run's baseline.",
         "Compression = baseline parameters / parameters.",
     ]
-    bench = context.bench
     for data, data_runs in group(runs, lambda r: r.data).items():
-        bench_ds = _bench_dataset(data, bench) if bench else None
+        bench = bench_columns(data, context, notes)
         headers = ["Model", "Variant", "Test AUC", "ΔAUC", "Test logloss", "Params", "Compression"]
-        if bench_ds is not None:
-            shape = "the shape of these runs" if bench_ds == data else "**not the shape of the trained models**"
-            caps = sorted({r.get("vocab_cap") for r in bench if r.get("dataset") == bench_ds} - {None})
-            if caps:
-                shape += f"; every table capped at {', '.join(f'{c:,}' for c in caps)} rows"
-            headers += [f"Bench params ({bench_ds})", "Samples/s (bench)", "Gain (bench)"]
-            notes.append(f"Bench columns on {data}: CPU inference throughput measured by `lightning-afm-bench` at "
-                         f"the paper's {bench_ds} shape ({shape}), from {context.bench_source} (its bench.md "
-                         "gives the timing method, machine and noise).")
-        elif bench:
-            notes.append(f"bench.json has no single dataset to pair with {data}: throughput left out.")
+        if bench is not None:
+            headers += bench.headers
         rows = []
         by_model = group(data_runs, lambda r: r.model)
         for model in ordered(list(by_model), PAPER_MODEL_ORDER):
@@ -107,7 +78,8 @@ def build(runs: list[Run], context: Context) -> TableReport:
                 row = [model_title(model) if first else "", title, fmt_mean([f["auc"] for f in figs]), delta,
                        fmt_mean([f["logloss"] for f in figs]), fmt_params(params),
                        MISSING if variant == "baseline" else fmt_ratio(base_params, params)]
-                row += _bench_cells(bench, bench_ds, model, variant)
+                if bench is not None:
+                    row += bench.cells(model, variant)
                 rows.append(row)
                 first = False
         sections.append(f"## {data}\n\n" + markdown_table(headers, rows, ["l", "l"] + ["r"] * (len(headers) - 2)))
