@@ -171,7 +171,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         "+AFM EMB is cumulative, as in the paper: the +AFM MLP model plus AFM on every table, the per-field "
         "projections folded into the first MLP Linear where the MLP reads the embeddings (all but NFM and FiBiNet; "
         "FiBiNet folds its bilinear layers and first MLP Linear onto products of the codes at inference "
-        "when (k+1)^2 < d, i.e. at Criteo's shape, see `lightning_afm/models/layers/bilinear_codes.py`)."
+        "when (k+1)^2 < d, i.e. at Criteo's shape, see `lightning_afm/inference/fibinet.py`)."
     )
     lines.append(
         "- +SVD MLP / +SVD EMB: the same structures from SVD (first factor without a bias; table projections "

@@ -19,7 +19,7 @@ directly come from the model's :class:`~lightning_afm.compress.contract.ModelLay
 possible for NFM and FiBiNet (``mlp_reads_embeddings=False``): an interaction sits between the
 embeddings and the MLP. (FiBiNet's interaction is bilinear, so at inference it
 folds its bilinear layers and first MLP Linear onto products of the codes by itself, without
-changing its structure: :mod:`lightning_afm.models.layers.bilinear_codes`.)
+changing its structure: :mod:`lightning_afm.inference.fibinet`.)
 """
 
 from __future__ import annotations
