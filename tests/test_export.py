@@ -69,8 +69,11 @@ def test_qr_and_pq_models_export_in_the_inference_form_and_match_eager(method, f
     assert manifest["exporter"]["form"].startswith("inference layer") and "forms_that_failed" not in manifest["exporter"]
     assert {e["kind"] for e in manifest["compression"]["plan"]} == {f"{method}_embedding"}
     assert {m["type"] for m in manifest["compression"]["factored_modules"]} == {f"{method.upper()}Embedding"}
-    sizes = {"qr": {"collisions": 8}, "pq": {"num_subspaces": 2, "num_centroids": 16}}[method]
-    assert all(sizes.items() <= m.items() for m in manifest["compression"]["factored_modules"])
+    for module in manifest["compression"]["factored_modules"]:
+        if method == "qr":
+            assert module["collisions"] == 8
+        else:  # PQ caps its centroids at a table's rows
+            assert module["num_subspaces"] == 2 and 1 <= module["num_centroids"] <= 16
     runner = load_runner(fmt, tmp_path / "out" / manifest["file"])
     with torch.no_grad():
         eager = torch.sigmoid(model.eval()(torch.from_numpy(categorical[:9]), torch.from_numpy(numeric[:9])))

@@ -124,18 +124,21 @@ class CalledFields(nn.Module):
         super().__init__()
         self.fields = nn.ModuleList(modules)
         self.field_dim = int(field_dim)
-        self.widths: list[int] = [int(w) for w in code_widths] if code_widths is not None else []
+        # TorchScript infers an attribute's type from its value and cannot from an empty list: keep
+        # a non-empty list and say with a flag whether the widths apply.
+        self.per_field_widths = code_widths is not None and len(code_widths) > 0
+        self.widths = [int(w) for w in code_widths] if self.per_field_widths else [0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs: list[torch.Tensor] = []
-        if len(self.widths) > 0 and self.field_dim == 1:
+        if self.per_field_widths and self.field_dim == 1:
             parts = torch.split(x, self.widths, dim=1)
             for i, field in enumerate(self.fields):
                 outs.append(field(parts[i]))
             return torch.stack(outs, dim=1)
         for i, field in enumerate(self.fields):
             outs.append(field(x.select(self.field_dim, i)))
-        return torch.cat(outs, dim=1) if len(self.widths) > 0 else torch.stack(outs, dim=1)
+        return torch.cat(outs, dim=1) if self.per_field_widths else torch.stack(outs, dim=1)
 
 
 class ConcatenatedLookup(nn.Module):
