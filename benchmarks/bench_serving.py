@@ -9,7 +9,8 @@ rounds, interleaved, so that the machine's noise falls on all of them alike. Run
 - ``eager``: the training model's plain forward under ``torch.inference_mode``;
 - ``inference``: :func:`lightning_afm.inference.optimize_for_inference` (batched gathers, fused
   projections, aligned cross nets);
-- ``torchscript``: the inference form compiled by ``torch.jit.script`` and frozen;
+- ``torchscript``: the inference form compiled by ``torch.jit.script``, sharing the model's weights:
+  what ``lightning-afm-predict`` and ``Predictor`` run by default (``serve.runtime.inference_module``);
 - ``onnx``: the export (``lightning_afm.export``) in ONNX Runtime;
 - ``onnx_int8``: int8 tables and ONNX Runtime's dynamic int8 products.
 
@@ -41,6 +42,7 @@ from lightning_afm.export import formats
 from lightning_afm.export.int8 import quantize_onnx_matmuls, quantize_tables
 from lightning_afm.inference import optimize_for_inference
 from lightning_afm.runtime import reuse_freed_memory
+from lightning_afm.serve.runtime import inference_module
 
 STRUCTURES = ("baseline", "afm_emb")
 RUNTIMES = ("eager", "inference", "torchscript", "onnx", "onnx_int8")
@@ -85,7 +87,7 @@ def build_calls(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tenso
     if "inference" in runtimes:
         calls["inference"] = torch_call(fast)
     if "torchscript" in runtimes:
-        calls["torchscript"] = torch_call(torch.jit.freeze(torch.jit.script(optimize_for_inference(model, copy=True))))
+        calls["torchscript"] = torch_call(inference_module(model, "torchscript"))
     num_numeric = example[1].shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -227,13 +227,18 @@ def test_inference_module_is_eval_without_gradients():
 def test_a_zoo_model_is_served_in_its_inference_layer_form(trained_run):
     from lightning_afm.inference import InferenceModel
 
-    predictor = Predictor.load(trained_run[0])
-    assert isinstance(predictor.runner, InferenceModel)
-    categorical = torch.randint(0, 3, (40, predictor.model.num_fields))
-    numeric = torch.rand(40, predictor.model.num_numeric)
-    with torch.inference_mode():
-        expected = torch.sigmoid(predictor.model(categorical, numeric)).numpy()
-    np.testing.assert_allclose(predictor.predict_encoded(categorical.numpy(), numeric.numpy()), expected, atol=1e-6)
+    categorical, numeric = None, None
+    for runtime, kind in (("torchscript", torch.jit.ScriptModule), ("eager", InferenceModel)):
+        predictor = Predictor.load(trained_run[0], runtime=runtime)
+        assert isinstance(predictor.runner, kind)
+        if categorical is None:
+            categorical = torch.randint(0, 3, (40, predictor.model.num_fields))
+            numeric = torch.rand(40, predictor.model.num_numeric)
+        with torch.inference_mode():
+            expected = torch.sigmoid(predictor.model(categorical, numeric)).numpy()
+        np.testing.assert_allclose(predictor.predict_encoded(categorical.numpy(), numeric.numpy()), expected, atol=1e-6)
+    with pytest.raises(ServeError, match="runtime must be one of"):
+        Predictor.load(trained_run[0], runtime="tensorrt")
 
 
 def test_the_readme_serving_handler_scores_a_request(trained_run, monkeypatch):

@@ -17,6 +17,7 @@ import json
 import sys
 
 from lightning_afm.data.errors import ON_BAD_ROWS, DataError
+from lightning_afm.serve.runtime import RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-rows", type=int, default=65536, help="rows read and scored at a time (bounds memory)")
     parser.add_argument("--batch-size", type=int, default=8192, help="rows per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torchscript",
+                        help="the inference layer compiled by TorchScript (default, the faster) or in eager mode")
     parser.add_argument("--model-class", default=None,
                         help="package.module.Class of the LightningModule, for checkpoints that do not name it")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no report on stderr")
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from .predictor import Predictor
 
     try:
-        predictor = Predictor.load(args.model, model_class=args.model_class, device=args.device, batch_size=args.batch_size)
+        predictor = Predictor.load(args.model, model_class=args.model_class, device=args.device, batch_size=args.batch_size,
+                                   runtime=args.runtime)
         report = predictor.predict_file(args.input, args.output, on_bad_rows=args.on_bad_rows, chunk_rows=args.chunk_rows,
                                         file_format=args.format, progress=not args.quiet)
     except (DataError, ValueError, TypeError, OSError) as exc:  # the user's input: one sentence, no traceback

@@ -80,15 +80,17 @@ class Predictor:
         encoder: the encoder of its training data; ``None``: only :meth:`predict_encoded` works.
         batch_size: rows per forward pass (bounds memory, whatever the request size).
         device: where the model runs.
+        runtime: ``"torchscript"`` (default: the inference layer compiled, the faster in
+            ``benchmarks/bench_serving.py``) or ``"eager"``; see :func:`~.runtime.inference_module`.
     """
 
     def __init__(self, model: nn.Module, encoder: Encoder | None = None, batch_size: int = 8192, device: str | torch.device = "cpu",
-                 source: str = "the model") -> None:
+                 source: str = "the model", runtime: str = "torchscript") -> None:
         if int(batch_size) < 1:
             raise ServeError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.runner = inference_module(self.model)  # after the move: it shares the model's weights
+        self.runner = inference_module(self.model, runtime)  # after the move: it shares the model's weights
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self._source = source
@@ -100,7 +102,8 @@ class Predictor:
             )
 
     @classmethod
-    def load(cls, path: str | Path, model_class: str | type | None = None, device: str = "cpu", batch_size: int = 8192) -> "Predictor":
+    def load(cls, path: str | Path, model_class: str | type | None = None, device: str = "cpu", batch_size: int = 8192,
+             runtime: str = "torchscript") -> "Predictor":
         """From a run folder (its ``last.ckpt``) or a checkpoint file; the encoder from the checkpoint, else
         from the run's ``encoder/`` folder. ``model_class`` for checkpoints of other LightningModules."""
         path = Path(path).expanduser()
@@ -108,7 +111,7 @@ class Predictor:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         encoder = Encoder.from_checkpoint(checkpoint) or _run_encoder(path, checkpoint_path)
         model = load_model(checkpoint, model_class)
-        return cls(model, encoder, batch_size=batch_size, device=device, source=str(checkpoint_path))
+        return cls(model, encoder, batch_size=batch_size, device=device, source=str(checkpoint_path), runtime=runtime)
 
     def _need_encoder(self) -> Encoder:
         if self.encoder is None:
