@@ -17,7 +17,8 @@ from lightning_afm.export.formats import MissingExtra
 from lightning_afm.export.manifest import MANIFEST_NAME, build_manifest, input_signature, write_manifest
 from lightning_afm.inference import optimize_for_inference
 from lightning_afm.export.int8 import onnx_weight_bytes, quantize_onnx_matmuls, quantize_tables
-from lightning_afm.export.verify import DEFAULT_TOLERANCE, auc_and_logloss, eager_probabilities, verify
+from lightning_afm.export.verify import (DEFAULT_TOLERANCE, auc_and_logloss, eager_probabilities, run_in_batches,
+                                         verify)
 
 #: The test AUC an int8 export may lose against fp32 (the paper: a 0.1 % AUC loss is not adopted).
 DEFAULT_MAX_AUC_DROP = 1e-3
@@ -31,8 +32,8 @@ def _as_arrays(categorical: Any, numeric: Any) -> tuple[np.ndarray, np.ndarray |
     categorical = np.ascontiguousarray(np.asarray(categorical, dtype=np.int64))
     if numeric is not None:
         numeric = np.ascontiguousarray(np.asarray(numeric, dtype=np.float32))
-        if numeric.ndim != 2 or numeric.shape[1] == 0:
-            numeric = None if numeric.ndim == 2 else numeric
+        if numeric.ndim == 2 and numeric.shape[1] == 0:  # a schema without numeric fields: one input
+            numeric = None
     return categorical, numeric
 
 
@@ -199,14 +200,6 @@ def _int8_onnx(model: nn.Module, staging: Path, example: tuple, categorical: np.
                      f"narrower than 8); matrix products: onnxruntime quantize_dynamic, int8 weights per channel "
                      f"({quantized_products} products by a 2-D weight)")
     return artifact, notes, check
-
-
-def run_in_batches(runner: formats.Runner, categorical: np.ndarray, numeric: np.ndarray | None,
-                           batch_size: int = 4096) -> np.ndarray:
-    """``runner`` over all rows in batches, ``[n]``."""
-    parts = [runner(categorical[s:s + batch_size], None if numeric is None else numeric[s:s + batch_size])
-             for s in range(0, len(categorical), batch_size)]
-    return np.concatenate(parts)
 
 
 def _move(source: Path, target: Path) -> None:

@@ -29,17 +29,24 @@ class Verification:
         return asdict(self)
 
 
+def run_in_batches(runner: Runner, categorical: np.ndarray, numeric: np.ndarray | None,
+                   batch_size: int = 4096) -> np.ndarray:
+    """``runner`` (any runtime's callable) over all rows, ``batch_size`` at a time: ``[n]``."""
+    parts = [runner(categorical[s:s + batch_size], None if numeric is None else numeric[s:s + batch_size])
+             for s in range(0, len(categorical), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def eager_probabilities(module: nn.Module, categorical: np.ndarray, numeric: np.ndarray | None,
                         batch_size: int = 4096) -> np.ndarray:
     """The reference: ``module`` (a :func:`~.formats.probability_module`) in eager PyTorch, ``[n]``."""
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(categorical), batch_size):
-            args = [torch.from_numpy(categorical[start:start + batch_size])]
-            if numeric is not None:
-                args.append(torch.from_numpy(numeric[start:start + batch_size]))
-            out.append(module(*args).double().numpy().reshape(-1))
-    return np.concatenate(out) if out else np.zeros(0)
+
+    def run(c: np.ndarray, n: np.ndarray | None) -> np.ndarray:
+        args = (torch.from_numpy(c),) if n is None else (torch.from_numpy(c), torch.from_numpy(n))
+        with torch.inference_mode():
+            return module(*args).double().numpy().reshape(-1)
+
+    return run_in_batches(run, categorical, numeric, batch_size)
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
