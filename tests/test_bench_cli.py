@@ -149,3 +149,14 @@ def test_threads_setting_is_restored_after_the_run(tmp_path, compose_bench):
     torch.set_num_threads(2)
     rows = run(compose_bench(TINY + ["models=[nfm]", "datasets=[criteo]", "variants=[baseline]", f"out={tmp_path}"]))
     assert rows[0]["threads"] == 1 and torch.get_num_threads() == 2
+
+
+def test_flat_structure_keys_reach_the_variant_settings(compose_bench):
+    """The options BenchSettings inherits from VariantOptions stay flat config keys and reach every variant."""
+    settings = settings_from_config(compose_bench(
+        ["mlp_rank=8", "tt_rank=4", "tt_min_rows=7", "tt_lr=false", "afm_relu=false", "svd_relu=false", "fold=false"]))
+    vs = settings.variant_settings(paper_shape("criteo", 50))
+    assert (vs.mlp_rank, vs.emb_rank) == (8, paper_shape("criteo").emb_rank)  # null emb_rank: the paper's
+    assert (vs.tt_rank, vs.tt_min_rows, vs.tt_lr, vs.afm_relu, vs.svd_relu, vs.fold) == (4, 7, False, False, False, False)
+    with pytest.raises(ValueError, match="tt_rank must be a positive integer, got 0"):
+        settings_from_config(compose_bench(["tt_rank=0"]))  # refused before any model is built

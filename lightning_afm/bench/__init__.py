@@ -9,13 +9,21 @@ Modules: :mod:`.shapes` (the paper's Criteo / Avazu shapes and Table 2's figures
 
 from lightning_afm.bench.benchmark import BenchSettings, run_benchmark
 from lightning_afm.bench.shapes import PAPER_SHAPES, paper_shape
-from lightning_afm.bench.variants import OUR_VARIANTS, VARIANTS, VariantSettings, build_structure, build_variant
+from lightning_afm.bench.variants import (
+    OUR_VARIANTS,
+    VARIANTS,
+    VariantOptions,
+    VariantSettings,
+    build_structure,
+    build_variant,
+)
 
 __all__ = [
     "BenchSettings",
     "OUR_VARIANTS",
     "PAPER_SHAPES",
     "VARIANTS",
+    "VariantOptions",
     "VariantSettings",
     "build_structure",
     "build_variant",

@@ -32,8 +32,7 @@ from lightning_afm.bench.throughput import (
     summarize,
     time_interleaved,
 )
-from lightning_afm.bench.variants import VARIANTS, VariantSettings, build_twin, build_variant
-from lightning_afm.compress import DEFAULT_TT_MIN_ROWS
+from lightning_afm.bench.variants import VARIANTS, VariantOptions, VariantSettings, build_twin, build_variant
 from lightning_afm.inference import optimize_for_inference
 from lightning_afm.models import MODELS, count_parameters
 from lightning_afm.runtime import reuse_freed_memory
@@ -43,9 +42,13 @@ __all__ = ["BenchSettings", "check_selection", "run_benchmark", "bench_model", "
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class BenchSettings:
+@dataclass(frozen=True)
+class BenchSettings(VariantOptions):
     """What to measure and how (the fields of ``conf/bench.yaml`` but ``out``).
+
+    The structures' options (``tt_rank``, ``tt_min_rows``, ``tt_lr``, ``afm_relu``, ``svd_relu``,
+    ``fold``) are the fields of :class:`~lightning_afm.bench.variants.VariantOptions`, inherited,
+    so the config keeps them flat (``lightning-afm-bench tt_rank=8 fold=false``).
 
     ``mlp_rank`` / ``emb_rank``: None takes the paper's for each dataset (Criteo 64 / 2,
     Avazu 320 / 8). ``threads``: None keeps torch's default. ``vocab_cap``: None builds the
@@ -69,19 +72,15 @@ class BenchSettings:
     zipf_exponent: float = 1.0
     mlp_rank: int | None = None
     emb_rank: int | None = None
-    tt_rank: int = 16
-    tt_min_rows: int = DEFAULT_TT_MIN_ROWS
-    tt_lr: bool = True
-    afm_relu: bool = True
-    svd_relu: bool = True
-    fold: bool = True
     share_weights: bool = True
     reuse_freed_memory: bool = True
 
     def __post_init__(self) -> None:
-        self.models = check_selection("model", self.models, list(MODELS))
-        self.datasets = check_selection("dataset", self.datasets, list(PAPER_SHAPES))
-        self.variants = check_selection("variant", self.variants, list(VARIANTS))
+        super().__post_init__()
+        # frozen: the normalised selections are set as a dataclass's own __init__ sets fields
+        object.__setattr__(self, "models", check_selection("model", self.models, list(MODELS)))
+        object.__setattr__(self, "datasets", check_selection("dataset", self.datasets, list(PAPER_SHAPES)))
+        object.__setattr__(self, "variants", check_selection("variant", self.variants, list(VARIANTS)))
         if "baseline" not in self.variants:  # every gain is relative to it
             self.variants.insert(0, "baseline")
         for name in ("batch", "rounds", "batches_per_round"):
@@ -100,12 +99,7 @@ class BenchSettings:
         return VariantSettings(
             mlp_rank=self.mlp_rank if self.mlp_rank is not None else shape.mlp_rank,
             emb_rank=self.emb_rank if self.emb_rank is not None else shape.emb_rank,
-            tt_rank=self.tt_rank,
-            tt_min_rows=self.tt_min_rows,
-            tt_lr=self.tt_lr,
-            afm_relu=self.afm_relu,
-            svd_relu=self.svd_relu,
-            fold=self.fold,
+            **self.variant_options(),
         )
 
 

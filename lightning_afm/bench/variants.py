@@ -35,7 +35,8 @@ filled cheaply (values do not change the speed, but they are finite).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,6 +62,7 @@ from lightning_afm.bench.shapes import PaperShape
 __all__ = [
     "VARIANTS",
     "OUR_VARIANTS",
+    "VariantOptions",
     "VariantSettings",
     "build_structure",
     "build_twin",
@@ -75,19 +77,49 @@ VARIANTS = ("baseline", "afm_mlp", "afm_emb", "svd_mlp", "svd_emb", "ttd_emb", "
 OUR_VARIANTS = VARIANTS[:-1]
 
 
-@dataclass(frozen=True)
-class VariantSettings:
-    """Ranks and options of the compressed variants.
+@dataclass(frozen=True, kw_only=True)
+class VariantOptions:
+    """The options of the compressed structures: declared once, for :class:`VariantSettings` and the bench's settings.
+
+    Keyword-only, so that a subclass may declare required fields (the ranks) after them.
 
     Attributes:
-        mlp_rank: ``k`` of MLP layers 2 and 3 (AFM and SVD).
-        emb_rank: ``k`` of the tables (AFM and SVD).
         tt_rank: TT-rank of the ``ttd_emb`` tables.
         tt_min_rows: tables with fewer rows stay dense in ``ttd_emb`` (at most the shape's ``vocab_cap``).
         tt_lr: ``ttd_emb`` compresses the LR tables of the compressed fields too.
         afm_relu: ReLU between the AFM factors (the paper's default).
         svd_relu: ReLU between the SVD factors (as ``conf/compression/svd.yaml``'s ``mlp.relu``).
         fold: fold the table projections into the first MLP Linear where the model allows it.
+    """
+
+    tt_rank: int = 16
+    tt_min_rows: int = DEFAULT_TT_MIN_ROWS
+    tt_lr: bool = True
+    afm_relu: bool = True
+    svd_relu: bool = True
+    fold: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("tt_rank", "tt_min_rows"):
+            _check_positive(name, getattr(self, name))
+
+    def variant_options(self) -> dict[str, Any]:
+        """``{name: value}`` of the :class:`VariantOptions` fields alone (what a subclass passes on)."""
+        return {f.name: getattr(self, f.name) for f in fields(VariantOptions)}
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class VariantSettings(VariantOptions):
+    """Ranks of the compressed variants, and their options (:class:`VariantOptions`, keyword-only).
+
+    Attributes:
+        mlp_rank: ``k`` of MLP layers 2 and 3 (AFM and SVD).
+        emb_rank: ``k`` of the tables (AFM and SVD).
         emb_ranks: per-field ``k`` (a budget's allocation), one per field table in the order of
             the model's compression layout, in place of ``emb_rank``; None: ``emb_rank`` for all.
         mlp_ranks: per-layer ``k`` of the default MLP targets in place of ``mlp_rank``; None: ``mlp_rank``.
@@ -95,20 +127,13 @@ class VariantSettings:
 
     mlp_rank: int
     emb_rank: int
-    tt_rank: int = 16
-    tt_min_rows: int = DEFAULT_TT_MIN_ROWS
-    tt_lr: bool = True
-    afm_relu: bool = True
-    svd_relu: bool = True
-    fold: bool = True
     emb_ranks: tuple[int, ...] | None = None
     mlp_ranks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("mlp_rank", "emb_rank", "tt_rank", "tt_min_rows"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        super().__post_init__()
+        for name in ("mlp_rank", "emb_rank"):
+            _check_positive(name, getattr(self, name))
         for name in ("emb_ranks", "mlp_ranks"):
             values = getattr(self, name)
             if values is not None:
