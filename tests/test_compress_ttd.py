@@ -211,6 +211,19 @@ def test_tt_svd_at_full_rank_reproduces_the_table():
     assert emb.cores[0].dtype == torch.float64
 
 
+def test_from_table_passes_the_structure_on_and_refuses_what_the_table_gives():
+    torch.manual_seed(6)
+    table = torch.randn(30, 8, dtype=torch.float64)
+    emb = TTEmbedding.from_table(table, 64, row_factors=[5, 6], dim_factors=[2, 4], padding_idx=-1, deduplicate=False)
+    assert (emb.row_factors, emb.dim_factors, emb.padding_idx, emb.deduplicate) == ([5, 6], [2, 4], 29, False)
+    rows = emb(torch.arange(30))
+    assert (rows[:29] - table[:29]).abs().max() < 1e-8  # two cores at full rank: exact
+    assert not rows[29].any()  # the padding row reads as zeros
+    for taken in ({"dtype": torch.float32}, {"init_std": 0.1}, {"num_embeddings": 30}):
+        with pytest.raises(TypeError, match="from the table it decomposes"):
+            TTEmbedding.from_table(table, 4, **taken)
+
+
 def test_tt_svd_error_is_what_the_truncations_discard_and_falls_with_rank():
     torch.manual_seed(5)
     # a table with decaying structure, so every rank leaves a different error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,17 +110,12 @@ class TTEmbedding(nn.Module):
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def from_table(
-        cls,
-        weight: Tensor,
-        tt_rank: int = DEFAULT_TT_RANK,
-        row_factors: Sequence[int] | None = None,
-        dim_factors: Sequence[int] | None = None,
-        num_cores: int = DEFAULT_NUM_CORES,
-        padding_idx: int | None = None,
-        deduplicate: bool = True,
-    ) -> "TTEmbedding":
+    def from_table(cls, weight: Tensor, tt_rank: int = DEFAULT_TT_RANK, **structure: Any) -> "TTEmbedding":
         """A train of rank ``tt_rank`` fitted to ``weight`` ``[s, t]`` by TT-SVD (:func:`tt_svd`).
+
+        ``structure``: the constructor's ``row_factors``, ``dim_factors``, ``num_cores``,
+        ``padding_idx`` and ``deduplicate`` (the rows, width, device and dtype are ``weight``'s,
+        and the cores come from the decomposition, so ``init_std`` has no use).
 
         TT-SVD is quasi-optimal: its error is at most ``sqrt(c - 1)`` times that of the best
         train of the same ranks (Oseledets 2011, Theorem 2.2).
@@ -129,18 +125,11 @@ class TTEmbedding(nn.Module):
         """
         if weight.dim() != 2:
             raise ValueError(f"weight must be a [rows, dim] table, got shape {tuple(weight.shape)}")
-        module = cls(
-            weight.shape[0],
-            weight.shape[1],
-            tt_rank,
-            row_factors=row_factors,
-            dim_factors=dim_factors,
-            num_cores=num_cores,
-            padding_idx=padding_idx,
-            deduplicate=deduplicate,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
+        taken = sorted(set(structure) & {"num_embeddings", "embedding_dim", "init_std", "device", "dtype"})
+        if taken:
+            raise TypeError(f"from_table takes {taken} from the table it decomposes; pass only row_factors, "
+                            "dim_factors, num_cores, padding_idx or deduplicate")
+        module = cls(weight.shape[0], weight.shape[1], tt_rank, device=weight.device, dtype=weight.dtype, **structure)
         decomposition = tt_svd(weight, module.row_factors, module.dim_factors, module.tt_rank)
         with torch.no_grad():
             for core, value in zip(module.cores, decomposition.cores):
