@@ -28,6 +28,9 @@ from lightning_afm.compress import (
     replay_plan,
 )
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
+from lightning_afm.compress.pq import PQEmbedding
+from lightning_afm.compress.qr import QREmbedding
+from lightning_afm.compress.tt_modules import TTEmbedding
 from lightning_afm.data.schema import Schema
 from lightning_afm.models import MODELS, build_model
 
@@ -261,3 +264,15 @@ def test_a_checkpoint_in_the_old_plan_format_still_loads(name, plan, shapes):
     ids = torch.tensor([[0, 29, 4], [6, 3, 1]])
     with torch.no_grad():
         assert torch.isfinite(model.eval()(ids, torch.ones(2, 2))).all()
+
+
+def test_table_kinds_take_their_one_method_from_the_base():
+    from lightning_afm.compress.kinds.table_kind import TableKind
+
+    for name, method, produces in (("tt_embedding", "ttd", TTEmbedding), ("qr_embedding", "qr", QREmbedding),
+                                   ("pq_embedding", "pq", PQEmbedding)):
+        kind = get_kind(name)
+        assert isinstance(kind, TableKind) and kind.replaces is nn.Embedding and kind.produces is produces
+        assert kind.entry_methods == kind.build_methods == (method,)
+    with pytest.raises(TypeError, match="must set the class attribute `method`"):
+        type("NoMethodKind", (TableKind,), {"name": "no_method"})

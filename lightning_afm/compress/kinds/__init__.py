@@ -1,7 +1,7 @@
 """The built-in compression kinds, one module each, registered here in this order.
 
 Adding a kind: write ``kinds/<kind>.py`` with a :class:`~lightning_afm.compress.registry.CompressionKind`
-subclass, register an instance below, and add a ``conf/compression/<kind>.yaml`` whose stage uses
+subclass (``TableKind`` for a table swapped by one method), register an instance below, and add a ``conf/compression/<kind>.yaml`` whose stage uses
 its method. Registration order decides which kind builds a method when two replace the same type.
 """
 

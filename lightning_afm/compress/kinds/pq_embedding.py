@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_afm.compress.kinds.embedding import plain_table
 from lightning_afm.compress.kinds.table_checks import checked_table
+from lightning_afm.compress.kinds.table_kind import TableKind
 from lightning_afm.compress.plan import PlanEntry
 from lightning_afm.compress.pq import DEFAULT_KMEANS_ITERATIONS, PQEmbedding
-from lightning_afm.compress.registry import CompressionKind, Structure
+from lightning_afm.compress.registry import Structure
 from lightning_afm.compress.surgery import compress_targets, get_submodule
 
 __all__ = ["DEFAULT_PQ_CENTROIDS", "PQEmbeddingKind", "compress_embeddings_pq"]
@@ -28,11 +28,9 @@ __all__ = ["DEFAULT_PQ_CENTROIDS", "PQEmbeddingKind", "compress_embeddings_pq"]
 DEFAULT_PQ_CENTROIDS = 1024
 
 
-class PQEmbeddingKind(CompressionKind):
+class PQEmbeddingKind(TableKind):
     name = "pq_embedding"
-    entry_methods = ("pq",)
-    build_methods = ("pq",)
-    replaces = nn.Embedding
+    method = "pq"
     produces = PQEmbedding
 
     def max_rank(self, module: nn.Module) -> int:
@@ -69,7 +67,7 @@ class PQEmbeddingKind(CompressionKind):
             error = float((new.full_table() - table.weight).norm()) / norm if norm > 0 else 0.0
         flags = {"num_centroids": new.num_centroids, "iterations": int(iterations), "seed": int(seed),
                  "relative_error": error}
-        return PlanEntry(name=name, kind=self.name, method="pq", rank=int(rank), shape=[s, t], flags=flags), new
+        return PlanEntry(name=name, kind=self.name, method=self.method, rank=int(rank), shape=[s, t], flags=flags), new
 
     def replay(self, model: nn.Module, entry: PlanEntry) -> PQEmbedding:
         """Zero codebooks and codes, for the state dict (which holds the codes too) to fill."""
@@ -88,9 +86,6 @@ class PQEmbeddingKind(CompressionKind):
         """Parameters: the ``K t`` codebook entries (the ``s D`` codes are a buffer, see
         :func:`~lightning_afm.compress.pq.stored_values`); a lookup gathers, multiplying nothing."""
         return Structure(parameters=int(entry.flags["num_centroids"]) * entry.shape[1], multiply_adds=0, biases={})
-
-    def plain_module(self, name: str, module: PQEmbedding, state_dict: Mapping[str, Any]) -> nn.Embedding:
-        return plain_table(module)
 
 
 def compress_embeddings_pq(model: nn.Module, names: Sequence[str], num_subspaces: int,

@@ -15,11 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from lightning_afm.compress.kinds.embedding import plain_table
 from lightning_afm.compress.kinds.table_checks import checked_table
+from lightning_afm.compress.kinds.table_kind import TableKind
 from lightning_afm.compress.plan import PlanEntry
 from lightning_afm.compress.qr import QR_INITS, QR_OPERATIONS, QREmbedding, qr_rows, qr_saves
-from lightning_afm.compress.registry import CompressionKind, Structure
+from lightning_afm.compress.registry import Structure
 from lightning_afm.compress.surgery import compress_targets, get_submodule
 
 __all__ = ["QREmbeddingKind", "compress_embeddings_qr", "select_qr_tables"]
@@ -40,11 +40,9 @@ def select_qr_tables(model: nn.Module, names: Sequence[str], collisions: int) ->
     return chosen
 
 
-class QREmbeddingKind(CompressionKind):
+class QREmbeddingKind(TableKind):
     name = "qr_embedding"
-    entry_methods = ("qr",)
-    build_methods = ("qr",)
-    replaces = nn.Embedding
+    method = "qr"
     produces = QREmbedding
 
     def rank_problem(self, module: nn.Module, rank: int) -> str | None:
@@ -78,7 +76,7 @@ class QREmbeddingKind(CompressionKind):
         except (ValueError, TypeError) as err:
             raise type(err)(f"{name!r}: {err}") from err
         flags = {"operation": operation, "init": init}
-        return PlanEntry(name=name, kind=self.name, method="qr", rank=int(rank), shape=[s, t], flags=flags), new
+        return PlanEntry(name=name, kind=self.name, method=self.method, rank=int(rank), shape=[s, t], flags=flags), new
 
     def replay(self, model: nn.Module, entry: PlanEntry) -> QREmbedding:
         table = self.replaced_module(model, entry)
@@ -95,9 +93,6 @@ class QREmbeddingKind(CompressionKind):
         (s, t), m = entry.shape, entry.rank
         mult = entry.flags.get("operation", "mult") == "mult"
         return Structure(parameters=qr_rows(s, m) * t, multiply_adds=t if mult else 0, biases={})
-
-    def plain_module(self, name: str, module: QREmbedding, state_dict: Mapping[str, Any]) -> nn.Embedding:
-        return plain_table(module)
 
 
 def compress_embeddings_qr(model: nn.Module, names: Sequence[str], collisions: int, operation: str = "mult",

@@ -17,8 +17,9 @@ from torch import nn
 
 from lightning_afm.compress.contract import implements_contract
 from lightning_afm.compress.kinds.embedding import plain_table
+from lightning_afm.compress.kinds.table_kind import TableKind
 from lightning_afm.compress.plan import PlanEntry
-from lightning_afm.compress.registry import CompressionKind, Structure, check_rank
+from lightning_afm.compress.registry import Structure, check_rank
 from lightning_afm.compress.surgery import get_submodule
 from lightning_afm.compress.tt_modules import TTEmbedding
 from lightning_afm.compress.ttd import DEFAULT_NUM_CORES, DEFAULT_TT_MIN_ROWS, TT_INITS, tt_rec_init_std, tt_ranks_for
@@ -49,11 +50,9 @@ def _table(model: nn.Module, name: str) -> nn.Embedding:
     return module
 
 
-class TTEmbeddingKind(CompressionKind):
+class TTEmbeddingKind(TableKind):
     name = "tt_embedding"
-    entry_methods = ("ttd",)
-    build_methods = ("ttd",)
-    replaces = nn.Embedding
+    method = "ttd"
     produces = TTEmbedding
 
     def select_targets(self, model: nn.Module, names: list[str], rank: int,
@@ -88,7 +87,7 @@ class TTEmbeddingKind(CompressionKind):
                                  "deduplicate": new.deduplicate, "init": init}
         if init == "svd":
             flags["relative_error"] = float(new.tt_svd_relative_error)
-        return PlanEntry(name=name, kind=self.name, method="ttd", rank=int(rank), shape=[s, t], flags=flags), new
+        return PlanEntry(name=name, kind=self.name, method=self.method, rank=int(rank), shape=[s, t], flags=flags), new
 
     def replay(self, model: nn.Module, entry: PlanEntry) -> TTEmbedding:
         table = self.replaced_module(model, entry)
@@ -125,7 +124,7 @@ class TTEmbeddingKind(CompressionKind):
         return Structure(parameters=parameters, multiply_adds=multiply_adds, biases={})
 
     def plain_module(self, name: str, module: TTEmbedding, state_dict: Mapping[str, Any]) -> nn.Embedding:
-        return plain_table(module, module.padding_idx)
+        return plain_table(module, module.padding_idx)  # a TT table keeps the padding row QR and PQ refuse
 
 
 def select_tt_tables(
