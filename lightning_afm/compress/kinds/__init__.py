@@ -1,8 +1,8 @@
 """The built-in compression kinds, one module each, registered here in this order.
 
 Adding a kind: write ``kinds/<kind>.py`` with a :class:`~lightning_afm.compress.registry.CompressionKind`
-subclass (``TableKind`` for a table swapped by one method), register an instance below, and add a ``conf/compression/<kind>.yaml`` whose stage uses
-its method. Registration order decides which kind builds a method when two replace the same type.
+subclass (``TableKind`` for a table swapped by one method), register an instance below, and add a
+``conf/compression/<kind>.yaml`` whose stage uses its method. Registration order decides which kind builds a method when two replace the same type.
 """
 
 from lightning_afm.compress.kinds.embedding import LowRankEmbeddingKind
