@@ -273,3 +273,23 @@ def test_bad_shapes_and_values_raise():
         svd_factors(w, None, 1.5)
     with pytest.raises(ValueError, match="square"):
         explained_variance(torch.zeros(2, 3))
+
+
+def test_from_factors_loads_every_factor_and_refuses_factors_that_do_not_chain():
+    from lightning_afm.compress.factorize import EmbeddingFactors, LinearFactors
+
+    g = torch.Generator().manual_seed(3)
+    a, b, c = (torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64),
+               torch.randn(4, generator=g, dtype=torch.float64))
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    layer = LowRankLinear.from_factors(LinearFactors(a, None, b, c))
+    assert layer.first.bias is None
+    np.testing.assert_allclose(layer(x).detach().numpy(), x.numpy() @ a.numpy().T @ b.numpy().T + c.numpy(), atol=1e-12)
+    table = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    emb = LowRankEmbedding.from_factors(EmbeddingFactors(table, b, c))
+    np.testing.assert_allclose(emb(torch.tensor([6, 0])).detach().numpy(),
+                               table.numpy()[[6, 0]] @ b.numpy().T + c.numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match=r"second_weight must be \[m, 3\] to follow a first_weight of \[3, 5\], got \(4, 2\)"):
+        LowRankLinear.from_factors(LinearFactors(a, None, b[:, :2], c))
+    with pytest.raises(ValueError, match=r"projection_weight must be \[t, 5\] for a table of \[3, 5\], got \(4, 3\)"):
+        LowRankEmbedding.from_factors(EmbeddingFactors(a, b, c))

@@ -18,6 +18,21 @@ from lightning_afm.compress.registry import check_rank
 __all__ = ["LowRankLinear", "LowRankEmbedding", "stack_projections", "project_fields"]
 
 
+def _rows_reading(weight: Tensor, k: int, name: str, rows: str, context: str) -> int:
+    """The rows of ``weight``, checked to be a ``[rows, k]`` factor reading ``k`` values (``context`` says whose)."""
+    if weight.dim() != 2 or weight.shape[1] != k:
+        raise ValueError(f"{name} must be [{rows}, {k}] {context}, got {tuple(weight.shape)}")
+    return weight.shape[0]
+
+
+def _load_linear(layer: nn.Linear, weight: Tensor, bias: Tensor | None) -> None:
+    """Copy ``weight`` ``[out, in]`` and ``bias`` ``[out]`` (None: the layer has none) into ``layer``."""
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+
+
 class LowRankLinear(nn.Module):
     """Two Linears ``n -> k -> m`` (optionally with a ReLU between) in place of one ``n -> m``.
 
@@ -62,30 +77,12 @@ class LowRankLinear(nn.Module):
     def from_factors(cls, factors: LinearFactors, relu: bool = False) -> "LowRankLinear":
         """Build the module holding ``factors`` (see :class:`LinearFactors` for the shapes)."""
         k, n = factors.first_weight.shape
-        m = factors.second_weight.shape[0]
-        if factors.second_weight.shape != (m, k):
-            raise ValueError(
-                f"second_weight must be [m, {k}] to follow a first_weight of [{k}, {n}], "
-                f"got {tuple(factors.second_weight.shape)}"
-            )
+        m = _rows_reading(factors.second_weight, k, "second_weight", "m", f"to follow a first_weight of [{k}, {n}]")
         w = factors.first_weight
-        layer = cls(
-            n,
-            m,
-            k,
-            relu=relu,
-            first_bias=factors.first_bias is not None,
-            second_bias=factors.second_bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        with torch.no_grad():
-            layer.first.weight.copy_(factors.first_weight)
-            layer.second.weight.copy_(factors.second_weight)
-            if factors.first_bias is not None:
-                layer.first.bias.copy_(factors.first_bias)
-            if factors.second_bias is not None:
-                layer.second.bias.copy_(factors.second_bias)
+        layer = cls(n, m, k, relu=relu, first_bias=factors.first_bias is not None,
+                    second_bias=factors.second_bias is not None, device=w.device, dtype=w.dtype)
+        _load_linear(layer.first, factors.first_weight, factors.first_bias)
+        _load_linear(layer.second, factors.second_weight, factors.second_bias)
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
@@ -155,27 +152,12 @@ class LowRankEmbedding(nn.Module):
     ) -> "LowRankEmbedding":
         """Build the module holding ``factors`` (see :class:`EmbeddingFactors` for the shapes)."""
         s, k = factors.table.shape
-        t = factors.projection_weight.shape[0]
-        if factors.projection_weight.shape != (t, k):
-            raise ValueError(
-                f"projection_weight must be [t, {k}] for a table of [{s}, {k}], "
-                f"got {tuple(factors.projection_weight.shape)}"
-            )
-        module = cls(
-            s,
-            t,
-            k,
-            projection_bias=factors.projection_bias is not None,
-            padding_idx=padding_idx,
-            sparse=sparse,
-            device=factors.table.device,
-            dtype=factors.table.dtype,
-        )
+        t = _rows_reading(factors.projection_weight, k, "projection_weight", "t", f"for a table of [{s}, {k}]")
+        module = cls(s, t, k, projection_bias=factors.projection_bias is not None, padding_idx=padding_idx,
+                     sparse=sparse, device=factors.table.device, dtype=factors.table.dtype)
         with torch.no_grad():
             module.table.weight.copy_(factors.table)
-            module.projection.weight.copy_(factors.projection_weight)
-            if factors.projection_bias is not None:
-                module.projection.bias.copy_(factors.projection_bias)
+        _load_linear(module.projection, factors.projection_weight, factors.projection_bias)
         return module
 
     def codes(self, idx: Tensor) -> Tensor:
