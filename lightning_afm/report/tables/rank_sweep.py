@@ -71,11 +71,16 @@ def _points(rows_by_rank: dict[tuple[str, Any], list[StageRow]], attr: str) -> t
     return xs, ys
 
 
-def build_rank_sweep(runs: list[Run], kind: str, title: str, notes: list[str], what: str) -> TableReport:
+def build_rank_sweep(runs: list[Run], kind: str, title: str, rank_note: str, kept_note: str,
+                     what: str) -> TableReport:
     """Markdown per (dataset, model) and a figure of AUC and logloss against the rank.
 
+    ``rank_note`` and ``kept_note`` say what the rank and the kept variance are for this ``kind``;
+    the notes on the phases and the compression column, the same in both tables, are added here.
     ``what`` names the swept rank in the figure (``"embedding rank k"``).
     """
+    notes = [f"{rank_note} Pre-train: right after the swap; fine-tune: after the finetune epoch. Test split.",
+             kept_note, "Compression = baseline parameters / parameters of the compressed model."]
     sections: list[str] = []
     panels: list[tuple[str, dict[tuple[str, Any], list[StageRow]], dict[str, Any]]] = []
     for (data, model), members in group(runs, lambda r: (r.data, r.model)).items():

@@ -29,6 +29,19 @@ TITLE = "Table 14: compression against training the small model from scratch"
 # common.check_nothing_hidden_is_averaged).
 SHOWN = ("compression", "trainer.max_epochs")
 SCRATCH = "From scratch"
+# The notes every build of this table carries (what the columns and rows are); build adds per-panel ones.
+NOTES = (
+    "Test AUC / logloss of each run's final model. Epochs: all training epochs of the run (AFM: the baseline "
+    "epoch and each stage's finetune). From scratch trains with the baseline's settings (lr, dropout, batch "
+    "size, no weight decay) for the epochs shown: as many as the AFM pipeline, and (table14 recipe) one, as "
+    "the baseline; more epochs with these settings may overfit, as a second plain epoch of the baseline does.",
+    "From scratch: the structure AFM ends with (same ranks, same fold), built at fit start with fresh weights "
+    "(compression=scratch_mlp / scratch: method random, baseline_epochs 0); the code tables start at the "
+    "replaced tables' scale (the model's embedding initialisation), the factor Linears at PyTorch's default. "
+    "MLP rows: only the MLP compressed (the paper's first two lines, compression=afm_mlp against scratch_mlp); "
+    "MLP + EMB rows: both (its last two lines, compression=afm against scratch). ΔAUC: against the "
+    "compressed model of the same structure.",
+)
 
 
 def structure(run: Run) -> str:
@@ -52,18 +65,7 @@ def approach(run: Run) -> str:
 
 def build(runs: list[Run], context: Context) -> TableReport:
     sections: list[str] = []
-    notes = [
-        "Test AUC / logloss of each run's final model. Epochs: all training epochs of the run (AFM: the baseline "
-        "epoch and each stage's finetune). From scratch trains with the baseline's settings (lr, dropout, batch "
-        "size, no weight decay) for the epochs shown: as many as the AFM pipeline, and (table14 recipe) one, as "
-        "the baseline; more epochs with these settings may overfit, as a second plain epoch of the baseline does.",
-        "From scratch: the structure AFM ends with (same ranks, same fold), built at fit start with fresh weights "
-        "(compression=scratch_mlp / scratch: method random, baseline_epochs 0); the code tables start at the "
-        "replaced tables' scale (the model's embedding initialisation), the factor Linears at PyTorch's default. "
-        "MLP rows: only the MLP compressed (the paper's first two lines, compression=afm_mlp against scratch_mlp); "
-        "MLP + EMB rows: both (its last two lines, compression=afm against scratch). ΔAUC: against the "
-        "compressed model of the same structure.",
-    ]
+    notes = list(NOTES)
     for (data, model), members in group(runs, lambda r: (r.data, r.model)).items():
         rows = []
         compressed = [r for r in members if r.stages and not is_scratch(r)]

@@ -23,6 +23,14 @@ TITLE = "Table 15: the +AFM MLP finetune at several learning rates (train and te
 # common.check_nothing_hidden_is_averaged).
 SHOWN = ("compression", "compression.mlp.lr")
 HEADERS = ["Learning rate", "Runs", "Train AUC", "Train logloss", "Test AUC", "Test logloss"]
+# The notes every build of this table carries (what the columns and rows are); build adds per-panel ones.
+NOTES = (
+    "Each row: the +AFM MLP stage after its finetune epoch at that learning rate (the baseline epoch before it "
+    "is the same in every run; its own figures in the first row, one run per seed). Train: the training rows "
+    "scored in eval mode after the finetune (compression.eval_splits=[train,...]; all of them unless "
+    "compression.train_eval_rows caps them); test: the test rows. The paper (line 1100-1108): the rate that "
+    "does best on the training rows does best on the test rows, so the rate can be tuned on the training set alone.",
+)
 
 
 def mlp_stage(run: Run) -> StageRow | None:
@@ -58,13 +66,7 @@ def _best(by_lr: dict[float | None, list[StageRow]], key: str, higher: bool) -> 
 
 def build(runs: list[Run], context: Context) -> TableReport:
     sections: list[str] = []
-    notes = [
-        "Each row: the +AFM MLP stage after its finetune epoch at that learning rate (the baseline epoch before it "
-        "is the same in every run; its own figures in the first row, one run per seed). Train: the training rows "
-        "scored in eval mode after the finetune (compression.eval_splits=[train,...]; all of them unless "
-        "compression.train_eval_rows caps them); test: the test rows. The paper (line 1100-1108): the rate that does best on the training rows does best on the test "
-        "rows, so the rate can be tuned on the training set alone.",
-    ]
+    notes = list(NOTES)
     panels: list[tuple[str, dict[float | None, list[StageRow]]]] = []
     for (data, model), members in group(runs, lambda r: (r.data, r.model)).items():
         by_lr: dict[float | None, list[StageRow]] = {}

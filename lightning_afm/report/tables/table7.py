@@ -13,11 +13,7 @@ SHOWN = ("compression", "compression.emb.rank")
 
 
 def build(runs: list[Run], context: Context) -> TableReport:
-    notes = [
-        "Rank = k, the width of the compressed tables (from t = model.embedding_dim). Pre-train: right after the "
-        "swap; fine-tune: after the finetune epoch. Test split.",
+    return build_rank_sweep(
+        runs, "emb", TITLE, "Rank = k, the width of the compressed tables (from t = model.embedding_dim).",
         "Kept variance: share of each field's embedding variance kept by k components (mean over the fields, and "
-        "the worst field).",
-        "Compression = baseline parameters / parameters of the compressed model.",
-    ]
-    return build_rank_sweep(runs, "emb", TITLE, notes, "embedding rank k")
+        "the worst field).", "embedding rank k")

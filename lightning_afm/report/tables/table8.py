@@ -13,10 +13,7 @@ SHOWN = ("compression", "compression.mlp.rank")
 
 
 def build(runs: list[Run], context: Context) -> TableReport:
-    notes = [
-        "Rank = k of each compressed MLP layer (the 2nd and 3rd). Pre-train: right after the swap; fine-tune: "
-        "after the finetune epoch. Test split.",
+    return build_rank_sweep(
+        runs, "mlp", TITLE, "Rank = k of each compressed MLP layer (the 2nd and 3rd).",
         "Kept variance: share of each compressed layer's output variance kept by k components (2nd / 3rd layer).",
-        "Compression = baseline parameters / parameters of the compressed model.",
-    ]
-    return build_rank_sweep(runs, "mlp", TITLE, notes, "MLP rank k")
+        "MLP rank k")
