@@ -265,3 +265,23 @@ def test_the_readme_serving_handler_scores_a_request(trained_run, monkeypatch):
     expected = Predictor.load(run_dir).predict(lines)
     assert replies == ["200 OK"] and got[2] is None
     np.testing.assert_allclose([got[i] for i in (0, 1, 3, 4)], expected[[0, 1, 3, 4]], atol=2e-6)
+
+
+def test_predict_encoded_names_wrong_shapes_and_splits_big_requests(trained_run):
+    predictor = Predictor.load(trained_run[0])
+    fields, numbers = predictor.model.num_fields, predictor.model.num_numeric
+    rng = np.random.default_rng(0)
+    categorical = rng.integers(0, 3, (25, fields))
+    numeric = rng.random((25, numbers), dtype=np.float32)
+    with torch.inference_mode():
+        expected = torch.sigmoid(predictor.model(torch.from_numpy(categorical), torch.from_numpy(numeric))).numpy()
+    # one forward pass, and the same rows in forward passes of 4 (the last one ragged)
+    np.testing.assert_allclose(predictor.predict_encoded(categorical, numeric), expected, atol=1e-6)
+    predictor.batch_size = 4
+    np.testing.assert_allclose(predictor.predict_encoded(categorical, numeric), expected, atol=1e-6)
+    with pytest.raises(ServeError, match=rf"categorical ids must be \[rows, {fields}\], got shape \({fields},\)"):
+        predictor.predict_encoded(categorical[0], numeric[0])
+    with pytest.raises(ServeError, match=rf"numeric values must be \[25, {numbers}\].*got shape \(24, {numbers}\)"):
+        predictor.predict_encoded(categorical, numeric[:24])
+    with pytest.raises(ServeError, match=rf"numeric values must be \[25, {numbers}\]"):
+        predictor.predict_encoded(categorical)  # this model has numeric fields

@@ -94,6 +94,9 @@ class Predictor:
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self._source = source
+        self._moves = self.device.type != "cpu"  # inputs are made on the CPU
+        # the input widths the model takes (None: a user's module that does not say)
+        self._fields = (getattr(model, "num_fields", None), getattr(model, "num_numeric", None))
         schema = getattr(model, "schema", None)
         if encoder is not None and schema is not None and encoder.schema.vocab_sizes != schema.vocab_sizes:
             raise ServeError(
@@ -124,14 +127,36 @@ class Predictor:
         categorical = np.asarray(categorical)
         if numeric is None:
             numeric = np.zeros((len(categorical), 0), dtype=np.float32)
+        else:
+            numeric = np.asarray(numeric)
+        self._check_shapes(categorical, numeric)
+        if len(categorical) <= self.batch_size:  # one forward pass (every request of a web handler): no copy out
+            return self._score(categorical, numeric)
         out = np.empty(len(categorical), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(categorical), self.batch_size):
-                part = slice(start, start + self.batch_size)
-                cat = torch.from_numpy(np.ascontiguousarray(categorical[part], dtype=np.int64)).to(self.device)
-                num = torch.from_numpy(np.ascontiguousarray(numeric[part], dtype=np.float32)).to(self.device)
-                out[part] = torch.sigmoid(self.runner(cat, num)).float().cpu().numpy()
+        for start in range(0, len(categorical), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            out[part] = self._score(categorical[part], numeric[part])
         return out
+
+    def _check_shapes(self, categorical: np.ndarray, numeric: np.ndarray) -> None:
+        """Rows the model can take, said in one sentence (the model's own error would name its internals)."""
+        fields, numbers = self._fields
+        if categorical.ndim != 2 or (fields is not None and categorical.shape[1] != fields):
+            raise ServeError(f"categorical ids must be [rows, {fields or 'fields'}], got shape {categorical.shape}; "
+                             "a single row is [1, fields] (categorical[None])")
+        if numeric.ndim != 2 or len(numeric) != len(categorical) or (numbers is not None and numeric.shape[1] != numbers):
+            raise ServeError(f"numeric values must be [{len(categorical)}, {numbers if numbers is not None else 'N'}] "
+                             f"(one row per categorical row), got shape {numeric.shape}")
+
+    def _score(self, categorical: np.ndarray, numeric: np.ndarray) -> np.ndarray:
+        """One forward pass: ``[b, F]``, ``[b, N]`` -> ``float32 [b]``. ``from_numpy`` shares the arrays'
+        memory (no copy when they are already contiguous int64 / float32); nothing moves on the CPU."""
+        cat = torch.from_numpy(np.ascontiguousarray(categorical, dtype=np.int64))
+        num = torch.from_numpy(np.ascontiguousarray(numeric, dtype=np.float32))
+        if self._moves:
+            cat, num = cat.to(self.device), num.to(self.device)
+        with torch.inference_mode():
+            return torch.sigmoid(self.runner(cat, num)).float().cpu().numpy()
 
     def predict(self, rows: Any, on_bad_rows: str = "error") -> np.ndarray:
         """Probabilities ``float32 [n]`` of raw rows (anything :meth:`Encoder.encode` takes), one per input row.
