@@ -19,6 +19,7 @@ from torch import nn
 from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, EncodedRows, Encoder, find_checkpoint, no_encoder_message
 from lightning_afm.data.readers import BadRows
 
+from .onnx_runtime import OnnxRunner
 from .runtime import ServeError, inference_module, load_model
 
 OUTPUT_FORMATS = ("csv", "parquet")
@@ -81,7 +82,9 @@ class Predictor:
         batch_size: rows per forward pass (bounds memory, whatever the request size).
         device: where the model runs.
         runtime: ``"torchscript"`` (default: the inference layer compiled, the faster in
-            ``benchmarks/bench_serving.py``) or ``"eager"``; see :func:`~.runtime.inference_module`.
+            ``benchmarks/bench_serving.py`` from batch 1,024), ``"eager"`` (see
+            :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked at load, run by ONNX
+            Runtime on the CPU: the faster for small requests; :class:`~.onnx_runtime.OnnxRunner`).
     """
 
     def __init__(self, model: nn.Module, encoder: Encoder | None = None, batch_size: int = 8192, device: str | torch.device = "cpu",
@@ -89,8 +92,15 @@ class Predictor:
         if int(batch_size) < 1:
             raise ServeError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
+        if runtime == "onnx" and self.device.type != "cpu":
+            raise ServeError(f"runtime='onnx' runs on the CPU (ONNX Runtime's CPU provider), not {self.device}")
         self.model = model.to(self.device)
-        self.runner = inference_module(self.model, runtime)  # after the move: it shares the model's weights
+        if runtime == "onnx":
+            self.model.eval().requires_grad_(False)
+            self.runner = OnnxRunner(self.model)  # numpy in, probabilities out
+        else:
+            self.runner = inference_module(self.model, runtime)  # after the move: it shares the model's weights
+        self._onnx = runtime == "onnx"
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self._source = source
@@ -151,8 +161,11 @@ class Predictor:
     def _score(self, categorical: np.ndarray, numeric: np.ndarray) -> np.ndarray:
         """One forward pass: ``[b, F]``, ``[b, N]`` -> ``float32 [b]``. ``from_numpy`` shares the arrays'
         memory (no copy when they are already contiguous int64 / float32); nothing moves on the CPU."""
-        cat = torch.from_numpy(np.ascontiguousarray(categorical, dtype=np.int64))
-        num = torch.from_numpy(np.ascontiguousarray(numeric, dtype=np.float32))
+        categorical = np.ascontiguousarray(categorical, dtype=np.int64)
+        numeric = np.ascontiguousarray(numeric, dtype=np.float32)
+        if self._onnx:
+            return self.runner(categorical, numeric)
+        cat, num = torch.from_numpy(categorical), torch.from_numpy(numeric)
         if self._moves:
             cat, num = cat.to(self.device), num.to(self.device)
         with torch.inference_mode():
