@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving: the shared timing loop
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving: the shared timing loop and report
 
-from bench_serving import summarize, time_cells  # noqa: E402
+from bench_serving import summarize, time_cells, write_report  # noqa: E402
 
 from lightning_afm.bench.report import machine_info  # noqa: E402
 from lightning_afm.data.encoder import find_checkpoint  # noqa: E402
@@ -126,12 +126,12 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"ONNX Runtime on {meta['threads']} thread{'s' if meta['threads'] > 1 else ''}, "
              f"{meta['machine']['cpu']} ({meta['machine']['logical_cpus']} logical CPUs), torch {meta['torch']}; "
              f"test AUC and logloss on {base['test_rows']:,} test rows.", "",
-             "| model | size on disk | smaller than fp32 baseline | test AUC | test logloss | int8 AUC change (bar 0.001) "
+             "| model | size on disk | smaller than fp32 baseline | test AUC | test logloss | int8's AUC change from its fp32 (bar -0.001) "
              "| samples/s, batch 1,024 | samples/s, batch 10,000 | p99, batch 1 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run, int8, label in ROWS:
         r = by_key[(run, int8)]
-        change = (f"{r['int8_auc_change']:+.5f} ({'passes' if r['int8_bar_passed'] else 'refused without force'})"
+        change = (f"{r['int8_auc_change']:+.6f} ({'passes' if r['int8_bar_passed'] else 'refused without force'})"
                   if int8 else "–")
         lines.append(f"| {label} | {r['bytes'] / 1e6:.2f} MB | {base['bytes'] / r['bytes']:.1f}x | "
                      f"{r['auc']:.4f} | {r['logloss']:.4f} | {change} | {r['batch_1024']['samples_per_s']:,.0f} | "
@@ -163,11 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": "python benchmarks/bench_int8.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     for r in results:
         print(json.dumps(r), flush=True)
-    table = markdown(results, meta)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table)
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    write_report(markdown(results, meta), meta, results, args.out)
 
 
 if __name__ == "__main__":

@@ -187,11 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"model": args.model, "vocab_cap": args.vocab_cap, "threads": args.threads, "batches": args.batches,
             "runtimes": args.runtimes, "machine": machine_info(), "torch": torch.__version__,
             "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
-    table = markdown(results, meta)
+    write_report(markdown(results, meta), meta, results, args.out)
+
+
+def write_report(table: str, meta: dict, results: list[dict], out: str | None) -> None:
+    """Print the Markdown table; with ``out``, write it there and the figures to ``out`` with ``.json``."""
     print(table)
-    if args.out:
-        Path(args.out).write_text(table)
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    if out:
+        Path(out).write_text(table)
+        Path(out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """benchmarks/bench_int8.py: one table of fp32 / int8 / AFM / AFM + int8 from trained runs, figures that add up."""
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +10,16 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_int8.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the scripts import each other
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_int8", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import bench_int8  # noqa: E402
 
 
 def test_the_table_compares_the_four_exports_of_two_runs(criteo_afm_run, tmp_path, capsys):
-    bench = _load()
     run_dir, _, _ = criteo_afm_run
     out = tmp_path / "int8.md"
     # the same run as both: the mechanism is what is tested here, not AFM's gain
-    bench.main([str(run_dir), str(run_dir), "--rows", "500", "--seconds", "0.05", "--rounds", "1", "--out", str(out)])
+    bench_int8.main([str(run_dir), str(run_dir), "--rows", "500", "--seconds", "0.05", "--rounds", "1", "--out", str(out)])
     table = out.read_text()
     assert table in capsys.readouterr().out  # printed as well as written
     lines = [line for line in table.splitlines() if line.startswith("| ")]
@@ -42,7 +36,7 @@ def test_the_table_compares_the_four_exports_of_two_runs(criteo_afm_run, tmp_pat
     for r in results:
         assert r["batch_1"]["calls"] >= 3 and r["batch_10000"]["samples_per_s"] > 0
     # the fp32 AUC is the model's own: an independent scoring of the same rows in eager PyTorch
-    model, categorical, numeric, labels, _ = bench.load_run(run_dir, 500)
+    model, categorical, numeric, labels, _ = bench_int8.load_run(run_dir, 500)
     with torch.inference_mode():
         p = torch.sigmoid(model.eval()(torch.from_numpy(categorical), torch.from_numpy(numeric))).double().numpy()
     ranks = np.argsort(np.argsort(p)) + 1  # Mann-Whitney: AUC from the ranks of the positives
@@ -52,9 +46,8 @@ def test_the_table_compares_the_four_exports_of_two_runs(criteo_afm_run, tmp_pat
 
 
 def test_a_lone_checkpoint_without_its_test_split_is_refused(criteo_afm_run, tmp_path):
-    bench = _load()
     run_dir, _, _ = criteo_afm_run
     alone = tmp_path / "alone.ckpt"
     alone.write_bytes((run_dir / "last.ckpt").read_bytes())
     with pytest.raises(SystemExit, match="no labelled test split"):
-        bench.load_run(alone, 100)
+        bench_int8.load_run(alone, 100)
