@@ -315,3 +315,16 @@ def test_the_onnx_runtime_serves_the_same_probabilities(trained_run, tmp_path, m
         formats.MissingExtra(f"format={fmt} needs the {module!r} package ... pip install 'lightning-afm[serve]'")))
     with pytest.raises(ServeError, match=r"runtime='onnx'.*lightning-afm\[serve\]"):
         Predictor(onnx.model, runtime="onnx")
+
+
+def test_a_model_already_on_the_device_is_not_moved(trained_run):
+    # .to() walks metric states too, which the benchmarks' meta-built models keep on the meta device
+    model = Predictor.load(trained_run[0]).model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("moved a model that is already on the CPU")
+
+    model.to = refuse
+    assert Predictor(model).model is model
+    with pytest.raises(AssertionError, match="already on the CPU"):
+        Predictor(model, device="meta")  # elsewhere: moved

@@ -94,7 +94,10 @@ class Predictor:
         self.device = torch.device(device)
         if runtime == "onnx" and self.device.type != "cpu":
             raise ServeError(f"runtime='onnx' runs on the CPU (ONNX Runtime's CPU provider), not {self.device}")
-        self.model = model.to(self.device)
+        # moved only when its weights are elsewhere: .to() also walks metric states, which a model
+        # built on the meta device (the benchmarks' variants) keeps there
+        weights = next(iter(model.parameters()), None)
+        self.model = model if weights is not None and weights.device == self.device else model.to(self.device)
         if runtime == "onnx":
             self.model.eval().requires_grad_(False)
             self.runner = OnnxRunner(self.model)  # numpy in, probabilities out
