@@ -109,7 +109,8 @@ class Predictor:
         self._source = source
         self._moves = self.device.type != "cpu"  # inputs are made on the CPU
         # the input widths the model takes (None: a user's module that does not say)
-        self._fields = (getattr(model, "num_fields", None), getattr(model, "num_numeric", None))
+        self._fields = tuple(w if isinstance(w, int) else None
+                             for w in (getattr(model, "num_fields", None), getattr(model, "num_numeric", None)))
         schema = getattr(model, "schema", None)
         if encoder is not None and schema is not None and encoder.schema.vocab_sizes != schema.vocab_sizes:
             raise ServeError(
