@@ -12,7 +12,9 @@ rounds, interleaved, so that the machine's noise falls on all of them alike. Run
 - ``torchscript``: the inference form compiled by ``torch.jit.script``, sharing the model's weights:
   what ``lightning-afm-predict`` and ``Predictor`` run by default (``serve.runtime.inference_module``);
 - ``onnx``: the export (``lightning_afm.export``) in ONNX Runtime;
-- ``onnx_int8``: int8 tables and ONNX Runtime's dynamic int8 products.
+- ``onnx_int8``: int8 tables and ONNX Runtime's dynamic int8 products;
+- ``predictor``, ``predictor_onnx`` (only when named in ``--runtimes``): ``Predictor.predict_encoded``
+  on numpy rows, the whole call a handler makes, with ``runtime="torchscript"`` and ``"onnx"``.
 
 Per cell: p50 and p99 latency of one call (ms) and samples/s (batch / mean latency). Ids are
 Zipf-distributed as in the throughput benchmark. The table says which runtime wins per batch
@@ -42,10 +44,14 @@ from lightning_afm.export import formats
 from lightning_afm.export.int8 import quantize_onnx_matmuls, quantize_tables
 from lightning_afm.inference import optimize_for_inference
 from lightning_afm.runtime import reuse_freed_memory
+from lightning_afm.serve import Predictor
 from lightning_afm.serve.runtime import inference_module
 
 STRUCTURES = ("baseline", "afm_emb")
 RUNTIMES = ("eager", "inference", "torchscript", "onnx", "onnx_int8")
+#: Not in the default table: ``Predictor.predict_encoded`` on numpy rows (the whole call a web
+#: handler makes, input checks and tensor creation included), in its default and its ONNX runtime.
+PREDICTOR_RUNTIMES = ("predictor", "predictor_onnx")
 Call = Callable[[torch.Tensor, torch.Tensor], object]
 
 
@@ -53,6 +59,13 @@ def torch_call(module: torch.nn.Module) -> Call:
     def call(categorical: torch.Tensor, numeric: torch.Tensor) -> object:
         with torch.inference_mode():
             return module(categorical, numeric)
+
+    return call
+
+
+def predictor_call(predictor: Predictor) -> Call:
+    def call(categorical: torch.Tensor, numeric: torch.Tensor) -> object:
+        return predictor.predict_encoded(categorical.numpy(), numeric.numpy())
 
     return call
 
@@ -88,6 +101,9 @@ def build_calls(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tenso
         calls["inference"] = torch_call(fast)
     if "torchscript" in runtimes:
         calls["torchscript"] = torch_call(inference_module(model, "torchscript"))
+    for name, runtime in zip(PREDICTOR_RUNTIMES, ("torchscript", "onnx")):
+        if name in runtimes:
+            calls[name] = predictor_call(Predictor(model, runtime=runtime))
     num_numeric = example[1].shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -159,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-cap", type=int, default=100_000)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 10_000])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES + PREDICTOR_RUNTIMES)
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per (batch size, thread count) and cell")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=None, help="write the Markdown table here (and .json next to it)")
@@ -187,11 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"model": args.model, "vocab_cap": args.vocab_cap, "threads": args.threads, "batches": args.batches,
             "runtimes": args.runtimes, "machine": machine_info(), "torch": torch.__version__,
             "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
-    table = markdown(results, meta)
+    write_report(markdown(results, meta), meta, results, args.out)
+
+
+def write_report(table: str, meta: dict, results: list[dict], out: str | None) -> None:
+    """Print the Markdown table; with ``out``, write it there and the figures to ``out`` with ``.json``."""
     print(table)
-    if args.out:
-        Path(args.out).write_text(table)
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    if out:
+        Path(out).write_text(table)
+        Path(out).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

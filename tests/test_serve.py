@@ -265,3 +265,66 @@ def test_the_readme_serving_handler_scores_a_request(trained_run, monkeypatch):
     expected = Predictor.load(run_dir).predict(lines)
     assert replies == ["200 OK"] and got[2] is None
     np.testing.assert_allclose([got[i] for i in (0, 1, 3, 4)], expected[[0, 1, 3, 4]], atol=2e-6)
+
+
+def test_predict_encoded_names_wrong_shapes_and_splits_big_requests(trained_run):
+    predictor = Predictor.load(trained_run[0])
+    fields, numbers = predictor.model.num_fields, predictor.model.num_numeric
+    rng = np.random.default_rng(0)
+    categorical = rng.integers(0, 3, (25, fields))
+    numeric = rng.random((25, numbers), dtype=np.float32)
+    with torch.inference_mode():
+        expected = torch.sigmoid(predictor.model(torch.from_numpy(categorical), torch.from_numpy(numeric))).numpy()
+    # one forward pass, and the same rows in forward passes of 4 (the last one ragged)
+    np.testing.assert_allclose(predictor.predict_encoded(categorical, numeric), expected, atol=1e-6)
+    predictor.batch_size = 4
+    np.testing.assert_allclose(predictor.predict_encoded(categorical, numeric), expected, atol=1e-6)
+    with pytest.raises(ServeError, match=rf"categorical ids must be \[rows, {fields}\], got shape \({fields},\)"):
+        predictor.predict_encoded(categorical[0], numeric[0])
+    with pytest.raises(ServeError, match=rf"numeric values must be \[25, {numbers}\].*got shape \(24, {numbers}\)"):
+        predictor.predict_encoded(categorical, numeric[:24])
+    with pytest.raises(ServeError, match=rf"numeric values must be \[25, {numbers}\]"):
+        predictor.predict_encoded(categorical)  # this model has numeric fields
+
+
+def test_the_onnx_runtime_serves_the_same_probabilities(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from lightning_afm.export import formats
+    from lightning_afm.serve.onnx_runtime import CHECK_ROWS, OnnxRunner
+
+    run_dir, _, data = trained_run
+    onnx, compiled = Predictor.load(run_dir, runtime="onnx"), Predictor.load(run_dir)
+    assert isinstance(onnx.runner, OnnxRunner) and onnx.runner.check.passed and onnx.runner.check.rows == CHECK_ROWS
+    assert 1 in onnx.runner.check.batch_sizes  # checked at batch 1 too
+    lines = data.read_text().splitlines()[:300]
+    got = onnx.predict(lines)
+    assert got.dtype == np.float32 and got.shape == (300,)
+    np.testing.assert_allclose(got, compiled.predict(lines), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(onnx.predict(lines[:1]), got[:1], rtol=0, atol=1e-6)  # a request of one row
+    # the command line takes it, and writes what the Python API gives
+    raw = tmp_path / "rows.txt"
+    raw.write_text("\n".join(lines) + "\n")
+    assert predict_main([str(run_dir), str(raw), "-o", str(tmp_path / "p.csv"), "--runtime", "onnx", "-q"]) == 0
+    np.testing.assert_allclose(pa.csv.read_csv(tmp_path / "p.csv").column("probability").to_numpy(), got, atol=1e-7)
+    # what it cannot serve is said, not a traceback
+    with pytest.raises(ServeError, match="has no schema"):
+        Predictor(torch.nn.Linear(3, 1), runtime="onnx")
+    with pytest.raises(ServeError, match="runs on the CPU"):
+        Predictor(onnx.model, runtime="onnx", device="meta")
+    monkeypatch.setattr(formats, "require", lambda module, fmt: (_ for _ in ()).throw(
+        formats.MissingExtra(f"format={fmt} needs the {module!r} package ... pip install 'lightning-afm[serve]'")))
+    with pytest.raises(ServeError, match=r"runtime='onnx'.*lightning-afm\[serve\]"):
+        Predictor(onnx.model, runtime="onnx")
+
+
+def test_a_model_already_on_the_device_is_not_moved(trained_run):
+    # .to() walks metric states too, which the benchmarks' meta-built models keep on the meta device
+    model = Predictor.load(trained_run[0]).model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("moved a model that is already on the CPU")
+
+    model.to = refuse
+    assert Predictor(model).model is model
+    with pytest.raises(AssertionError, match="already on the CPU"):
+        Predictor(model, device="meta")  # elsewhere: moved

@@ -19,6 +19,7 @@ from torch import nn
 from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, EncodedRows, Encoder, find_checkpoint, no_encoder_message
 from lightning_afm.data.readers import BadRows
 
+from .onnx_runtime import OnnxRunner
 from .runtime import ServeError, inference_module, load_model
 
 OUTPUT_FORMATS = ("csv", "parquet")
@@ -81,7 +82,9 @@ class Predictor:
         batch_size: rows per forward pass (bounds memory, whatever the request size).
         device: where the model runs.
         runtime: ``"torchscript"`` (default: the inference layer compiled, the faster in
-            ``benchmarks/bench_serving.py``) or ``"eager"``; see :func:`~.runtime.inference_module`.
+            ``benchmarks/bench_serving.py`` from batch 1,024), ``"eager"`` (see
+            :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked at load, run by ONNX
+            Runtime on the CPU: the faster for small requests; :class:`~.onnx_runtime.OnnxRunner`).
     """
 
     def __init__(self, model: nn.Module, encoder: Encoder | None = None, batch_size: int = 8192, device: str | torch.device = "cpu",
@@ -89,11 +92,25 @@ class Predictor:
         if int(batch_size) < 1:
             raise ServeError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
-        self.model = model.to(self.device)
-        self.runner = inference_module(self.model, runtime)  # after the move: it shares the model's weights
+        if runtime == "onnx" and self.device.type != "cpu":
+            raise ServeError(f"runtime='onnx' runs on the CPU (ONNX Runtime's CPU provider), not {self.device}")
+        # moved only when its weights are elsewhere: .to() also walks metric states, which a model
+        # built on the meta device (the benchmarks' variants) keeps there
+        weights = next(iter(model.parameters()), None)
+        self.model = model if weights is not None and weights.device == self.device else model.to(self.device)
+        if runtime == "onnx":
+            self.model.eval().requires_grad_(False)
+            self.runner = OnnxRunner(self.model)  # numpy in, probabilities out
+        else:
+            self.runner = inference_module(self.model, runtime)  # after the move: it shares the model's weights
+        self._onnx = runtime == "onnx"
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self._source = source
+        self._moves = self.device.type != "cpu"  # inputs are made on the CPU
+        # the input widths the model takes (None: a user's module that does not say)
+        self._fields = tuple(w if isinstance(w, int) else None
+                             for w in (getattr(model, "num_fields", None), getattr(model, "num_numeric", None)))
         schema = getattr(model, "schema", None)
         if encoder is not None and schema is not None and encoder.schema.vocab_sizes != schema.vocab_sizes:
             raise ServeError(
@@ -124,14 +141,39 @@ class Predictor:
         categorical = np.asarray(categorical)
         if numeric is None:
             numeric = np.zeros((len(categorical), 0), dtype=np.float32)
+        else:
+            numeric = np.asarray(numeric)
+        self._check_shapes(categorical, numeric)
+        if len(categorical) <= self.batch_size:  # one forward pass (every request of a web handler): no copy out
+            return self._score(categorical, numeric)
         out = np.empty(len(categorical), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(categorical), self.batch_size):
-                part = slice(start, start + self.batch_size)
-                cat = torch.from_numpy(np.ascontiguousarray(categorical[part], dtype=np.int64)).to(self.device)
-                num = torch.from_numpy(np.ascontiguousarray(numeric[part], dtype=np.float32)).to(self.device)
-                out[part] = torch.sigmoid(self.runner(cat, num)).float().cpu().numpy()
+        for start in range(0, len(categorical), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            out[part] = self._score(categorical[part], numeric[part])
         return out
+
+    def _check_shapes(self, categorical: np.ndarray, numeric: np.ndarray) -> None:
+        """Rows the model can take, said in one sentence (the model's own error would name its internals)."""
+        fields, numbers = self._fields
+        if categorical.ndim != 2 or (fields is not None and categorical.shape[1] != fields):
+            raise ServeError(f"categorical ids must be [rows, {fields or 'fields'}], got shape {categorical.shape}; "
+                             "a single row is [1, fields] (categorical[None])")
+        if numeric.ndim != 2 or len(numeric) != len(categorical) or (numbers is not None and numeric.shape[1] != numbers):
+            raise ServeError(f"numeric values must be [{len(categorical)}, {numbers if numbers is not None else 'N'}] "
+                             f"(one row per categorical row), got shape {numeric.shape}")
+
+    def _score(self, categorical: np.ndarray, numeric: np.ndarray) -> np.ndarray:
+        """One forward pass: ``[b, F]``, ``[b, N]`` -> ``float32 [b]``. ``from_numpy`` shares the arrays'
+        memory (no copy when they are already contiguous int64 / float32); nothing moves on the CPU."""
+        categorical = np.ascontiguousarray(categorical, dtype=np.int64)
+        numeric = np.ascontiguousarray(numeric, dtype=np.float32)
+        if self._onnx:
+            return self.runner(categorical, numeric)
+        cat, num = torch.from_numpy(categorical), torch.from_numpy(numeric)
+        if self._moves:
+            cat, num = cat.to(self.device), num.to(self.device)
+        with torch.inference_mode():
+            return torch.sigmoid(self.runner(cat, num)).float().cpu().numpy()
 
     def predict(self, rows: Any, on_bad_rows: str = "error") -> np.ndarray:
         """Probabilities ``float32 [n]`` of raw rows (anything :meth:`Encoder.encode` takes), one per input row.
