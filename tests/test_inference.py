@@ -124,7 +124,7 @@ def test_tt_tables_and_svd_factors_are_called_as_they_are(name):
     for m in (model, tt):
         fast = optimize_for_inference(m)
         torch.testing.assert_close(fast(cat, num), _plain(m, cat, num), **TOL)
-    assert isinstance(optimize_for_inference(tt).codes, CalledFields)
+    assert isinstance(optimize_for_inference(tt).lookup.codes, CalledFields)
 
 
 @pytest.mark.parametrize("name", ["deepfm", "fibinet", "gdcn"])
@@ -138,7 +138,7 @@ def test_qr_and_pq_tables_are_called_as_they_are_eager_and_scripted(name, method
     else:
         compress_embeddings_pq(model, names, 2, 4, iterations=2)
     fast = optimize_for_inference(model)
-    assert isinstance(fast.codes, CalledFields)
+    assert isinstance(fast.lookup.codes, CalledFields)
     cat, num = _batch()
     expected = _plain(model, cat, num)
     torch.testing.assert_close(fast(cat, num), expected, **TOL)
