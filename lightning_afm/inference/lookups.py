@@ -25,8 +25,9 @@ from lightning_afm.compress.modules import LowRankEmbedding
 
 from .sharing import Tensors
 
-#: Rows of these sizes (bytes) are copied as one integer word each.
-_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Rows of these sizes (bytes) are copied as one word each (16 bytes: a complex128, the widest
+#: element ``index_select`` copies as one value; only copied, never computed with).
+_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
 
 
 def _as_words(t: torch.Tensor) -> torch.Tensor | None:
@@ -38,6 +39,11 @@ def _as_words(t: torch.Tensor) -> torch.Tensor | None:
     if t.dim() > 1 and t.stride(-2) != t.shape[-1]:
         return None
     return t.view(_WORD_DTYPES[word_bytes]).squeeze(-1)
+
+
+def _tracing() -> bool:
+    """Whether an exporter or compiler is tracing the call (it cannot follow a dtype view)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def readable_rows(table: nn.Module) -> torch.Tensor | None:
@@ -205,11 +211,16 @@ class FusedLookup(nn.Module):
     gathers every field's ``[code, lr]`` row in one call, with the batch's rows already in the
     ``[B, F, W]`` order the heads read (TorchRec / FBGEMM's table-batched embedding, on CPU).
 
-    Why this layout (``benchmarks/bench_gather_layout.py``, 1 thread, batch 10,000, Criteo shape):
-    one ``index_select`` is several times faster than 2F per-field gathers and than advanced
-    indexing or ``F.embedding``; batch-major beats field-major (which needs a transposing copy of
-    the output for the heads); padding ``k + 1 = 3`` floats to 4 gives 16-byte rows that a copy
-    moves as one vector (a few per cent faster or equal, for 33 % more table memory at k=2).
+    Why this layout (``benchmarks/bench_gather_layout.py``, 1 thread, batch 10,000, Criteo shape,
+    k=2): a 2-D ``index_select`` copies each row by a ``memcpy`` call, so for short rows the call
+    overhead dominates and the fused gather of ``[N, 3]`` floats is *slower* than 2F per-field
+    gathers of 8-byte words. Padding ``k + 1 = 3`` floats to 4 makes each row one 16-byte word
+    (viewed as complex128, copied bit for bit, as :class:`GatheredLookup` does with integer words):
+    the 1-D gather is then a load and a store per row, and the one gather beats the per-field ones.
+    Batch-major beats field-major (which needs a transposing copy of the output for the heads);
+    ``F.embedding`` and advanced indexing are slower than ``index_select``. The price: 33 % more
+    table memory than ``k + 1`` at k=2. Wider rows (a baseline's ``d + 1``) are padded to the same
+    multiple and gathered as rows.
 
     The table is a **copy** of the training model's tables, built once: in-place updates of the
     training model's tables are not seen (``optimize_for_inference`` builds it only when asked to
@@ -243,15 +254,29 @@ class FusedLookup(nn.Module):
         self.register_buffer("table", table, persistent=False)
         self.register_buffer("offsets", torch.tensor([sum(sizes[:i]) for i in range(len(sizes))]), persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        self.as_words = _as_words(table) is not None
 
     def forward(self, categorical: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self._check_ids(categorical)
+        flat = (categorical + self.offsets).reshape(-1)  # [B F]: sample after sample
+        if self.as_words and not torch.jit.is_scripting():
+            rows = self._gather_words(flat)
+        else:  # TorchScript cannot reinterpret a dtype: the same rows, gathered as rows
+            rows = torch.index_select(self.table, 0, flat)
+        rows = rows.view(categorical.shape[0], categorical.shape[1], self.table.shape[1])
+        return rows[:, :, : self.width], rows[:, :, self.width].sum(1)
+
+    @torch.jit.unused
+    def _gather_words(self, flat: torch.Tensor) -> torch.Tensor:
+        if _tracing():  # an exporter or compiler cannot follow the dtype view: gather rows
+            return torch.index_select(self.table, 0, flat)
+        return torch.index_select(_as_words(self.table), 0, flat).view(self.table.dtype)
+
+    def _check_ids(self, categorical: torch.Tensor) -> None:
         if bool(((categorical < 0) | (categorical >= self.sizes)).any()):
             bad = ((categorical < 0) | (categorical >= self.sizes)).nonzero()[0]
             raise IndexError("id " + str(int(categorical[bad[0], bad[1]])) + " of field " + str(int(bad[1]))
                              + " is outside its vocabulary of " + str(int(self.sizes[bad[1]])) + " rows")
-        flat = (categorical + self.offsets).reshape(-1)  # [B F]: sample after sample
-        rows = torch.index_select(self.table, 0, flat).view(categorical.shape[0], categorical.shape[1], -1)
-        return rows[:, :, : self.width], rows[:, :, self.width].sum(1)
 
 
 class SeparateLookups(nn.Module):
