@@ -336,3 +336,21 @@ def test_code_space_interaction_equals_numpy_on_the_embeddings(widths):
     if len(set(widths)) == 1:  # stacked [B, F, k] codes read the same
         stacked = flat.view(batch, len(widths), widths[0])
         np.testing.assert_allclose(CodeSpaceInteraction(tw, tb, True)(stacked).numpy(), expect.sum(1), rtol=1e-10)
+
+
+def test_inference_block_relu_in_place_only_on_fresh_outputs():
+    from lightning_afm.inference.dense import InferenceBlock
+
+    x = torch.randn(5, 4)
+    kept = x.clone()
+    through = InferenceBlock(nn.Identity(), None)  # returns its input: the ReLU must not overwrite it
+    torch.testing.assert_close(through(x), kept.relu())
+    torch.testing.assert_close(x, kept)
+    linear = nn.Linear(4, 3)
+    block = InferenceBlock(linear, None)
+    assert block.fresh and not through.fresh
+    torch.testing.assert_close(block(x), linear(x).relu())
+    h = linear(x).detach()
+    h_kept = h.clone()
+    block.after_linear(h)
+    torch.testing.assert_close(h, h_kept)  # after_linear leaves its argument alone
