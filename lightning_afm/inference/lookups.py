@@ -220,7 +220,8 @@ class FusedLookup(nn.Module):
     Batch-major beats field-major (which needs a transposing copy of the output for the heads);
     ``F.embedding`` and advanced indexing are slower than ``index_select``. The price: 33 % more
     table memory than ``k + 1`` at k=2. Wider rows (a baseline's ``d + 1``) are padded to the same
-    multiple and gathered as rows.
+    multiple and gathered as rows; :func:`build_lookups` fuses only word-sized rows, since wider
+    ones (a baseline's 17 floats, Avazu's k=8) measured no faster than the per-field gathers.
 
     The table is a **copy** of the training model's tables, built once: in-place updates of the
     training model's tables are not seen (``optimize_for_inference`` builds it only when asked to
@@ -294,17 +295,32 @@ class SeparateLookups(nn.Module):
         return self.codes(ids), self.lr(ids).flatten(1).sum(1)
 
 
+def fused_row_is_word(width: int, element_size: int, row_multiple: int = FUSED_ROW_MULTIPLE) -> bool:
+    """Whether a fused row of ``width`` codes plus the LR weight, padded, is one word
+    (:data:`_WORD_DTYPES`): only then did the fused gather measure faster than the per-field ones.
+
+    >>> fused_row_is_word(2, 4), fused_row_is_word(3, 4), fused_row_is_word(16, 4)
+    (True, True, False)
+    """
+    padded = -(-(int(width) + 1) // row_multiple) * row_multiple
+    return padded * int(element_size) in _WORD_DTYPES
+
+
 def build_lookups(tables: Sequence[nn.Module], lr_tables: Sequence[nn.Module], tensors: Tensors,
                   fuse: bool) -> nn.Module:
     """The module giving ``(codes, LR logit)`` for ``[B, F]`` ids: one :class:`FusedLookup` when
-    ``fuse`` and every table (codes and LR) is readable with one width, dtype and device, else
-    :class:`SeparateLookups` (per-field ranks, tables that must be called, or ``fuse=False``)."""
+    ``fuse`` and every table (codes and LR) is readable with one width, dtype and device, and the
+    fused row is one word (:func:`fused_row_is_word`: rank-2 or rank-3 float32 codes); else
+    :class:`SeparateLookups` (per-field ranks, tables that must be called, wider rows such as a
+    baseline's ``d + 1`` or Avazu's ``k = 8``, where one gather of rows did not beat the per-field
+    gathers in ``benchmarks/bench_gather_layout.py``, or ``fuse=False``)."""
     if fuse and len(tables) == len(lr_tables) and tables:
         rows = [readable_rows(t) for t in tables]
         lr = [readable_rows(t) for t in lr_tables]
         everything = rows + lr
         if all(r is not None for r in everything) and len(set(code_widths(tables))) == 1:
             first = everything[0]
-            if all(r.dtype == first.dtype and r.device == first.device for r in everything):
+            same = all(r.dtype == first.dtype and r.device == first.device for r in everything)
+            if same and fused_row_is_word(int(first.shape[1]), first.element_size()):
                 return FusedLookup([r.detach() for r in rows], [w.detach() for w in lr])
     return SeparateLookups(build_lookup(tables, tensors), build_lookup(lr_tables, tensors))
