@@ -226,7 +226,8 @@ class FusedLookup(nn.Module):
     The table is a **copy** of the training model's tables, built once: in-place updates of the
     training model's tables are not seen (``optimize_for_inference`` builds it only when asked to
     copy or fuse; see :mod:`.model`). A plain ``index_select`` without ``out=`` also exports to ONNX.
-    Ids outside a field's vocabulary raise (they would otherwise read another field's rows).
+    Ids outside a field's vocabulary raise (they would otherwise read another field's rows), except
+    in a graph an exporter or compiler traced (ONNX, ``torch.export``), which has no such branch.
     """
 
     def __init__(self, rows: Sequence[torch.Tensor], lr: Sequence[torch.Tensor],
@@ -258,7 +259,10 @@ class FusedLookup(nn.Module):
         self.as_words = _as_words(table) is not None
 
     def forward(self, categorical: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        self._check_ids(categorical)
+        if torch.jit.is_scripting():
+            self._check_ids(categorical)
+        elif not self._exporting():  # torch.export cannot follow a branch on the ids' values
+            self._check_ids(categorical)
         flat = (categorical + self.offsets).reshape(-1)  # [B F]: sample after sample
         if self.as_words and not torch.jit.is_scripting():
             rows = self._gather_words(flat)
@@ -266,6 +270,10 @@ class FusedLookup(nn.Module):
             rows = torch.index_select(self.table, 0, flat)
         rows = rows.view(categorical.shape[0], categorical.shape[1], self.table.shape[1])
         return rows[:, :, : self.width], rows[:, :, self.width].sum(1)
+
+    @torch.jit.unused
+    def _exporting(self) -> bool:
+        return _tracing()
 
     @torch.jit.unused
     def _gather_words(self, flat: torch.Tensor) -> torch.Tensor:
