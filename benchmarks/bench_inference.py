@@ -174,10 +174,11 @@ def plain_parts(model: CTRModel, categorical: torch.Tensor, numeric: torch.Tenso
 def optimized_parts(fast: InferenceModel, categorical: torch.Tensor, numeric: torch.Tensor | None) -> dict[str, Callable]:
     """The same parts of the inference form (:func:`optimize_for_inference`)."""
     num = fast._check_inputs(categorical, numeric)
-    ids = categorical.t().contiguous()
-    codes = fast.codes(ids)
-    emb = fast.project(codes)
+    codes, _ = fast.lookup(categorical)
+    emb = fast.project(codes) if fast.build_embeddings else codes.new_empty(0)
     head = fast.deep
+    # a fused lookup gathers the LR weights with the codes ("lookups"): "LR lookups" is then the numeric part
+    separate_lr = getattr(fast.lookup, "lr", None)
     if isinstance(head, FoldedFiBiNetHead):  # FiBiNet on codes: the MLP starts from the folded first Linear
         x, weight, bias = head.code_mlp_input(codes, emb, num)
         mlp = lambda: head.rest(head.first.after_linear(F.linear(x, weight, bias)))  # noqa: E731
@@ -185,9 +186,9 @@ def optimized_parts(fast: InferenceModel, categorical: torch.Tensor, numeric: to
         x = _input_of(head.mlp, lambda: fast(categorical, numeric))
         mlp = lambda: head.mlp(x)  # noqa: E731
     return {
-        "lookups": lambda: fast.codes(categorical.t().contiguous()),
+        "lookups": lambda: fast.lookup(categorical) if separate_lr is None else fast.lookup.codes(categorical.t().contiguous()),
         "projections": lambda: fast.project(codes),
-        "LR lookups": lambda: fast.lr_lookup(categorical.t().contiguous()).flatten(1).sum(1)
+        "LR lookups": lambda: (separate_lr(categorical.t().contiguous()).flatten(1).sum(1) if separate_lr is not None else 0.0)
         + (fast.lr_numeric(num).squeeze(-1) if fast.lr_numeric is not None else 0.0),
         "MLP": mlp,
         "deep part": lambda: head(codes, emb, num),

@@ -96,7 +96,7 @@ def build_calls(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tenso
     calls: dict[str, Call] = {}
     if "eager" in runtimes:
         calls["eager"] = torch_call(model)
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, fuse=True)  # as serving builds it
     if "inference" in runtimes:
         calls["inference"] = torch_call(fast)
     if "torchscript" in runtimes:

@@ -201,3 +201,16 @@ def test_int8_export_is_checked_by_test_auc(criteo_afm_run, tmp_path, capsys):
         export_model(_model("deepfm"), tmp_path / "s", "pt2", categorical, numeric, labels=labels, int8=True)
     with pytest.raises(ValueError, match="needs labelled rows"):
         export_model(_model("deepfm"), tmp_path / "s", "onnx", categorical, numeric, int8=True)
+
+
+@pytest.mark.parametrize("name", ["deepfm", "nfm"])
+def test_compressed_deepfm_and_nfm_export_to_onnx_in_the_fused_code_space_form(name, tmp_path):
+    """The fused lookup (one plain index_select) and the code-space FM / bi-interaction export:
+    ONNX gets the inference form, not the plain forward."""
+    from test_inference import _batch, _compressed
+
+    model = _compressed(name, "afm_emb")
+    categorical, numeric = (t.numpy() for t in _batch(rows=400))
+    manifest = export_model(model, tmp_path / "o", "onnx", categorical, numeric, source="random ids")
+    assert manifest["exporter"]["form"].startswith("inference layer") and "forms_that_failed" not in manifest["exporter"]
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-5

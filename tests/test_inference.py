@@ -33,7 +33,7 @@ from lightning_afm.compress import (
 from lightning_afm.data.schema import Schema
 from lightning_afm.inference import InferenceModel, Tensors, optimize_for_inference
 from lightning_afm.inference.dense import FactoredLinear, build_linear
-from lightning_afm.inference.lookups import CalledFields, GatheredLookup, build_lookup
+from lightning_afm.inference.lookups import CalledFields, FusedLookup, GatheredLookup, SeparateLookups, build_lookup
 from lightning_afm.inference.projection import BatchedProjection, build_projection
 from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS, MODELS, DeepFM, build_model
 from lightning_afm.models.layers.embedding import FieldEmbedding
@@ -82,14 +82,19 @@ STRUCTURES = [(name, s) for name in MODELS for s in ("baseline", "afm_mlp", "afm
 # --------------------------------------------------------------------------- whole models
 
 
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("name,structure", STRUCTURES)
-def test_every_model_and_structure_gives_the_plain_outputs_eager_and_scripted(name, structure):
+def test_every_model_and_structure_gives_the_plain_outputs_eager_and_scripted(name, structure, fuse):
     model = _compressed(name, structure, batch_norm=True)
     model.train()
     with torch.no_grad():  # move the batch-norm running statistics off their defaults
         model(*_batch(rows=40, seed=9))
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(model, fuse=fuse)
     assert isinstance(fast, InferenceModel) and not fast.training
+    # fused where the row (k=2 codes + LR weight, padded to 4 floats) is one word: +AFM EMB
+    assert isinstance(fast.lookup, FusedLookup if fuse and structure == "afm_emb" else SeparateLookups)
+    # code space: DeepFM folded and NFM on factored tables never build the d-dim embeddings
+    assert fast.build_embeddings is not (structure == "afm_emb" and name in ("deepfm", "nfm"))
     scripted = torch.jit.script(fast)
     for rows, dtype in ((33, torch.int64), (1, torch.int64), (17, torch.int32)):  # batch size is dynamic
         cat, num = _batch(rows=rows, dtype=dtype)
@@ -124,7 +129,7 @@ def test_tt_tables_and_svd_factors_are_called_as_they_are(name):
     for m in (model, tt):
         fast = optimize_for_inference(m)
         torch.testing.assert_close(fast(cat, num), _plain(m, cat, num), **TOL)
-    assert isinstance(optimize_for_inference(tt).codes, CalledFields)
+    assert isinstance(optimize_for_inference(tt).lookup.codes, CalledFields)
 
 
 @pytest.mark.parametrize("name", ["deepfm", "fibinet", "gdcn"])
@@ -138,7 +143,7 @@ def test_qr_and_pq_tables_are_called_as_they_are_eager_and_scripted(name, method
     else:
         compress_embeddings_pq(model, names, 2, 4, iterations=2)
     fast = optimize_for_inference(model)
-    assert isinstance(fast.codes, CalledFields)
+    assert isinstance(fast.lookup.codes, CalledFields)
     cat, num = _batch()
     expected = _plain(model, cat, num)
     torch.testing.assert_close(fast(cat, num), expected, **TOL)
@@ -263,3 +268,90 @@ def test_factored_linear_relu_in_place_gives_the_module_outputs():
         torch.testing.assert_close(fast(x), layer(x), rtol=0, atol=0)
         h = layer.first(x)
     assert (h < 0).any()  # the ReLU had something to do
+
+
+# --------------------------------------------------------------------------- fused gather, code space
+
+
+def test_fused_lookup_equals_numpy_indexing_with_padding_and_rejects_foreign_ids():
+    g = torch.Generator().manual_seed(3)
+    sizes, k = [5, 3, 8], 2
+    rows = [torch.randn(v, k, generator=g) for v in sizes]
+    lr = [torch.randn(v, 1, generator=g) for v in sizes]
+    cat = torch.stack([torch.randint(0, v, (13,), generator=g) for v in sizes], dim=1)
+    for multiple in (1, 4, 8):
+        lookup = FusedLookup(rows, lr, row_multiple=multiple)
+        assert lookup.table.shape == (sum(sizes), -(-(k + 1) // multiple) * multiple)
+        codes, logit = lookup(cat)
+        c = cat.numpy()
+        expect_codes = np.stack([rows[i].numpy()[c[:, i]] for i in range(3)], axis=1)
+        expect_lr = sum(lr[i].numpy()[c[:, i], 0] for i in range(3))
+        np.testing.assert_array_equal(codes.numpy(), expect_codes)
+        np.testing.assert_allclose(logit.numpy(), expect_lr, rtol=1e-6)
+    bad = cat.clone()
+    bad[4, 1] = 3  # field 1 has 3 rows: id 3 would read field 2's first row
+    with pytest.raises(IndexError, match="id 3 of field 1 is outside its vocabulary of 3 rows"):
+        lookup(bad)
+    with pytest.raises(ValueError, match="one width"):
+        FusedLookup([rows[0], torch.randn(3, 4)], lr[:2])
+
+
+def test_fuse_without_copy_snapshots_only_the_tables():
+    model = _compressed("deepfm", "afm_emb")
+    fused = optimize_for_inference(model, fuse=True)
+    cat, num = _batch()
+    with torch.no_grad():
+        model.output.bias.add_(1.0)  # shared: seen
+        seen = _plain(model, cat, num)
+        torch.testing.assert_close(fused(cat, num), seen, **TOL)
+        for table in model.embeddings.tables():  # copied into the fused table: not seen
+            table.table.weight.mul_(2.0)
+    assert not torch.allclose(_plain(model, cat, num), seen, atol=1e-3)
+    torch.testing.assert_close(fused(cat, num), seen, **TOL)
+    assert isinstance(optimize_for_inference(model).lookup, SeparateLookups)  # default: no copy, no fuse
+    assert isinstance(optimize_for_inference(model, copy=True, fuse=False).lookup, SeparateLookups)
+
+
+def _numpy_bi_interaction(codes, weights, biases):
+    """NFM's bi-interaction of the projected embeddings, in numpy: ``[B, d]``."""
+    emb = np.stack([c @ w.T + b for c, w, b in zip(codes, weights, biases)], axis=1)  # [B, F, d]
+    return 0.5 * (emb.sum(1) ** 2 - (emb ** 2).sum(1))
+
+
+@pytest.mark.parametrize("widths", [[2, 2, 2], [1, 3, 2, 4]])
+def test_code_space_interaction_equals_numpy_on_the_embeddings(widths):
+    from lightning_afm.inference.code_space import CodeSpaceInteraction
+
+    rng = np.random.default_rng(5)
+    d, batch = 6, 11
+    weights = [rng.standard_normal((d, k)).astype(np.float64) for k in widths]
+    biases = [rng.standard_normal(d) for _ in widths]
+    codes = [rng.standard_normal((batch, k)) for k in widths]
+    expect = _numpy_bi_interaction(codes, weights, biases)
+    flat = torch.from_numpy(np.concatenate(codes, axis=1))
+    tw, tb = [torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases]
+    bi = CodeSpaceInteraction(tw, tb, reduce=False)(flat)
+    fm = CodeSpaceInteraction(tw, tb, reduce=True)(flat)
+    np.testing.assert_allclose(bi.numpy(), expect, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fm.numpy(), expect.sum(1), rtol=1e-10, atol=1e-10)
+    if len(set(widths)) == 1:  # stacked [B, F, k] codes read the same
+        stacked = flat.view(batch, len(widths), widths[0])
+        np.testing.assert_allclose(CodeSpaceInteraction(tw, tb, True)(stacked).numpy(), expect.sum(1), rtol=1e-10)
+
+
+def test_inference_block_relu_in_place_only_on_fresh_outputs():
+    from lightning_afm.inference.dense import InferenceBlock
+
+    x = torch.randn(5, 4)
+    kept = x.clone()
+    through = InferenceBlock(nn.Identity(), None)  # returns its input: the ReLU must not overwrite it
+    torch.testing.assert_close(through(x), kept.relu())
+    torch.testing.assert_close(x, kept)
+    linear = nn.Linear(4, 3)
+    block = InferenceBlock(linear, None)
+    assert block.fresh and not through.fresh
+    torch.testing.assert_close(block(x), linear(x).relu())
+    h = linear(x).detach()
+    h_kept = h.clone()
+    block.after_linear(h)
+    torch.testing.assert_close(h, h_kept)  # after_linear leaves its argument alone

@@ -91,8 +91,7 @@ def test_folded_input_is_narrower_and_tracks_the_current_weights():
     cat, num = _batch()
     fast = _folded(model)
     with torch.no_grad():
-        ids = cat.t().contiguous()
-        codes = fast.codes(ids)
+        codes, _ = fast.lookup(cat)
         x, weight, bias = fast.deep.code_mlp_input(codes, fast.project(codes), num)
         pairs, fields, k = 10, 5, 2
         assert x.shape == (13, pairs * (k + 1) ** 2 + pairs * k * k + fields * k + 2)

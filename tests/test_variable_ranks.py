@@ -120,7 +120,7 @@ def test_inference_form_of_variable_ranks_matches_eager(name, fold):
     cat, num = _batch()
     expect = _out(model, cat, num)
     fast = optimize_for_inference(model)
-    assert isinstance(fast.codes, ConcatenatedLookup)
+    assert isinstance(fast.lookup.codes, ConcatenatedLookup)
     assert isinstance(fast.project, GroupedProjection)
     np.testing.assert_allclose(fast(cat, num).numpy(), expect.numpy(), **TOL)
     np.testing.assert_allclose(torch.jit.script(fast)(cat, num).numpy(), expect.numpy(), **TOL)

@@ -50,14 +50,22 @@ class InferenceBlock(nn.Module):
         super().__init__()
         self.linear = linear
         self.norm = norm
+        # the ReLU overwrites its input when that is a fresh tensor nothing else holds: the output
+        # of a Linear, a FactoredLinear or an eval batch norm (a module of another kind might
+        # return a view of its input, which must stay unchanged). One [B, m] pass instead of two.
+        self.fresh = norm is not None or type(linear) in (nn.Linear, FactoredLinear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.after_linear(self.linear(x))
-
-    def after_linear(self, h: torch.Tensor) -> torch.Tensor:
-        """The block past its Linear, for callers that computed the Linear themselves (FiBiNet's fold)."""
+        h = self.linear(x)
         if self.norm is not None:
             h = self.norm(h)
+        return h.relu_() if self.fresh else torch.relu(h)
+
+    def after_linear(self, h: torch.Tensor) -> torch.Tensor:
+        """The block past its Linear, for callers that computed the Linear themselves (FiBiNet's
+        fold); ``h`` is not changed."""
+        if self.norm is not None:
+            return self.norm(h).relu_()
         return torch.relu(h)
 
 

@@ -16,6 +16,7 @@ from lightning_afm.models.deepfm import DeepFM
 from lightning_afm.models.nfm import NFM
 from lightning_afm.models.parallel_cross import ParallelCrossModel
 
+from .code_space import build_code_space
 from .cross import build_cross
 from .dense import build_mlp
 from .sharing import Tensors
@@ -39,15 +40,22 @@ class _MLPHead(nn.Module):
 
 
 class DeepFMHead(_MLPHead):
-    """``FM(e) + w^T MLP([X, numeric]) + b`` (``X``: the embeddings or, folded, the codes)."""
+    """``FM(e) + w^T MLP([X, numeric]) + b`` (``X``: the embeddings or, folded, the codes).
+
+    On AFM/SVD-factored tables the FM runs on the codes (:mod:`.code_space`); with the MLP folded
+    onto the codes too, the ``d``-dim embeddings are never built (``needs_embeddings`` False).
+    """
 
     def __init__(self, model: DeepFM, tensors: Tensors) -> None:
         super().__init__(model, tensors)
-        self.fm = tensors.frozen(model.fm)
+        code_fm = build_code_space(model.embeddings.tables(), tensors, reduce=True)
+        self.fm = code_fm if code_fm is not None else tensors.frozen(model.fm)
+        self.fm_reads_codes = code_fm is not None
+        self.needs_embeddings = not (self.fm_reads_codes and self.reads_codes)
 
     def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         deep = self.output(self.mlp(flat_input(codes if self.reads_codes else emb, numeric))).squeeze(-1)
-        return self.fm(emb) + deep
+        return self.fm(codes if self.fm_reads_codes else emb) + deep
 
 
 class NFMHead(_MLPHead):
@@ -55,10 +63,13 @@ class NFMHead(_MLPHead):
 
     def __init__(self, model: NFM, tensors: Tensors) -> None:
         super().__init__(model, tensors)
-        self.bi_interaction = tensors.frozen(model.bi_interaction)
+        code_bi = build_code_space(model.embeddings.tables(), tensors, reduce=False)
+        self.bi_interaction = code_bi if code_bi is not None else tensors.frozen(model.bi_interaction)
+        # on factored tables the bi-interaction reads the codes and the embeddings are never built
+        self.needs_embeddings = code_bi is None
 
     def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        pooled = self.bi_interaction(emb)
+        pooled = self.bi_interaction(emb if self.needs_embeddings else codes)
         mlp_in = torch.cat([pooled, numeric], dim=1) if numeric.shape[1] > 0 else pooled
         return self.output(self.mlp(mlp_in)).squeeze(-1)
 

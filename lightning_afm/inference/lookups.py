@@ -16,6 +16,7 @@ compute them, unknown kinds) are called, through a frozen copy, as the training 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -24,8 +25,9 @@ from lightning_afm.compress.modules import LowRankEmbedding
 
 from .sharing import Tensors
 
-#: Rows of these sizes (bytes) are copied as one integer word each.
-_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Rows of these sizes (bytes) are copied as one word each (16 bytes: a complex128, the widest
+#: element ``index_select`` copies as one value; only copied, never computed with).
+_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
 
 
 def _as_words(t: torch.Tensor) -> torch.Tensor | None:
@@ -37,6 +39,11 @@ def _as_words(t: torch.Tensor) -> torch.Tensor | None:
     if t.dim() > 1 and t.stride(-2) != t.shape[-1]:
         return None
     return t.view(_WORD_DTYPES[word_bytes]).squeeze(-1)
+
+
+def _tracing() -> bool:
+    """Whether an exporter or compiler is tracing the call (it cannot follow a dtype view)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def readable_rows(table: nn.Module) -> torch.Tensor | None:
@@ -187,3 +194,141 @@ def build_lookup(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
 def code_widths(tables: Sequence[nn.Module]) -> list[int]:
     """Each table's lookup width: ``k`` (``code_dim``) of a factored table, else its ``embedding_dim``."""
     return [int(getattr(t, "code_dim", getattr(t, "embedding_dim", 0))) for t in tables]
+
+
+#: The fused table's rows are padded to a multiple of this many elements. Measured with
+#: ``benchmarks/bench_gather_layout.py`` (see the comment at :class:`FusedLookup`).
+FUSED_ROW_MULTIPLE = 4
+
+
+class FusedLookup(nn.Module):
+    """``[B, F]`` ids -> ``([B, F, k]`` codes, ``[B]`` LR logit of the fields) by ONE ``index_select``.
+
+    Every field's code rows (``[V_i, k]``: rank-``k`` codes of a factored table, ``d``-wide rows of a
+    plain one) and its LR weight (``[V_i, 1]``) sit side by side in one ``[sum_i V_i, W]`` table,
+    field ``i`` from row ``offsets[i]`` on, ``W = k + 1`` padded with zeros to a multiple of
+    ``row_multiple``; ``ids + offsets`` flattened row-major (batch-major: sample after sample)
+    gathers every field's ``[code, lr]`` row in one call, with the batch's rows already in the
+    ``[B, F, W]`` order the heads read (TorchRec / FBGEMM's table-batched embedding, on CPU).
+
+    Why this layout (``benchmarks/bench_gather_layout.py``, 1 thread, batch 10,000, Criteo shape,
+    k=2): a 2-D ``index_select`` copies each row by a ``memcpy`` call, so for short rows the call
+    overhead dominates and the fused gather of ``[N, 3]`` floats is *slower* than 2F per-field
+    gathers of 8-byte words. Padding ``k + 1 = 3`` floats to 4 makes each row one 16-byte word
+    (viewed as complex128, copied bit for bit, as :class:`GatheredLookup` does with integer words):
+    the 1-D gather is then a load and a store per row, and the one gather beats the per-field ones.
+    Batch-major beats field-major (which needs a transposing copy of the output for the heads);
+    ``F.embedding`` and advanced indexing are slower than ``index_select``. The price: 33 % more
+    table memory than ``k + 1`` at k=2. Wider rows (a baseline's ``d + 1``) are padded to the same
+    multiple and gathered as rows; :func:`build_lookups` fuses only word-sized rows, since wider
+    ones (a baseline's 17 floats, Avazu's k=8) measured no faster than the per-field gathers.
+
+    The table is a **copy** of the training model's tables, built once: in-place updates of the
+    training model's tables are not seen (``optimize_for_inference`` builds it only when asked to
+    copy or fuse; see :mod:`.model`). A plain ``index_select`` without ``out=`` also exports to ONNX.
+    Ids outside a field's vocabulary raise (they would otherwise read another field's rows), except
+    in a graph an exporter or compiler traced (ONNX, ``torch.export``), which has no such branch.
+    """
+
+    def __init__(self, rows: Sequence[torch.Tensor], lr: Sequence[torch.Tensor],
+                 row_multiple: int = FUSED_ROW_MULTIPLE) -> None:
+        super().__init__()
+        if len(rows) != len(lr) or not rows:
+            raise ValueError(f"a fused lookup needs one LR table per code table, got {len(rows)} and {len(lr)}")
+        widths = {int(r.shape[1]) for r in rows}
+        if len(widths) != 1:
+            raise ValueError(f"a fused lookup needs code rows of one width, got widths {sorted(widths)}; "
+                             "per-field ranks are gathered by ConcatenatedLookup")
+        for i, (r, w) in enumerate(zip(rows, lr)):
+            if w.shape != (r.shape[0], 1):
+                raise ValueError(f"field {i}: LR table of shape {tuple(w.shape)} for {r.shape[0]} code rows; "
+                                 f"expected ({r.shape[0]}, 1)")
+        self.width = widths.pop()
+        sizes = [int(r.shape[0]) for r in rows]
+        padded = -(-(self.width + 1) // int(row_multiple)) * int(row_multiple)
+        with torch.no_grad():
+            table = rows[0].new_zeros((sum(sizes), padded))
+            start = 0
+            for r, w in zip(rows, lr):
+                table[start : start + r.shape[0], : self.width] = r
+                table[start : start + r.shape[0], self.width] = w[:, 0].to(table.dtype)
+                start += r.shape[0]
+        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("offsets", torch.tensor([sum(sizes[:i]) for i in range(len(sizes))]), persistent=False)
+        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        self.as_words = _as_words(table) is not None
+
+    def forward(self, categorical: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_scripting():
+            self._check_ids(categorical)
+        elif not self._exporting():  # torch.export cannot follow a branch on the ids' values
+            self._check_ids(categorical)
+        flat = (categorical + self.offsets).reshape(-1)  # [B F]: sample after sample
+        if self.as_words and not torch.jit.is_scripting():
+            rows = self._gather_words(flat)
+        else:  # TorchScript cannot reinterpret a dtype: the same rows, gathered as rows
+            rows = torch.index_select(self.table, 0, flat)
+        rows = rows.view(categorical.shape[0], categorical.shape[1], self.table.shape[1])
+        return rows[:, :, : self.width], rows[:, :, self.width].sum(1)
+
+    @torch.jit.unused
+    def _exporting(self) -> bool:
+        return _tracing()
+
+    @torch.jit.unused
+    def _gather_words(self, flat: torch.Tensor) -> torch.Tensor:
+        if _tracing():  # an exporter or compiler cannot follow the dtype view: gather rows
+            return torch.index_select(self.table, 0, flat)
+        return torch.index_select(_as_words(self.table), 0, flat).view(self.table.dtype)
+
+    def _check_ids(self, categorical: torch.Tensor) -> None:
+        if bool(((categorical < 0) | (categorical >= self.sizes)).any()):
+            bad = ((categorical < 0) | (categorical >= self.sizes)).nonzero()[0]
+            raise IndexError("id " + str(int(categorical[bad[0], bad[1]])) + " of field " + str(int(bad[1]))
+                             + " is outside its vocabulary of " + str(int(self.sizes[bad[1]])) + " rows")
+
+
+class SeparateLookups(nn.Module):
+    """``[B, F]`` ids -> ``([B, F, k]`` (or ``[B, sum_i k_i]``) codes, ``[B]`` LR logit of the fields):
+    the codes and the LR weights gathered (or called) by two lookups of :func:`build_lookup`,
+    reading the training model's tables themselves (shared storage)."""
+
+    def __init__(self, codes: nn.Module, lr: nn.Module) -> None:
+        super().__init__()
+        self.codes = codes
+        self.lr = lr
+
+    def forward(self, categorical: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        ids = categorical.t().contiguous()  # [F, B]: each field's ids contiguous
+        return self.codes(ids), self.lr(ids).flatten(1).sum(1)
+
+
+def fused_row_is_word(width: int, element_size: int, row_multiple: int = FUSED_ROW_MULTIPLE) -> bool:
+    """Whether a fused row of ``width`` codes plus the LR weight, padded, is one word
+    (:data:`_WORD_DTYPES`): only then did the fused gather measure faster than the per-field ones.
+
+    >>> fused_row_is_word(2, 4), fused_row_is_word(3, 4), fused_row_is_word(16, 4)
+    (True, True, False)
+    """
+    padded = -(-(int(width) + 1) // row_multiple) * row_multiple
+    return padded * int(element_size) in _WORD_DTYPES
+
+
+def build_lookups(tables: Sequence[nn.Module], lr_tables: Sequence[nn.Module], tensors: Tensors,
+                  fuse: bool) -> nn.Module:
+    """The module giving ``(codes, LR logit)`` for ``[B, F]`` ids: one :class:`FusedLookup` when
+    ``fuse`` and every table (codes and LR) is readable with one width, dtype and device, and the
+    fused row is one word (:func:`fused_row_is_word`: rank-2 or rank-3 float32 codes); else
+    :class:`SeparateLookups` (per-field ranks, tables that must be called, wider rows such as a
+    baseline's ``d + 1`` or Avazu's ``k = 8``, where one gather of rows did not beat the per-field
+    gathers in ``benchmarks/bench_gather_layout.py``, or ``fuse=False``)."""
+    if fuse and len(tables) == len(lr_tables) and tables:
+        rows = [readable_rows(t) for t in tables]
+        lr = [readable_rows(t) for t in lr_tables]
+        everything = rows + lr
+        if all(r is not None for r in everything) and len(set(code_widths(tables))) == 1:
+            first = everything[0]
+            same = all(r.dtype == first.dtype and r.device == first.device for r in everything)
+            if same and fused_row_is_word(int(first.shape[1]), first.element_size()):
+                return FusedLookup([r.detach() for r in rows], [w.detach() for w in lr])
+    return SeparateLookups(build_lookup(tables, tensors), build_lookup(lr_tables, tensors))

@@ -2,11 +2,16 @@
 
 The training models (:mod:`lightning_afm.models`) have one plain forward, written for autograd.
 Inference has no graph to record, which allows structures the training forward cannot use:
-every field's rows gathered into one output (:mod:`.lookups`), all projections in one batched
-product (:mod:`.projection`), AFM's factored Linears with the ReLU in place (:mod:`.dense`),
+every field's rows gathered into one output, or, fused, every field's codes and LR weight by one
+``index_select`` on one table (:mod:`.lookups`), all projections in one batched product
+(:mod:`.projection`), DeepFM's FM and NFM's bi-interaction on the codes (:mod:`.code_space`), AFM's factored Linears with the ReLU in place (:mod:`.dense`),
 cross networks at a GEMM-friendly width (:mod:`.cross`), FiBiNet's bilinear outputs written
 into the MLP input or folded onto the codes (:mod:`.fibinet`). They give the training model's
 eval-mode outputs (to float rounding).
+
+Sharing: by default every tensor is the training model's own storage (:mod:`.sharing`). The
+fused table is a copy, so it is built only when it may be: ``copy=True`` (a snapshot anyway) or
+an explicit ``fuse=True`` (the bench, serving and export, whose models are not trained further).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from lightning_afm.models.nfm import NFM
 
 from .fibinet import build_fibinet_head
 from .heads import AutoIntHead, DeepFMHead, NFMHead, ParallelCrossHead
-from .lookups import build_lookup
+from .lookups import build_lookups
 from .projection import build_projection
 from .sharing import Tensors
 
@@ -55,20 +60,21 @@ class InferenceModel(nn.Module):
 
     def __init__(
         self,
-        codes: nn.Module,
+        lookup: nn.Module,
         project: nn.Module,
-        lr_lookup: nn.Module,
         lr_numeric: Optional[nn.Module],
         deep: nn.Module,
         num_fields: int,
         num_numeric: int,
     ) -> None:
         super().__init__()
-        self.codes = codes  # [F, B] ids -> [B, F, k]
+        self.lookup = lookup  # [B, F] ids -> ([B, F, k] codes, [B] LR logit of the fields)
         self.project = project  # [B, F, k] -> [B, F, d]
-        self.lr_lookup = lr_lookup  # [F, B] ids -> [B, F, 1]
         self.lr_numeric = lr_numeric  # [B, N] -> [B, 1]; None without numeric fields
         self.deep = deep  # (codes, emb, numeric) -> [B]
+        # a head that computes everything from the codes (code-space FM / NFM, folded MLP) gets an
+        # empty tensor for the embeddings: the projection to d is not run at all
+        self.build_embeddings = bool(getattr(deep, "needs_embeddings", True))
         self.num_fields = int(num_fields)
         self.num_numeric = int(num_numeric)
         super().train(False)
@@ -76,10 +82,8 @@ class InferenceModel(nn.Module):
     def forward(self, categorical: torch.Tensor, numeric: Optional[torch.Tensor] = None) -> torch.Tensor:
         with torch.no_grad():
             numeric = self._check_inputs(categorical, numeric)
-            ids = categorical.t().contiguous()  # [F, B]: each field's ids contiguous
-            codes = self.codes(ids)
-            emb = self.project(codes)
-            logit = self.lr_lookup(ids).flatten(1).sum(1)
+            codes, logit = self.lookup(categorical)
+            emb = self.project(codes) if self.build_embeddings else codes.new_empty(0)
             if self.lr_numeric is not None:
                 logit = logit + self.lr_numeric(numeric).squeeze(-1)
             return logit + self.deep(codes, emb, numeric)
@@ -119,7 +123,7 @@ class InferenceModel(nn.Module):
         return super().requires_grad_(False)
 
 
-def optimize_for_inference(model: CTRModel, copy: bool = False) -> InferenceModel:
+def optimize_for_inference(model: CTRModel, copy: bool = False, fuse: Optional[bool] = None) -> InferenceModel:
     """The eval-only inference form of a trained CTR model, baseline or compressed.
 
     Args:
@@ -133,6 +137,14 @@ def optimize_for_inference(model: CTRModel, copy: bool = False) -> InferenceMode
             Either way the result has its own modules: ``model.train()``, ``model.to(...)`` or
             hooks on ``model`` do not reach it, and a module swapped into ``model`` afterwards
             (compression) is not seen: optimize again.
+        fuse: gather every field's codes and LR weight by one lookup in one fused table
+            (:class:`~.lookups.FusedLookup`), which is a copy of the embedding and LR tables.
+            None (default) fuses exactly when ``copy`` is True (a snapshot anyway). True with
+            ``copy=False`` copies the tables only: in-place updates of the embedding and LR tables
+            are then NOT seen (the rest stays shared), and the tables take twice their memory
+            while the training model lives; for a model that is served, not trained (the bench,
+            ``serve/``). False never fuses. Tables that cannot be fused (per-field ranks, TT, QR,
+            PQ, unknown kinds) are gathered or called as without it.
 
     Returns:
         An :class:`InferenceModel`: ``(categorical [B, F], numeric [B, N] or None) -> [B]``, equal
@@ -158,9 +170,8 @@ def optimize_for_inference(model: CTRModel, copy: bool = False) -> InferenceMode
     tables = model.embeddings.tables()
     numeric = model.linear.numeric
     return InferenceModel(
-        codes=build_lookup(tables, tensors),
+        lookup=build_lookups(tables, model.linear.tables(), tensors, fuse=copy if fuse is None else bool(fuse)),
         project=build_projection(tables, tensors),
-        lr_lookup=build_lookup(model.linear.tables(), tensors),
         lr_numeric=tensors.frozen(numeric) if numeric is not None else None,
         deep=build_head(model, tensors),
         num_fields=model.num_fields,

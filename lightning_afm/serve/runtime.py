@@ -31,8 +31,9 @@ RUNTIMES = ("torchscript", "eager", "onnx")
 
 def inference_module(model: nn.Module, runtime: str = "torchscript") -> nn.Module:
     """The module serving calls: the model in eval mode without gradients, in its inference-layer
-    form (:func:`lightning_afm.inference.optimize_for_inference`: batched gathers, fused projections,
-    sharing the model's weights) when it is one of the zoo's models, compiled by TorchScript unless
+    form (:func:`lightning_afm.inference.optimize_for_inference` with ``fuse=True``: one gather of every
+    field's codes and LR weight from a fused copy of the tables, fused projections, the rest sharing
+    the model's weights) when it is one of the zoo's models, compiled by TorchScript unless
     ``runtime="eager"``; a user's own module is called as it is. Every serving path goes through here."""
     from lightning_afm.inference import optimize_for_inference
 
@@ -43,7 +44,7 @@ def inference_module(model: nn.Module, runtime: str = "torchscript") -> nn.Modul
     model.eval()
     model.requires_grad_(False)
     try:
-        fast = optimize_for_inference(model)
+        fast = optimize_for_inference(model, fuse=True)  # a served model is not trained: fuse its tables
     except (TypeError, ValueError):  # a user's own module: its eval forward is what there is
         return model
     if runtime == "eager":
