@@ -18,12 +18,7 @@ from lightning_afm.bench.variants import VariantSettings, build_twin, build_vari
 from lightning_afm.inference import optimize_for_inference
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(model: str, dataset: str, variant: str) -> tuple[nn.Module, list]:
