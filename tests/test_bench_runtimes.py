@@ -123,3 +123,12 @@ def test_a_run_records_its_runtime_and_reports_refusals(monkeypatch):
     assert emb["skipped"] == "runtime=torchscript cannot run this model (test)" and emb["gain_pct"] is None
     md = to_markdown(rows, {"settings": {"warmup": 0}})
     assert "as TorchScript (`runtime=torchscript`)" in md and "+AFM EMB skipped: runtime=torchscript" in md
+
+
+def test_the_config_carries_the_runtime(compose_bench):
+    from lightning_afm.bench.cli import settings_from_config
+
+    assert settings_from_config(compose_bench([])).runtime == "eager"
+    assert settings_from_config(compose_bench(["runtime=compile"])).runtime == "compile"
+    with pytest.raises(ValueError, match="unknown runtime 'jit'"):
+        settings_from_config(compose_bench(["runtime=jit"]))
