@@ -8,9 +8,10 @@ config layout or of the DataModule's arguments is made once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -42,6 +43,16 @@ def tiny_synthetic() -> Callable[..., SyntheticDataModule]:
         return dm
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test, restored afterwards (tiny models' SVDs and eigendecompositions
+    run several times slower with 2 threads on 2 busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -24,12 +24,7 @@ from lightning_afm.models import DEFAULT_EMBEDDING_TARGETS, DEFAULT_MLP_TARGETS,
 TINY = ["vocab_cap=50", "batch=64", "rounds=1", "batches_per_round=1", "warmup=0", "threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fake_stats(model, names, width_of):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_afm.bench.runtimes import RuntimeUnavailable, check_runtime, prepare
 from lightning_afm.bench.deepctr import DEEPCTR_MODELS, build_deepctr_model, deepctr_input, deepctr_unavailable
 from lightning_afm.bench.shapes import PAPER_AFM_EMB_GAIN_PCT, PAPER_SHAPES, PaperShape, paper_shape
 from lightning_afm.bench.throughput import (
@@ -53,6 +54,8 @@ class BenchSettings(VariantOptions):
     ``mlp_rank`` / ``emb_rank``: None takes the paper's for each dataset (Criteo 64 / 2,
     Avazu 320 / 8). ``threads``: None keeps torch's default. ``vocab_cap``: None builds the
     full vocabularies (Table 2's parameter counts); a number caps every table for quick runs.
+    ``runtime``: what runs our variants' inference form (:data:`~lightning_afm.bench.runtimes.RUNTIMES`;
+    DeepCTR-Torch's models always run eagerly, as that library serves them).
     ``reuse_freed_memory``: keep freed blocks in the heap
     (:func:`lightning_afm.runtime.reuse_freed_memory`, as a fit does), as a warmed-up
     serving process would: otherwise glibc unmaps every large activation on free and the next
@@ -74,6 +77,7 @@ class BenchSettings(VariantOptions):
     emb_rank: int | None = None
     share_weights: bool = True
     reuse_freed_memory: bool = True
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,6 +98,7 @@ class BenchSettings(VariantOptions):
         if not float(self.zipf_exponent) > 0:
             raise ValueError(f"zipf_exponent must be > 0, got {self.zipf_exponent!r}")
         paper_shape(self.datasets[0], self.vocab_cap)  # validates vocab_cap
+        object.__setattr__(self, "runtime", check_runtime(self.runtime))
 
     def variant_settings(self, shape: PaperShape) -> VariantSettings:
         return VariantSettings(
@@ -142,7 +147,9 @@ def bench_model(
     vs = settings.variant_settings(shape)
     models: dict[str, nn.Module] = {}
     runners: dict[str, Timed] = {}
+    counted: dict[str, Timed] = {}  # eager forms, for the multiply-add count whatever the runtime
     skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}  # what the runtime ran instead of the inference form, and why
     started = time.perf_counter()
     twin = build_twin(model_name, shape)
     baseline = build_variant(model_name, shape, "baseline", vs, twin)
@@ -159,13 +166,21 @@ def bench_model(
                 model_name, shape, tables_from=baseline if settings.share_weights else None, seed=settings.seed
             )
             inputs = [deepctr_input(b.categorical, b.numeric) for b in batches]
-            runners[variant] = Timed(model, inputs)
+            runners[variant] = counted[variant] = Timed(model, inputs)
         else:
             model = baseline if variant == "baseline" else build_variant(model_name, shape, variant, vs, twin, shared)
-            # timed in its inference form: shared storage except the fused table (a copy of the
-            # embedding and LR tables: one gather per batch), as served
+            # timed in its inference form, as served: shared storage except the fused table (a copy of
+            # the embedding and LR tables: one gather per batch), on the runtime
             fast = optimize_for_inference(model, fuse=True)
-            runners[variant] = Timed(lambda b, m=fast: m(b.categorical, b.numeric), batches)
+            counted[variant] = prepare(fast, "eager", batches).timed
+            try:
+                prepared = prepare(fast, settings.runtime, batches, export_fallback=model)
+            except RuntimeUnavailable as err:
+                skipped[variant] = str(err)
+                continue
+            runners[variant] = prepared.timed
+            if prepared.note:
+                notes[variant] = prepared.note
         models[variant] = model
     log.info(
         "%s/%s: built %s in %.1f s (peak RSS %.2f GB)", shape.dataset, model_name, list(models),
@@ -178,9 +193,10 @@ def bench_model(
         on_round=lambda r: log.info("%s/%s: round %d/%d done", shape.dataset, model_name, r + 1, settings.rounds),
     )
     results = {name: summarize(t, settings.batch) for name, t in times.items()}
-    base_sps = results["baseline"].samples_per_s
+    # no gain where the runtime could not run the baseline (its row says why)
+    base_sps = results["baseline"].samples_per_s if "baseline" in results else None
     # per row of the first batch; fixed per-call work (a fold's weights) is spread over the batch
-    macs = {name: matmul_multiply_adds(runner) / len(batches[0].categorical) for name, runner in runners.items()}
+    macs = {name: matmul_multiply_adds(runner) / len(batches[0].categorical) for name, runner in counted.items()}
 
     rows = []
     for variant in settings.variants:
@@ -193,22 +209,26 @@ def bench_model(
         row.update(
             params=count_parameters(models[variant]),
             samples_per_s=res.samples_per_s,
-            gain_pct=100.0 * (res.samples_per_s / base_sps - 1.0),
+            gain_pct=100.0 * (res.samples_per_s / base_sps - 1.0) if base_sps else None,
             median_batch_s=res.median_batch_s,
             iqr_pct=res.iqr_pct,
             timed_batches=res.timed_batches,
             macs_per_row=macs[variant],
-            macs_bound_gain_pct=100.0 * (macs["baseline"] / macs[variant] - 1.0) if macs[variant] else None,
+            macs_bound_gain_pct=(
+                100.0 * (macs["baseline"] / macs[variant] - 1.0) if macs[variant] and "baseline" in macs else None
+            ),
             skipped=None,
+            runtime_note=notes.get(variant),
             **_variant_details(variant, model_name, vs),
         )
         if variant == "afm_emb":
             paper = PAPER_AFM_EMB_GAIN_PCT[shape.dataset][model_name]
-            row.update(paper_gain_pct=paper, meets_paper=bool(row["gain_pct"] >= paper))
+            row.update(paper_gain_pct=paper,
+                       meets_paper=None if row["gain_pct"] is None else bool(row["gain_pct"] >= paper))
         if variant == "deepctr_torch":
-            row["baseline_over_deepctr"] = base_sps / res.samples_per_s
+            row["baseline_over_deepctr"] = base_sps / res.samples_per_s if base_sps else None
         rows.append(row)
-    del models, runners, baseline
+    del models, runners, counted, baseline
     gc.collect()
     return rows
 
@@ -226,6 +246,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict[str, Any]]:
         common = {
             "batch": settings.batch,
             "threads": torch.get_num_threads(),
+            "runtime": settings.runtime,
             "vocab_cap": settings.vocab_cap,
             "zipf_exponent": float(settings.zipf_exponent),
             "rounds": settings.rounds,

@@ -57,6 +57,15 @@ def format_params(params: int | None) -> str:
     return f"{params / 1e6:.2f}M" if params >= 100_000 else f"{params:,}"
 
 
+#: how bench.md names each runtime (``BenchSettings.runtime``)
+_RUNTIME_WORDS = {
+    "eager": "eagerly (`runtime=eager`)",
+    "torchscript": "as TorchScript (`runtime=torchscript`)",
+    "compile": "through `torch.compile`, inductor, compiled before timing (`runtime=compile`)",
+    "onnx": "on ONNX Runtime's CPU provider (`runtime=onnx`)",
+}
+
+
 def _sps(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
@@ -131,7 +140,8 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         "# CPU inference throughput and parameters (lightning-afm-bench)",
         "",
         f"Measured by us on {meta.get('cpu', cpu_name())} ({meta.get('logical_cpus', os.cpu_count())} logical CPUs), "
-        f"{first['threads']} torch threads, torch {first['torch']}, {meta.get('date', '')}.",
+        f"{first['threads']} torch threads, torch {first['torch']}, {meta.get('date', '')}; "
+        f"our variants run {_RUNTIME_WORDS.get(first.get('runtime', 'eager'), first.get('runtime'))}.",
         f"Batch {first['batch']:,}, `torch.inference_mode`, eval mode; each variant timed on "
         f"{first['rounds']} rounds x {first['batches_per_round']} batches after {settings.get('warmup', '?')} "
         "warm-up batch(es), variants interleaved round by round (order rotated each round) in one process; "
@@ -217,6 +227,8 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     for r in rows:
         if r.get("skipped"):
             lines.append(f"- {r['dataset']}/{r['model']}/{VARIANT_TITLES[r['variant']]} skipped: {r['skipped']}")
+        elif r.get("runtime_note"):
+            lines.append(f"- {r['dataset']}/{r['model']}/{VARIANT_TITLES[r['variant']]}: {r['runtime_note']}")
     return "\n".join(lines) + "\n"
 
 

@@ -161,6 +161,8 @@ def time_interleaved(
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
+    if not names:  # e.g. every variant refused by its runtime: nothing to time
+        return times
     with torch.inference_mode():
         for name in names:
             runner = runners[name]

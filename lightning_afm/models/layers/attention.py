@@ -55,5 +55,7 @@ class InteractingLayer(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [B, H, F, d_h]
         out = out.transpose(1, 2).reshape(b, f, d)
         if self.residual is not None:
-            out = out + self.residual(embeddings)
+            # the sum is a fresh tensor nothing saves for backward: the ReLU may overwrite it
+            # (without the residual, ``out`` may be a view of the attention's saved output)
+            return (out + self.residual(embeddings)).relu_()
         return torch.relu(out)
