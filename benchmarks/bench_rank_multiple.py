@@ -8,10 +8,11 @@ columns), at batch 10,000 on one thread by default. Ranks are timed in interleav
 rank once per round) and each rank's median kept, so load drift on a shared machine hits all
 ranks alike.
 
-A rank ``r`` is a *step edge* when the next rank costs clearly more (``t(r+1) > (1 + tol) t(r)``):
-the products pad ``r`` up to a width the kernel likes, so ranks at an edge are the fast ones. The
-script prints the CPU, every timing, the edges, and for each multiple ``m`` the share of the
-edges it divides.
+A rank ``r`` is a *local speed optimum* when it is clearly faster than the three ranks below it
+(``t(r) < (1 - tol) median(t(r-3), t(r-2), t(r-1))``): the kernels pad or split ``r`` into
+widths they like, so a smaller rank can cost more. The script prints the CPU, every timing, the
+local optima, and for each multiple ``m`` the median of that ratio over the ranks that are odd
+multiples of ``m`` (below 1: those ranks are faster than their smaller neighbours).
 
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/bench_rank_multiple.py
     .venv/bin/python benchmarks/bench_rank_multiple.py --shapes 400x400 --ranks 8:64 --batch 2000 --rounds 3
@@ -71,9 +72,21 @@ def time_ranks(make, ranks: list[int], rounds: int) -> dict[int, float]:
     return {r: 1e6 * statistics.median(t) for r, t in times.items()}
 
 
-def step_edges(times: dict[int, float], tol: float) -> list[int]:
-    ranks = sorted(times)
-    return [r for r, nxt in zip(ranks, ranks[1:]) if nxt == r + 1 and times[nxt] > (1 + tol) * times[r]]
+def dips(times: dict[int, float]) -> dict[int, float]:
+    """``t(r) / median(t(r-3), t(r-2), t(r-1))`` for every rank with its three smaller neighbours timed."""
+    return {r: t / statistics.median([times[r - 3], times[r - 2], times[r - 1]])
+            for r, t in times.items() if all(r - d in times for d in (1, 2, 3))}
+
+
+def multiple_dips(ratios: dict[int, float]) -> dict[int, float]:
+    """Per multiple ``m``: the median dip over the ranks that are odd multiples of ``m`` (the largest
+    multiple: all of its multiples)."""
+    out = {}
+    for m in MULTIPLES:
+        picked = [d for r, d in ratios.items() if r % m == 0 and (m == MULTIPLES[-1] or r % (2 * m))]
+        if picked:
+            out[m] = statistics.median(picked)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--tol", type=float, default=0.03, help="relative jump that makes a step edge")
+    parser.add_argument("--tol", type=float, default=0.05, help="how much faster than its smaller neighbours "
+                        "a local speed optimum is")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -100,13 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for label, make in cases.items():
             times = time_ranks(make, args.ranks, args.rounds)
-            edges = step_edges(times, args.tol)
+            ratios = dips(times)
+            optima = [r for r, d in ratios.items() if d < 1 - args.tol]
             print(f"\n{label}: microseconds per rank")
             print("  " + "  ".join(f"{r}:{t:.0f}" for r, t in times.items()))
-            print(f"  step edges (t(r+1) > {1 + args.tol:g} t(r)): {edges or 'none'}")
-            if edges:
-                shares = "  ".join(f"{m}: {sum(e % m == 0 for e in edges)}/{len(edges)}" for m in MULTIPLES)
-                print(f"  edges divisible by  {shares}")
+            print(f"  local speed optima (t(r) < {1 - args.tol:g} x its 3 smaller neighbours): {optima or 'none'}")
+            print("  median t(r) / neighbours over odd multiples of m:  "
+                  + "  ".join(f"{m}: {d:.3f}" for m, d in multiple_dips(ratios).items()))
 
 
 def _pair(rand, batch: int, n: int, r: int, m: int):
