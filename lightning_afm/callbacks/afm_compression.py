@@ -563,7 +563,7 @@ class AFMCompressionCallback(pl.Callback):
         record["params"] = compress.parameter_count(pl_module)
         record["stored_values"] = compress.stored_values(pl_module)  # PQ's codes too (Table 17 counts them)
         if self.budget is not None and self.budget.timed and index == len(self.stages) - 1:
-            self._measure_latency(pl_module, record)
+            self._measure_latency(trainer, pl_module, record)
         record["layers"] = layers
         started = self._now(pl_module)
         # select="best" scores the validation split with its predictions anyway: one pass serves both.
@@ -878,36 +878,38 @@ class AFMCompressionCallback(pl.Callback):
         statistics = self._collect_statistics(trainer, pl_module, self.stages[index], auto_names)
         with self._stage_errors(self.stages[index]):
             if self.budget.timed:
-                allocation = self._allocate_latency(pl_module, planned, prices, statistics)
+                # each rank times its own machine: every rank swaps at rank 0's ranks
+                allocation = self._allocate_latency(trainer, pl_module, planned, prices, statistics)
+                self.allocation = self._rank_zero(trainer, allocation.to_dict())
             else:
-                allocation = allocate_for_budget(self.budget, prices, statistics)
-            self.allocation = allocation.to_dict()
+                self.allocation = allocate_for_budget(self.budget, prices, statistics).to_dict()
         log.info("AFM budget: ranks %s -> %s parameters", self.allocation["ranks"], f"{self.allocation['params']:,}")
         own = set(planned[0].names)
         return {name: stats for name, stats in statistics.items() if name in own}
 
-    def _smallest_latency(self, pl_module: nn.Module, planned: Sequence[PlannedStage], prices: BudgetPrices) -> float:
-        """Measured latency of the smallest structure the stages to come can leave (once per fit)."""
+    def _smallest_latency(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                          prices: BudgetPrices) -> float:
+        """Measured latency of the smallest structure the stages to come can leave (once per fit; rank 0's)."""
         if self._smallest_latency_ms is None:
             smallest = planned_structure(pl_module, planned, smallest_ranks(prices, self.budget.multiple))
-            self._smallest_latency_ms = inference_latency_ms(smallest, self.budget.batch)
+            self._smallest_latency_ms = self._rank_zero(trainer, inference_latency_ms(smallest, self.budget.batch))
         return self._smallest_latency_ms
 
-    def _allocate_latency(self, pl_module: nn.Module, planned: Sequence[PlannedStage], prices: BudgetPrices,
-                          statistics: Mapping[str, compress.OutputStatistics]):
+    def _allocate_latency(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                          prices: BudgetPrices, statistics: Mapping[str, compress.OutputStatistics]):
         """The allocation for a latency budget, each candidate's structure measured on a copy."""
         first = next(pl_module.parameters())
         timer = ProductTimer(self.budget.batch, first.device, first.dtype)
-        smallest = self._smallest_latency(pl_module, planned, prices)
+        smallest = self._smallest_latency(trainer, pl_module, planned, prices)
         times = latency_times(pl_module, planned, prices, self.budget, timer)
         log.info("AFM budget: timed %d product shapes at batch %s", timer.shapes_timed, f"{self.budget.batch:,}")
         return allocate_for_latency(
             self.budget, prices, statistics, times, smallest,
             lambda ranks: inference_latency_ms(planned_structure(pl_module, planned, ranks), self.budget.batch))
 
-    def _measure_latency(self, pl_module: nn.Module, record: dict[str, Any]) -> None:
+    def _measure_latency(self, trainer: pl.Trainer, pl_module: nn.Module, record: dict[str, Any]) -> None:
         """After the last swap under a latency budget: the structure's measured latency, in the budget block."""
-        latency = inference_latency_ms(pl_module, self.budget.batch)
+        latency = self._rank_zero(trainer, inference_latency_ms(pl_module, self.budget.batch))
         self.allocation["latency_ms"] = round(latency, 4)
         record["latency_ms"] = self.allocation["latency_ms"]
         log.info("AFM budget: the compressed model's inference form takes %.4g ms per batch of %s (budget %g ms)",
@@ -1067,7 +1069,7 @@ class AFMCompressionCallback(pl.Callback):
             planned, prices = self._budget_prices(pl_module, self.stages_started)
             check_budget(self.budget, prices)
             if self.budget.timed:
-                check_latency(self.budget, self._smallest_latency(pl_module, planned, prices))
+                check_latency(self.budget, self._smallest_latency(trainer, pl_module, planned, prices))
 
     def _check_data_needs(self, trainer: pl.Trainer, stage: CompressionStage) -> None:
         reads_val = [k for k, on in (("select='best'", stage.select == "best"),

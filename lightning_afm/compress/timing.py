@@ -11,6 +11,9 @@ setting and device, at the budget's batch:
   ``k`` code columns).
 
 Each distinct shape is timed once per :class:`ProductTimer` (the callback keeps one for a fit).
+A gather is timed on at most :data:`MAX_TIMED_ROWS` rows: beyond a table larger than the caches
+every lookup misses alike, and filling a full-size table for each rank would cost more than the
+fit's statistics pass.
 Times are medians of several runs after a warm-up; inputs are fixed random values (no zeros or
 denormals, which some CPUs run at a different speed).
 """
@@ -24,7 +27,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["median_ms", "ProductTimer"]
+__all__ = ["median_ms", "ProductTimer", "MAX_TIMED_ROWS"]
+
+#: Rows of the largest table a gather is timed on (64 MiB at width 16 in float32).
+MAX_TIMED_ROWS = 1 << 20
 
 
 def _synchronize(device: torch.device) -> None:
@@ -101,7 +107,9 @@ class ProductTimer:
         return self._time(("product", k, m), make)
 
     def gather_us(self, rows: int, k: int) -> float:
-        """``B`` rows gathered from a ``[rows, k]`` table (uniform ids)."""
+        """``B`` rows gathered from a ``[rows, k]`` table (uniform ids; at most :data:`MAX_TIMED_ROWS` rows)."""
+        rows = min(int(rows), MAX_TIMED_ROWS)
+
         def make() -> Callable[[], object]:
             table = self._random(rows, k)
             ids = torch.randint(0, rows, (self.batch,), generator=self._generator).to(self.device)
