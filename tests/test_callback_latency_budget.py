@@ -99,3 +99,57 @@ def test_product_timer_times_each_shape_once():
     assert median_ms(lambda: torch.ones(4).sum()) >= 0
     with pytest.raises(ValueError, match="batch must be a positive number"):
         ProductTimer(batch=0)
+
+
+def test_measured_times_are_made_non_decreasing_in_the_rank():
+    class Spiky(_CountingTimer):
+        def _time(self, key, make):
+            return 50.0 if key[2] == 1 else float(key[2])  # the smallest rank's timing hit a load spike
+
+    model = nn.Sequential(nn.Embedding(50, 8))
+    times = rank_times(model, "0", list(range(1, 9)), Spiky(), us_per_code=0.0)
+    values = [times[k] for k in range(1, 9)]
+    assert values == sorted(values) and values[0] == pytest.approx((50.0 + sum(range(2, 9))) / 8)  # pooled
+
+
+def _latency_problem():
+    from types import SimpleNamespace
+
+    from lightning_afm.callbacks.budgeting import BudgetPrices
+    from lightning_afm.compress.pricing import Price
+
+    prices = BudgetPrices(auto=[Price("a", 10, 0, 4, True), Price("b", 10, 0, 4, True)], fixed=0,
+                          params_now=1000, params_as_it_comes=1000, bytes_per_param=4)
+    stats = {n: SimpleNamespace(cov=torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)))
+             for n in ("a", "b")}
+    times = {n: {k: 1000.0 * k for k in range(1, 5)} for n in ("a", "b")}  # 1 ms per unit of rank
+    return prices, stats, times
+
+
+def test_allocate_for_latency_keeps_a_measured_fit_and_falls_back_to_the_smallest():
+    from lightning_afm.callbacks.budgeting import LATENCY_RETRIES, allocate_for_latency
+
+    prices, stats, times = _latency_problem()
+    budget = Budget(latency_ms=14.0, batch=10)  # smallest 10 ms: 4 ms of room, 1 ms per unit of rank
+
+    def as_predicted(ranks):
+        return 8.0 + sum(ranks.values())
+
+    out = allocate_for_latency(budget, prices, stats, times, smallest_ms=10.0, measure=as_predicted)
+    assert sum(out.ranks.values()) == 2 + 4 and out.notes["planned_latency_ms"] == [14.0]
+    assert out.notes["predicted_latency_ms"] == pytest.approx(14.0)
+    # the structures measure 4 ms over what the products say: the next try has 4 ms less room
+    seen = []
+
+    def slow(ranks):
+        seen.append(dict(ranks))
+        return 12.0 + sum(ranks.values())
+
+    out = allocate_for_latency(budget, prices, stats, times, smallest_ms=10.0, measure=slow)
+    assert [sum(r.values()) for r in seen] == [6, 2] and out.ranks == {"a": 1, "b": 1}
+    assert out.notes["planned_latency_ms"] == [18.0, 14.0]
+    # always over: the smallest structure after the retries
+    out = allocate_for_latency(budget, prices, stats, times, smallest_ms=10.0, measure=lambda ranks: 99.0)
+    assert out.ranks == {"a": 1, "b": 1} and len(out.notes["planned_latency_ms"]) == LATENCY_RETRIES + 1
+    with pytest.raises(InfeasibleBudgetError, match="smallest feasible budget is latency_ms=15"):
+        allocate_for_latency(budget, prices, stats, times, smallest_ms=15.0, measure=slow)

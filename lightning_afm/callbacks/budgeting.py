@@ -35,6 +35,8 @@ __all__ = ["PlannedStage", "BudgetPrices", "price_stages", "check_budget", "allo
 
 #: Allocations tried for a latency budget before keeping the last (each measured on a copy).
 LATENCY_RETRIES = 3
+#: Microseconds a unit of rank costs at least (measured times below it are noise).
+_FLOOR_US = 1e-3
 
 
 @dataclass(frozen=True)
@@ -163,17 +165,22 @@ def allocate_for_latency(budget: Budget, prices: BudgetPrices, statistics: Mappi
     ``times``: :func:`latency_times`; ``smallest_ms``: the smallest structure's measured latency;
     ``measure(ranks)``: the measured latency of the structure at ``ranks``. Each allocation is
     measured; one that overruns the budget is redone with that much less room (at most
-    :data:`LATENCY_RETRIES` tries, the last kept).
+    :data:`LATENCY_RETRIES` tries, then the smallest structure).
     """
     check_latency(budget, smallest_ms)
     targets = []
     for t in _rank_targets(budget, prices, statistics):
-        base = times[t.name][rank_choices(t)[0]]
-        # the time above the smallest rank (never below it: a faster larger rank is measurement noise)
-        targets.append(dataclasses.replace(t, costs={k: max(v - base, 0.0) for k, v in times[t.name].items()}))
+        smallest = rank_choices(t)[0]
+        base = times[t.name][smallest]
+        # the time above the smallest rank; never free (a larger rank measured as fast is noise
+        # on a loaded machine): so no room means the smallest ranks
+        targets.append(dataclasses.replace(t, costs={k: max(v - base, _FLOOR_US * (k - smallest))
+                                                     for k, v in times[t.name].items()}))
     room_us = 1000.0 * (budget.latency_ms - smallest_ms)
     tries = []
-    for _ in range(LATENCY_RETRIES):
+    for attempt in range(LATENCY_RETRIES + 1):
+        if attempt == LATENCY_RETRIES:
+            room_us = 0.0  # every try overran: the smallest structure, which the check measured within
         allocation = allocate_ranks(targets, room_us, budget.allocator)
         measured = measure(allocation.ranks)
         tries.append(round(measured, 4))

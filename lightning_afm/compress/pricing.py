@@ -84,11 +84,25 @@ def _timed_ranks(choices: Sequence[int], up_to: int) -> list[int]:
     return [kept[i] for i in at]
 
 
+def _monotone(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators): a wider
+    product never takes less time, so a dip below an earlier rank is measurement noise (a
+    spike on a loaded machine) and is averaged with its neighbours rather than trusted."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(int(c))]
+
+
 def _interpolate(timed: dict[int, float], choices: Sequence[int]) -> dict[int, float]:
-    """Times of every choice from the timed ones: linear between them, and beyond the last with
-    the slope of the last two (a product's time grows about linearly with its width)."""
+    """Times of every choice from the timed ones (made non-decreasing): linear between them, and
+    beyond the last with the slope of the last two (a product's time grows about linearly with
+    its width)."""
     ks = sorted(timed)
-    ys = [timed[k] for k in ks]
+    ys = _monotone([timed[k] for k in ks])
     slope = (ys[-1] - ys[-2]) / (ks[-1] - ks[-2]) if len(ks) > 1 else 0.0
     out = {}
     for k in choices:
