@@ -108,6 +108,8 @@ def check_budget(budget: Budget, prices: BudgetPrices) -> None:
 def allocate_for_budget(budget: Budget, prices: BudgetPrices,
                         statistics: Mapping[str, compress.OutputStatistics]) -> Allocation:
     """The auto targets' ranks for ``budget`` from their statistics (all of them, one pass)."""
+    if budget.timed:
+        raise ValueError(f"a latency budget ({budget.describe()}) is measured: use allocate_for_latency")
     check_budget(budget, prices)
     targets = _rank_targets(budget, prices, statistics)
     if budget.sized:
