@@ -275,3 +275,22 @@ def test_the_run_settings_and_final_auc_reach_the_logger_as_hparams(tmp_path, lo
                 if any(v.metadata.plugin_data.plugin_name == "hparams" for v in event.summary.value):
                     found["hparams"] = True
         assert found.get("hparams") and found["hp_metric"] == pytest.approx(summary["test_auc"], abs=1e-6)
+
+
+def test_auto_ranks_reach_the_logger_as_the_string_auto_and_the_chosen_ranks_as_metrics(tmp_path, compose_app):
+    import csv as csv_module
+
+    import yaml
+
+    overrides = TINY + ["compression=afm_auto", "compression.progress=false", "compression.budget.ratio=2",
+                        "compression.budget.multiple=4", f"+output_dir={tmp_path}"]
+    summary = cli.run(compose_app(overrides))
+    (hparams,) = tmp_path.rglob("hparams.yaml")
+    saved = yaml.safe_load(hparams.read_text())
+    assert saved["compression/mlp/rank"] == "auto" and saved["compression/emb/rank"] == "auto"
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    rows = [r for r in csv_module.DictReader(metrics.open()) if r.get("budget/params")]
+    assert len(rows) == 1 and float(rows[0]["budget/params"]) == summary["budget"]["params"]
+    for name, rank in summary["budget"]["ranks"].items():
+        assert float(rows[0][f"budget/rank/{name}"]) == rank
+        assert 0 < float(rows[0][f"budget/kept_variance/{name}"]) <= 1

@@ -113,3 +113,66 @@ def test_bad_budgets_say_what_to_give():
     assert Budget(bytes=400).max_params(1000, 4) == 100 and Budget(ratio=4.0).max_params(1000, 4) == 250
     with pytest.raises(ValueError, match="distinct names"):
         allocate_ranks([RankTarget("a", [1], 1, 1)] * 2, capacity=5)
+
+
+def _measured_like_targets(seed: int) -> list[RankTarget]:
+    """Targets whose cost per rank choice is not proportional to the rank (as measured times are)."""
+    rng = np.random.default_rng(100 + seed)
+    out = []
+    for i in range(3):
+        width = int(rng.integers(2, 6))
+        values = np.sort(rng.exponential(1.0, width) ** 2)[::-1]
+        step = int(rng.integers(1, 3))
+        probe = RankTarget(f"t{i}", values.tolist(), cost=1, max_rank=width, step=step)
+        costs = {k: float(rng.uniform(0.0, 10.0)) for k in rank_choices(probe)}
+        out.append(RankTarget(f"t{i}", values.tolist(), cost=1, max_rank=width, step=step, costs=costs))
+    return out
+
+
+def _brute_force_costs(targets, capacity):
+    best = -1.0
+    for ranks in itertools.product(*[rank_choices(t) for t in targets]):
+        if sum(t.costs[k] for t, k in zip(targets, ranks)) <= capacity + 1e-12:
+            best = max(best, sum(float(np.sum(t.eigenvalues[:k]) / np.sum(t.eigenvalues))
+                                 for t, k in zip(targets, ranks)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_costs_per_rank_choice_exact_is_optimal_and_both_fit(seed):
+    targets = _measured_like_targets(seed)
+    least = sum(t.costs[rank_choices(t)[0]] for t in targets)
+    for capacity in np.linspace(least, least + 20.0, 6):
+        best = _brute_force_costs(targets, capacity)
+        exact = allocate_ranks(targets, float(capacity), "exact")
+        assert exact.cost <= capacity + 1e-9
+        assert sum(exact.kept.values()) == pytest.approx(best, abs=1e-9)
+        greedy = allocate_ranks(targets, float(capacity), "greedy")
+        assert greedy.cost <= capacity + 1e-9
+        assert greedy.cost == pytest.approx(sum(t.costs[greedy.ranks[t.name]] for t in targets))
+
+
+def test_greedy_steps_over_a_slow_rank_to_a_faster_larger_one():
+    # rank 2 is slower than rank 3 (a width the products dislike): greedy goes 1 -> 3 for free
+    t = RankTarget("l", [4.0, 2.0, 1.0, 1.0], cost=1, max_rank=4, costs={1: 0.0, 2: 5.0, 3: 1.0, 4: 9.0})
+    assert allocate_ranks([t], capacity=1.0).ranks == {"l": 3}
+    assert allocate_ranks([t], capacity=0.5).ranks == {"l": 1}
+    free = RankTarget("f", [1.0, 1.0, 1.0], cost=1, max_rank=3, costs={1: 2.0, 2: 2.0, 3: 2.0})
+    assert allocate_ranks([free], capacity=2.0).ranks == {"f": 3}
+    with pytest.raises(ValueError, match="costs has no entry for ranks \\[3\\]"):
+        RankTarget("x", [1.0] * 3, cost=1, max_rank=3, costs={1: 0.0, 2: 1.0})
+
+
+def test_latency_budget_settings():
+    budget = Budget(latency_ms=12.5, batch=2000)
+    assert budget.timed and not budget.sized and budget.describe() == "12.5 ms per batch of 2,000"
+    assert Budget.from_value({"latency_ms": 3, "batch": 500}) == Budget(latency_ms=3, batch=500)
+    assert Budget(latency_ms=1).batch == 10_000
+    with pytest.raises(ValueError, match="latency_ms must be a positive number"):
+        Budget(latency_ms=-1)
+    with pytest.raises(ValueError, match="batch .* must be a whole number"):
+        Budget(latency_ms=1, batch=2.5)
+    with pytest.raises(ValueError, match="exactly one of"):
+        Budget(latency_ms=1, ratio=2.0)
+    with pytest.raises(ValueError, match="has no parameter count"):
+        budget.max_params(100, 4)

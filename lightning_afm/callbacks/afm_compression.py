@@ -66,8 +66,11 @@ from lightning_afm.compress.registry import factored_types
 from lightning_afm.callbacks import lightning_compat
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
-from lightning_afm.callbacks.budgeting import (BudgetPrices, PlannedStage, allocate_for_budget, check_budget,
-                                               price_stages)
+from lightning_afm.callbacks.budgeting import (BudgetPrices, PlannedStage, allocate_for_budget, allocate_for_latency,
+                                               check_budget, check_latency, latency_times, price_stages,
+                                               smallest_ranks)
+from lightning_afm.callbacks.latency import inference_latency_ms, planned_structure
+from lightning_afm.compress.timing import ProductTimer
 from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage, leaves_projections
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,8 @@ class AFMCompressionCallback(pl.Callback):
                              "kept_variance=); Hydra: compression.budget.ratio=5")
         #: The auto ranks (``compress.budget.Allocation.to_dict()``), chosen at the first auto stage.
         self.allocation: dict[str, Any] | None = None
+        # A latency budget's measured latency of the smallest structure, once per fit.
+        self._smallest_latency_ms: float | None = None
 
         self.history: list[dict[str, Any]] = []
         self.baseline: dict[str, Any] | None = None
@@ -217,6 +222,7 @@ class AFMCompressionCallback(pl.Callback):
         # Lightning also hands callbacks their state from a checkpoint loaded by validate/test/
         # predict; only a fit (resuming) takes it, so the fit's records outlive a test of "best".
         self._fitting = stage == "fit"
+        self._smallest_latency_ms = None
         # Any checkpoint Lightning loads into this module (resume, trainer.test(ckpt_path="best"), ...)
         # must first get the structure of its own plan: see _install_structure_restore.
         self._install_structure_restore(pl_module)
@@ -556,6 +562,8 @@ class AFMCompressionCallback(pl.Callback):
         record["swap_s"] = self._now(pl_module) - started
         record["params"] = compress.parameter_count(pl_module)
         record["stored_values"] = compress.stored_values(pl_module)  # PQ's codes too (Table 17 counts them)
+        if self.budget is not None and self.budget.timed and index == len(self.stages) - 1:
+            self._measure_latency(trainer, pl_module, record)
         record["layers"] = layers
         started = self._now(pl_module)
         # select="best" scores the validation split with its predictions anyway: one pass serves both.
@@ -583,7 +591,7 @@ class AFMCompressionCallback(pl.Callback):
             "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
             "params_before": compress.parameter_count(pl_module), "params": None, "stored_values": None,
             "layers": None, "rank_search": None, "selected_point": None, "checks": None, "finished": False,
-            "budget": None, "ranks": None,
+            "budget": None, "ranks": None, "latency_ms": None,
         }
         record.update(dict.fromkeys(STAGE_TIME_KEYS))
         record.update(dict.fromkeys(f"pre_finetune_{k}" for k in scores))
@@ -838,8 +846,8 @@ class AFMCompressionCallback(pl.Callback):
             names = self._targets(pl_module, stage)
             if stage.method == "ttd":
                 names = compress.select_tt_tables(pl_module, names, stage.ttd_min_rows, stage.ttd_lr)
-                if self.budget is not None and self.budget.sized:
-                    raise ValueError(f"stage {stage.name!r}: a size budget cannot price TT tables yet; use "
+                if self.budget is not None and self.budget.kept_variance is None:
+                    raise ValueError(f"stage {stage.name!r}: a size or latency budget cannot price TT tables yet; use "
                                      "kept_variance= or leave the TT stage out of a budgeted compression")
             width = None
             if isinstance(stage, EmbeddingStage) and self._should_fold(pl_module, stage, names, folded):
@@ -853,9 +861,10 @@ class AFMCompressionCallback(pl.Callback):
             planned.append(PlannedStage(stage, names, width))
         return planned
 
-    def _budget_prices(self, pl_module: nn.Module, first: int) -> BudgetPrices:
+    def _budget_prices(self, pl_module: nn.Module, first: int) -> tuple[list[PlannedStage], BudgetPrices]:
+        planned = self._planned_stages(pl_module, first)
         reference = self.baseline["params"] if self.baseline else compress.parameter_count(pl_module)
-        return price_stages(pl_module, self._planned_stages(pl_module, first), reference)
+        return planned, price_stages(pl_module, planned, reference)
 
     def _allocate(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                   index: int) -> dict[str, compress.OutputStatistics]:
@@ -868,10 +877,43 @@ class AFMCompressionCallback(pl.Callback):
                  self.budget.describe(), len(auto_names))
         statistics = self._collect_statistics(trainer, pl_module, self.stages[index], auto_names)
         with self._stage_errors(self.stages[index]):
-            self.allocation = allocate_for_budget(self.budget, prices, statistics).to_dict()
+            if self.budget.timed:
+                # each rank times its own machine: every rank swaps at rank 0's ranks
+                allocation = self._allocate_latency(trainer, pl_module, planned, prices, statistics)
+                self.allocation = self._rank_zero(trainer, allocation.to_dict())
+            else:
+                self.allocation = allocate_for_budget(self.budget, prices, statistics).to_dict()
         log.info("AFM budget: ranks %s -> %s parameters", self.allocation["ranks"], f"{self.allocation['params']:,}")
         own = set(planned[0].names)
         return {name: stats for name, stats in statistics.items() if name in own}
+
+    def _smallest_latency(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                          prices: BudgetPrices) -> float:
+        """Measured latency of the smallest structure the stages to come can leave (once per fit; rank 0's)."""
+        if self._smallest_latency_ms is None:
+            smallest = planned_structure(pl_module, planned, smallest_ranks(prices, self.budget.multiple))
+            self._smallest_latency_ms = self._rank_zero(trainer, inference_latency_ms(smallest, self.budget.batch))
+        return self._smallest_latency_ms
+
+    def _allocate_latency(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                          prices: BudgetPrices, statistics: Mapping[str, compress.OutputStatistics]):
+        """The allocation for a latency budget, each candidate's structure measured on a copy."""
+        first = next(pl_module.parameters())
+        timer = ProductTimer(self.budget.batch, first.device, first.dtype)
+        smallest = self._smallest_latency(trainer, pl_module, planned, prices)
+        times = latency_times(pl_module, planned, prices, self.budget, timer)
+        log.info("AFM budget: timed %d product shapes at batch %s", timer.shapes_timed, f"{self.budget.batch:,}")
+        return allocate_for_latency(
+            self.budget, prices, statistics, times, smallest,
+            lambda ranks: inference_latency_ms(planned_structure(pl_module, planned, ranks), self.budget.batch))
+
+    def _measure_latency(self, trainer: pl.Trainer, pl_module: nn.Module, record: dict[str, Any]) -> None:
+        """After the last swap under a latency budget: the structure's measured latency, in the budget block."""
+        latency = self._rank_zero(trainer, inference_latency_ms(pl_module, self.budget.batch))
+        self.allocation["latency_ms"] = round(latency, 4)
+        record["latency_ms"] = self.allocation["latency_ms"]
+        log.info("AFM budget: the compressed model's inference form takes %.4g ms per batch of %s (budget %g ms)",
+                 latency, f"{self.budget.batch:,}", self.budget.latency_ms)
 
     @staticmethod
     def _stage_targets(pl_module: nn.Module, stage: CompressionStage, names: list[str], rank: int) -> list[str]:
@@ -1024,7 +1066,10 @@ class AFMCompressionCallback(pl.Callback):
             self._check_data_needs(trainer, stage)
         if self.budget is not None and self.allocation is None and self.stages_started < len(self.stages):
             # the smallest structure needs no statistics: an impossible budget fails before any work
-            check_budget(self.budget, self._budget_prices(pl_module, self.stages_started))
+            planned, prices = self._budget_prices(pl_module, self.stages_started)
+            check_budget(self.budget, prices)
+            if self.budget.timed:
+                check_latency(self.budget, self._smallest_latency(trainer, pl_module, planned, prices))
 
     def _check_data_needs(self, trainer: pl.Trainer, stage: CompressionStage) -> None:
         reads_val = [k for k, on in (("select='best'", stage.select == "best"),

@@ -5,21 +5,38 @@ once, at the start of the first auto stage, from one statistics pass over all of
 (:mod:`lightning_afm.compress.budget`); the stages then swap at those ranks (each stage's own
 statistics pass, after the earlier finetunes, computes its factors). Fixed-rank stages still to
 come count at their rank.
+
+A latency budget (``Budget(latency_ms=, batch=)``) is priced in measured time: the smallest
+structure (every auto target at its smallest rank, the fixed stages at theirs, the lookups and
+the rest of the forward) is built on a copy and its inference form timed
+(:mod:`.latency`); each auto target's rank choices cost the measured time of their products
+above its smallest rank (:func:`lightning_afm.compress.pricing.rank_times`). The allocation's
+structure is then built and timed before any module changes; if it overruns (the products do
+not add up exactly), the allocation is redone with that much less room.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from lightning_afm import compress
-from lightning_afm.compress.budget import Allocation, Budget, InfeasibleBudgetError, RankTarget, allocate_ranks
-from lightning_afm.compress.pricing import Price, price_targets
+from lightning_afm.compress.budget import (Allocation, Budget, InfeasibleBudgetError, RankTarget, allocate_ranks,
+                                           rank_choices)
+from lightning_afm.compress.pricing import Price, fold_us_per_code, price_targets, rank_times
+from lightning_afm.compress.timing import ProductTimer
 from lightning_afm.callbacks.stages import CompressionStage
 
-__all__ = ["PlannedStage", "BudgetPrices", "price_stages", "check_budget", "allocate_for_budget"]
+__all__ = ["PlannedStage", "BudgetPrices", "price_stages", "check_budget", "allocate_for_budget",
+           "smallest_ranks", "check_latency", "latency_times", "allocate_for_latency", "LATENCY_RETRIES"]
+
+#: Allocations tried for a latency budget before keeping the last (each measured on a copy).
+LATENCY_RETRIES = 3
+#: Microseconds a unit of rank costs at least (measured times below it are noise).
+_FLOOR_US = 1e-3
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,11 @@ def _smallest_rank(price: Price, step: int) -> int:
     return 1 if price.is_table else min(step, price.max_rank)
 
 
+def smallest_ranks(prices: BudgetPrices, step: int) -> dict[str, int]:
+    """Every auto target's smallest allowed rank: 1 for a field, ``step`` (or its width) for a Linear."""
+    return {p.name: _smallest_rank(p, step) for p in prices.auto}
+
+
 def price_stages(model: nn.Module, planned: Sequence[PlannedStage], params_as_it_comes: int) -> BudgetPrices:
     """What the stages to come cost: per unit of rank for the auto targets, in total for the fixed ones."""
     auto: list[Price] = []
@@ -86,11 +108,10 @@ def check_budget(budget: Budget, prices: BudgetPrices) -> None:
 def allocate_for_budget(budget: Budget, prices: BudgetPrices,
                         statistics: Mapping[str, compress.OutputStatistics]) -> Allocation:
     """The auto targets' ranks for ``budget`` from their statistics (all of them, one pass)."""
+    if budget.timed:
+        raise ValueError(f"a latency budget ({budget.describe()}) is measured: use allocate_for_latency")
     check_budget(budget, prices)
-    targets = []
-    for p in prices.auto:
-        values = compress.explained_variance(statistics[p.name].cov).eigenvalues.tolist()
-        targets.append(RankTarget(p.name, values, p.cost, p.max_rank, 1 if p.is_table else budget.multiple))
+    targets = _rank_targets(budget, prices, statistics)
     if budget.sized:
         allocation = allocate_ranks(targets, prices.targets_capacity(budget), budget.allocator)
     else:
@@ -99,4 +120,80 @@ def allocate_for_budget(budget: Budget, prices: BudgetPrices,
     params = prices.params_now + prices.fixed + sum(by_name[n].added(k) for n, k in allocation.ranks.items())
     allocation.notes.update(budget=budget.describe(), params=int(params),
                             params_as_it_comes=prices.params_as_it_comes)
+    return allocation
+
+
+def _rank_targets(budget: Budget, prices: BudgetPrices,
+                  statistics: Mapping[str, compress.OutputStatistics]) -> list[RankTarget]:
+    """The auto targets priced in parameters, with their spectra."""
+    targets = []
+    for p in prices.auto:
+        values = compress.explained_variance(statistics[p.name].cov).eigenvalues.tolist()
+        targets.append(RankTarget(p.name, values, p.cost, p.max_rank, 1 if p.is_table else budget.multiple))
+    return targets
+
+
+def check_latency(budget: Budget, smallest_ms: float) -> None:
+    """An error naming the smallest feasible latency when the smallest structure already takes longer."""
+    if budget.latency_ms is not None and smallest_ms > budget.latency_ms:
+        raise InfeasibleBudgetError(
+            f"the budget ({budget.describe()}) cannot be met on this machine: rank 1 for every field and rank "
+            f"{budget.multiple} (or the full width) for every MLP layer, with the lookups and the rest of the "
+            f"forward, already takes {smallest_ms:.4g} ms (measured, inference form, batch {budget.batch:,}); "
+            f"the smallest feasible budget is latency_ms={smallest_ms:.4g}", smallest=smallest_ms)
+
+
+def latency_times(model: nn.Module, planned: Sequence[PlannedStage], prices: BudgetPrices, budget: Budget,
+                  timer: ProductTimer) -> dict[str, dict[int, float]]:
+    """Measured microseconds of each auto target's products at each of its rank choices."""
+    fold_width = {name: p.fold_width for p in planned if p.fold_width is not None for name in p.names}
+    folded = [p for p in prices.auto if p.name in fold_width]
+    per_code = None
+    if folded:
+        per_code = fold_us_per_code(timer, len(folded), sum(p.max_rank for p in folded), fold_width[folded[0].name])
+    times = {}
+    for p in prices.auto:
+        choices = rank_choices(RankTarget(p.name, [0.0] * p.max_rank, p.cost, p.max_rank,
+                                          1 if p.is_table else budget.multiple))
+        times[p.name] = rank_times(model, p.name, choices, timer, per_code if p.name in fold_width else None)
+    return times
+
+
+def allocate_for_latency(budget: Budget, prices: BudgetPrices, statistics: Mapping[str, compress.OutputStatistics],
+                         times: Mapping[str, Mapping[int, float]], smallest_ms: float,
+                         measure: Callable[[Mapping[str, int]], float]) -> Allocation:
+    """The auto targets' ranks for a latency budget: the most variance within the measured time.
+
+    ``times``: :func:`latency_times`; ``smallest_ms``: the smallest structure's measured latency;
+    ``measure(ranks)``: the measured latency of the structure at ``ranks``. Each allocation is
+    measured; one that overruns the budget is redone with that much less room (at most
+    :data:`LATENCY_RETRIES` tries, then the smallest structure).
+    """
+    check_latency(budget, smallest_ms)
+    targets = []
+    for t in _rank_targets(budget, prices, statistics):
+        smallest = rank_choices(t)[0]
+        base = times[t.name][smallest]
+        # the time above the smallest rank; never free (a larger rank measured as fast is noise
+        # on a loaded machine): so no room means the smallest ranks
+        targets.append(dataclasses.replace(t, costs={k: max(v - base, _FLOOR_US * (k - smallest))
+                                                     for k, v in times[t.name].items()}))
+    room_us = 1000.0 * (budget.latency_ms - smallest_ms)
+    tries = []
+    for attempt in range(LATENCY_RETRIES + 1):
+        if attempt == LATENCY_RETRIES:
+            room_us = 0.0  # every try overran: the smallest structure, which the check measured within
+        allocation = allocate_ranks(targets, room_us, budget.allocator)
+        measured = measure(allocation.ranks)
+        tries.append(round(measured, 4))
+        if measured <= budget.latency_ms:
+            break
+        room_us = max(room_us - 1000.0 * (measured - budget.latency_ms), 0.0)
+    by_name = {p.name: p for p in prices.auto}
+    params = prices.params_now + prices.fixed + sum(by_name[n].added(k) for n, k in allocation.ranks.items())
+    allocation.notes.update(budget=budget.describe(), params=int(params), params_as_it_comes=prices.params_as_it_comes,
+                            latency_budget_ms=float(budget.latency_ms), batch=int(budget.batch),
+                            smallest_latency_ms=round(smallest_ms, 4),
+                            predicted_latency_ms=round(smallest_ms + allocation.cost / 1000.0, 4),
+                            planned_latency_ms=tries)
     return allocation

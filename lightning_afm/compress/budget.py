@@ -20,6 +20,12 @@ is highest.
 
 A ``kept_variance`` target instead gives each target the smallest allowed rank keeping that
 share of its variance, with no budget.
+
+A latency budget prices a rank in measured microseconds instead of parameters: a target then
+carries a cost per rank choice (``costs``), which need not be proportional to the rank (a product
+of width 64 can be as fast as one of width 56). Both allocators take such costs; the greedy one
+then steps to the choice with the best gain per unit of cost among all larger ranks (the upper
+convex hull of the target's curve), so a slow rank between two fast ones is stepped over.
 """
 
 from __future__ import annotations
@@ -31,13 +37,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Budget", "RankTarget", "Allocation", "InfeasibleBudgetError", "allocate_ranks", "rank_choices",
-           "ALLOCATORS", "DEFAULT_LINEAR_MULTIPLE"]
+           "ALLOCATORS", "DEFAULT_LINEAR_MULTIPLE", "DEFAULT_LATENCY_BATCH", "SIZES"]
 
 ALLOCATORS = ("greedy", "exact")
-#: Rank step of MLP Linears (see the README's "Budgeted AFM" for the timing that chose it).
+#: Rank step of MLP Linears. ``benchmarks/bench_rank_multiple.py`` times the factored pair
+#: ``n -> r -> n`` at batch 10,000 on one thread for every ``r``; see the README's "Budgeted AFM"
+#: for the figures that kept 8.
 DEFAULT_LINEAR_MULTIPLE = 8
+#: Batch a latency budget is measured at when none is given (the paper's throughput batch).
+DEFAULT_LATENCY_BATCH = 10_000
 #: The exact allocator gives up beyond this many Pareto states (use "greedy").
 _MAX_STATES = 200_000
+#: The budget kinds, exactly one of which a Budget has.
+SIZES = ("params", "ratio", "bytes", "latency_ms", "kept_variance")
 
 
 class InfeasibleBudgetError(ValueError):
@@ -58,13 +70,17 @@ def _positive(value: Any, name: str, integral: bool = False) -> float:
 
 @dataclass(frozen=True)
 class Budget:
-    """What the ``rank="auto"`` stages of a compression must fit in; exactly one of the first four.
+    """What the ``rank="auto"`` stages of a compression must fit in; exactly one of the first five.
 
     Attributes:
         params: parameters of the whole model after every stage.
         ratio: ``x`` fewer parameters than the model as it comes (before the first stage).
         bytes: bytes of the whole model's parameters after every stage (at their element size).
+        latency_ms: milliseconds of one forward of the whole model's inference form
+            (:func:`lightning_afm.inference.optimize_for_inference`) at ``batch`` rows, measured on
+            this machine with the current thread setting.
         kept_variance: no size target: each auto target keeps this share of its variance (0, 1].
+        batch: rows per forward of a ``latency_ms`` budget (ignored by the others).
         multiple: MLP Linears get ranks in multiples of this (the matrix products' preferred
             widths); fields step by 1. A Linear narrower than it gets its full width at most.
         allocator: ``"greedy"`` or ``"exact"`` (see the module docstring).
@@ -72,19 +88,23 @@ class Budget:
     Example:
         >>> Budget(ratio=5.0).describe()
         '5x fewer parameters'
+        >>> Budget(latency_ms=20, batch=10_000).describe()
+        '20 ms per batch of 10,000'
     """
 
     params: int | None = None
     ratio: float | None = None
     bytes: int | None = None
+    latency_ms: float | None = None
     kept_variance: float | None = None
+    batch: int = DEFAULT_LATENCY_BATCH
     multiple: int = DEFAULT_LINEAR_MULTIPLE
     allocator: str = "greedy"
 
     def __post_init__(self) -> None:
-        given = [n for n in ("params", "ratio", "bytes", "kept_variance") if getattr(self, n) is not None]
+        given = [n for n in SIZES if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError(f"Budget needs exactly one of params=, ratio=, bytes=, kept_variance=; got "
+            raise ValueError(f"Budget needs exactly one of {', '.join(n + '=' for n in SIZES)}; got "
                              f"{given or 'none'}; e.g. Budget(ratio=5.0) for 5x fewer parameters")
         name = given[0]
         _positive(getattr(self, name), name, integral=name in ("params", "bytes"))
@@ -92,6 +112,7 @@ class Budget:
             raise ValueError(f"Budget: kept_variance is a share of the variance in (0, 1], got {self.kept_variance!r}")
         if name == "ratio" and self.ratio < 1:
             raise ValueError(f"Budget: ratio is how many times fewer parameters (>= 1), got {self.ratio!r}")
+        _positive(self.batch, "batch (rows per forward of a latency budget)", integral=True)
         if isinstance(self.multiple, bool) or not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"Budget: multiple must be a positive integer (rank step of MLP layers), "
                              f"got {self.multiple!r}")
@@ -104,7 +125,7 @@ class Budget:
         if value is None or isinstance(value, Budget):
             return value
         if isinstance(value, Mapping):
-            known = {"params", "ratio", "bytes", "kept_variance", "multiple", "allocator"}
+            known = set(SIZES) | {"batch", "multiple", "allocator"}
             unknown = sorted(set(value) - known)
             if unknown:
                 raise ValueError(f"Budget: unknown settings {unknown}; the settings are {sorted(known)}")
@@ -112,9 +133,14 @@ class Budget:
         raise TypeError(f"budget must be a Budget, a mapping of its settings or None, got {type(value).__name__}")
 
     @property
+    def timed(self) -> bool:
+        """Whether the budget is a measured latency (``latency_ms``)."""
+        return self.latency_ms is not None
+
+    @property
     def sized(self) -> bool:
-        """Whether the budget is a size (params, ratio, bytes), not a kept-variance share."""
-        return self.kept_variance is None
+        """Whether the budget is a size (params, ratio, bytes), not a latency or a kept-variance share."""
+        return self.kept_variance is None and self.latency_ms is None
 
     def max_params(self, params_as_it_comes: int, bytes_per_param: int) -> int:
         """The largest parameter count of the compressed model this budget allows."""
@@ -124,7 +150,7 @@ class Budget:
             return int(params_as_it_comes / self.ratio)
         if self.bytes is not None:
             return int(self.bytes) // int(bytes_per_param)
-        raise ValueError("a kept_variance budget has no parameter count")
+        raise ValueError(f"a budget of {self.describe()} has no parameter count")
 
     def in_own_unit(self, params: int, params_as_it_comes: int, bytes_per_param: int) -> str:
         """A parameter count said in this budget's own terms (for the infeasible-budget error)."""
@@ -141,6 +167,8 @@ class Budget:
             return f"{self.ratio:g}x fewer parameters"
         if self.bytes is not None:
             return f"{int(self.bytes):,} bytes"
+        if self.latency_ms is not None:
+            return f"{self.latency_ms:g} ms per batch of {int(self.batch):,}"
         return f"{self.kept_variance:g} of each target's variance"
 
 
@@ -155,13 +183,16 @@ class RankTarget:
         max_rank: the largest rank it allows.
         step: its ranks are multiples of ``step`` (or ``max_rank``); the smallest is
             ``min(step, max_rank)``.
+        costs: the cost of each rank choice when it is not ``cost * rank`` (a latency budget's
+            measured microseconds); every choice of :func:`rank_choices` must be in it.
     """
 
     name: str
     eigenvalues: Sequence[float]
-    cost: int
+    cost: float
     max_rank: int
     step: int = 1
+    costs: Mapping[int, float] | None = None
 
     def __post_init__(self) -> None:
         if self.max_rank < 1 or self.step < 1 or self.cost < 0:
@@ -170,6 +201,16 @@ class RankTarget:
         if len(self.eigenvalues) < self.max_rank:
             raise ValueError(f"target {self.name!r}: {len(self.eigenvalues)} eigenvalues for ranks up to {self.max_rank}")
         object.__setattr__(self, "eigenvalues", tuple(max(float(v), 0.0) for v in self.eigenvalues))
+        if self.costs is not None:
+            missing = [k for k in rank_choices(self) if k not in self.costs]
+            if missing:
+                raise ValueError(f"target {self.name!r}: costs has no entry for ranks {missing}")
+            if any(not math.isfinite(float(c)) for c in self.costs.values()):
+                raise ValueError(f"target {self.name!r}: costs must be finite numbers, got {dict(self.costs)}")
+
+    def cost_at(self, rank: int) -> float:
+        """The cost of rank ``rank``: ``costs[rank]`` when given, else ``cost * rank``."""
+        return float(self.costs[rank]) if self.costs is not None else self.cost * rank
 
     def kept(self, rank: int) -> float:
         """Share of the variance its top ``rank`` components keep (1.0 when it has none)."""
@@ -187,25 +228,26 @@ def rank_choices(target: RankTarget) -> list[int]:
 
 @dataclass
 class Allocation:
-    """The chosen rank and kept variance share of each target, and their parameters (``sum cost k``)."""
+    """The chosen rank and kept variance share of each target, and their cost (``sum cost_at(k)``)."""
 
     ranks: dict[str, int]
     kept: dict[str, float]
-    cost: int
+    cost: float
     allocator: str
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ranks": dict(self.ranks), "kept_variance": dict(self.kept), "cost": int(self.cost),
+        cost = int(self.cost) if float(self.cost).is_integer() else float(self.cost)
+        return {"ranks": dict(self.ranks), "kept_variance": dict(self.kept), "cost": cost,
                 "allocator": self.allocator, **self.notes}
 
 
-def smallest_cost(targets: Sequence[RankTarget]) -> int:
-    """Parameters of every target at its smallest allowed rank."""
-    return sum(t.cost * rank_choices(t)[0] for t in targets)
+def smallest_cost(targets: Sequence[RankTarget]) -> float:
+    """Cost of every target at its smallest allowed rank."""
+    return sum(t.cost_at(rank_choices(t)[0]) for t in targets)
 
 
-def allocate_ranks(targets: Sequence[RankTarget], capacity: int | None = None, allocator: str = "greedy",
+def allocate_ranks(targets: Sequence[RankTarget], capacity: float | None = None, allocator: str = "greedy",
                    kept_variance: float | None = None) -> Allocation:
     """Ranks for ``targets``: the most variance within ``capacity`` parameters, or ``kept_variance`` each.
 
@@ -227,8 +269,8 @@ def allocate_ranks(targets: Sequence[RankTarget], capacity: int | None = None, a
     least = smallest_cost(targets)
     if capacity < least:
         raise InfeasibleBudgetError(
-            f"no ranks fit in {capacity:,} parameters: every target at its smallest rank already takes "
-            f"{least:,}", smallest=least)
+            f"no ranks fit in {capacity:,} (cost units: parameters, or microseconds for a latency): every "
+            f"target at its smallest rank already takes {least:,}", smallest=least)
     if allocator == "greedy":
         return _allocation(targets, _greedy(targets, capacity), allocator)
     if allocator == "exact":
@@ -238,41 +280,60 @@ def allocate_ranks(targets: Sequence[RankTarget], capacity: int | None = None, a
 
 def _allocation(targets: Sequence[RankTarget], ranks: dict[str, int], allocator: str) -> Allocation:
     return Allocation(ranks=ranks, kept={t.name: t.kept(ranks[t.name]) for t in targets},
-                      cost=sum(t.cost * ranks[t.name] for t in targets), allocator=allocator)
+                      cost=sum(t.cost_at(ranks[t.name]) for t in targets), allocator=allocator)
 
 
-def _greedy(targets: Sequence[RankTarget], capacity: int) -> dict[str, int]:
+def _best_step(target: RankTarget, ranks: list[int], at: int, room: float) -> tuple[float, int, float] | None:
+    """The next choice after ``ranks[at]`` with the largest gain per unit of cost that fits in ``room``.
+
+    Returns ``(gain per cost, its position, added cost)``; a choice that costs nothing more (or
+    less) and keeps no less comes first. None when no larger choice fits. With costs
+    proportional to the rank this is always the next choice (the gains fall with the rank).
+    """
+    best = None
+    base_cost, base_kept = target.cost_at(ranks[at]), target.kept(ranks[at])
+    for j in range(at + 1, len(ranks)):
+        added = target.cost_at(ranks[j]) - base_cost
+        gain = target.kept(ranks[j]) - base_kept
+        if added > room:
+            continue
+        ratio = math.inf if added <= 0 else gain / added
+        if best is None or ratio > best[0] or (ratio == math.inf and best[0] == math.inf):
+            best = (ratio, j, added)  # among free steps the largest rank: it keeps the most
+    return best
+
+
+def _greedy(targets: Sequence[RankTarget], capacity: float) -> dict[str, int]:
     choices = {t.name: rank_choices(t) for t in targets}
     position = {t.name: 0 for t in targets}
     spent = smallest_cost(targets)
-    heap: list[tuple[float, int, int]] = []  # (-gain per parameter, target order, added cost)
+    heap: list[tuple[float, int, int, float]] = []  # (-gain per cost, target order, position to go to, added)
 
     def push(i: int) -> None:
         t = targets[i]
-        ranks, at = choices[t.name], position[t.name]
-        if at + 1 < len(ranks):
-            added = t.cost * (ranks[at + 1] - ranks[at])
-            gain = t.kept(ranks[at + 1]) - t.kept(ranks[at])
-            heapq.heappush(heap, (-gain / added if added else -math.inf, i, added))
+        step = _best_step(t, choices[t.name], position[t.name], capacity - spent)
+        if step is not None:
+            heapq.heappush(heap, (-step[0], i, step[1], step[2]))
 
     for i in range(len(targets)):
         push(i)
     while heap:
-        _, i, added = heapq.heappop(heap)
+        _, i, to, added = heapq.heappop(heap)
         if spent + added > capacity:
-            continue  # its next steps cost as much and gain less: this target stops here
+            push(i)  # that step no longer fits: the best one that does (none: this target stops here)
+            continue
         spent += added
-        position[targets[i].name] += 1
+        position[targets[i].name] = to
         push(i)
     return {t.name: choices[t.name][position[t.name]] for t in targets}
 
 
-def _exact(targets: Sequence[RankTarget], capacity: int) -> dict[str, int]:
+def _exact(targets: Sequence[RankTarget], capacity: float) -> dict[str, int]:
     # states: (cost, kept, ranks) on the Pareto front, ascending in cost and strictly in kept
-    states: list[tuple[int, float, tuple[int, ...]]] = [(0, 0.0, ())]
+    states: list[tuple[float, float, tuple[int, ...]]] = [(0, 0.0, ())]
     for t in targets:
-        grown = [(c + t.cost * k, v + t.kept(k), ranks + (k,))
-                 for c, v, ranks in states for k in rank_choices(t) if c + t.cost * k <= capacity]
+        grown = [(c + t.cost_at(k), v + t.kept(k), ranks + (k,))
+                 for c, v, ranks in states for k in rank_choices(t) if c + t.cost_at(k) <= capacity]
         grown.sort(key=lambda s: (s[0], -s[1]))
         states = []
         for state in grown:
