@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runtime", default="eager", choices=("eager", "torchscript"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dirs = sorted({p.parent for root in args.roots for p in Path(root).rglob("last.ckpt")})
+    # run folders only (summary.json beside last.ckpt), not Lightning's checkpoints/ subfolder
+    dirs = sorted({p.parent for root in args.roots for p in Path(root).rglob("last.ckpt")
+                   if (p.parent / "summary.json").is_file()})
     try:
         records = measure(dirs, args.batch, args.rounds, runtime=args.runtime)
     except ValueError as err:

@@ -28,10 +28,11 @@ from lightning_afm.report.runs import Run
 
 TITLE = "Pareto: test AUC against parameters and latency, uniform against budgeted ranks"
 # Override keys told apart in the rows. baseline: the per-seed checkpoint the recipe compresses
-# (baseline=PATH), which varies with the seed exactly as the seed does.
+# (baseline=PATH), which varies with the seed exactly as the seed does; emb.grow_rank=false holds
+# a uniform run at its rank pair; save_checkpoint: the baselines keep theirs.
 SHOWN = ("compression", "compression.mlp.rank", "compression.emb.rank", "compression.budget.ratio",
          "compression.budget.params", "compression.budget.bytes", "compression.budget.kept_variance",
-         "pareto_ratio", "baseline")
+         "compression.emb.grow_rank", "pareto_ratio", "baseline", "save_checkpoint", "hydra.sweep.subdir")
 #: The batch whose latency the table reports (the issue's "measured CPU latency at batch 10,000").
 LATENCY_BATCH = 10_000
 LATENCY_FILE = "latency.json"
