@@ -23,7 +23,9 @@ from typing import Any
 
 from lightning_afm.report import plots
 from lightning_afm.report.common import Context, TableReport, baseline, group
-from lightning_afm.report.format import MISSING, finite, fmt_params, fmt_signed, markdown_table, mean_std, model_title
+from lightning_afm.report.format import (
+    MISSING, finite, fmt_mean_std, fmt_params, fmt_signed, markdown_table, mean_std, model_title,
+)
 from lightning_afm.report.runs import Run
 
 TITLE = "Pareto: test AUC against parameters and latency, uniform against budgeted ranks"
@@ -144,13 +146,6 @@ def collect(members: list[Run]) -> list[_Row]:
     return sorted(rows.values(), key=order)
 
 
-def _cell(values: list[float], digits: int = 4) -> str:
-    mean, std, n = mean_std(values)
-    if n == 0:
-        return MISSING
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
 def build(runs: list[Run], context: Context) -> TableReport:
     sections: list[str] = []
     panels: list[tuple[str, list[_Row]]] = []
@@ -165,9 +160,9 @@ def build(runs: list[Run], context: Context) -> TableReport:
             fewer = f"{base_params / params:.2f}x" if base_params and params else MISSING
             delta = fmt_signed(mean_auc - base) if base is not None and mean_auc is not None and \
                 row.structure != "baseline" else MISSING
-            lat = _cell(row.latencies, 1)
+            lat = fmt_mean_std(row.latencies, 1)
             table.append([row.structure, row.budget, "; ".join(row.ranks), fmt_params(params), fewer,
-                          len(row.seeds), _cell(row.aucs), delta, lat])
+                          len(row.seeds), fmt_mean_std(row.aucs), delta, lat])
         headers = ["Structure", "Budget", "Ranks", "Params", "x fewer", "Seeds", "Test AUC (mean ± std)",
                    "vs baseline", f"Latency ms @ {LATENCY_BATCH:,} (mean ± std)"]
         sections.append(f"## {model_title(model)} on {data}\n\n" + markdown_table(headers, table))
