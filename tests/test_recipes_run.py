@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 TABLES = ["table2", "table4", "table6", "table7", "table8", "table11", "table13", "table14", "table15", "table16",
-          "table17"]
+          "table17", "pareto"]
 TINY = ["data.num_rows=3000", "data.vocab_sizes=[5,20,50,200]", "data.num_numeric=2", "data.batch_size=200",
         "data.eval_batch_size=1000", "model.embedding_dim=8", "model.mlp_hidden=[32,32,32]",
         "compression.mlp.rank=4", "finetune.mlp_batch_size=1000"]
@@ -83,3 +83,30 @@ def test_table6_small_runs_its_sweep_and_writes_the_table(tmp_path):
     assert "3,000 generated rows" in markdown and "Command: `recipes/table6.sh small" in markdown
     record = json.loads((tmp_path / "recipe.json").read_text())
     assert record["command"].startswith("recipes/table6.sh small") and record["wall_s"] >= 0
+
+
+@pytest.mark.slow
+def test_pareto_small_compares_uniform_and_auto_from_one_baseline_and_times_them(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("compression.")] + ["finetune.emb_batch_size=1000"]
+    done = subprocess.run(["bash", str(RECIPES / "pareto.sh"), "small", f"out={tmp_path}", "--", *tiny],
+                          capture_output=True, text=True, env={**_env(), "SEEDS": "0", "RATIOS": "2 1000"},
+                          timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratio 1000 is left out" in done.stderr  # under the smallest structure: neither structure runs
+    (uniform,) = tmp_path.glob("synthetic_uniform_2x/*/summary.json")
+    (auto,) = tmp_path.glob("synthetic_auto_2x/*/summary.json")
+    assert not list(tmp_path.glob("*1000x*"))
+    base = tmp_path / "synthetic_baseline" / "s0" / "last.ckpt"
+    for summary in (uniform, auto):
+        record = json.loads(summary.read_text())
+        assert record["baseline_checkpoint"] == str(base)
+        assert json.loads((summary.parent / "latency.json").read_text())["batch"] == 10_000
+    # the uniform run ends at the count pareto_ranks priced for it, at or under half the baseline's
+    uniform_record = json.loads(uniform.read_text())
+    line = next(ln for ln in done.stderr.splitlines() if "2x: uniform MLP" in ln)
+    assert f"({uniform_record['params']} parameters)" in line
+    assert uniform_record["params"] <= uniform_record["baseline_params"] / 2
+    assert json.loads(auto.read_text())["params"] <= uniform_record["baseline_params"] / 2
+    markdown = (tmp_path / "pareto.md").read_text()
+    assert "| uniform | 2x |" in markdown and "| auto | 2x |" in markdown and "| baseline |" in markdown
+    assert (tmp_path / "pareto.png").stat().st_size > 0

@@ -5,6 +5,7 @@
     lightning-afm-report table4 multirun/recipes/table4/small
     lightning-afm-report table2 multirun/recipes/table2/full --out results/ --bench bench_out/bench.json
     lightning-afm-report table7 sweep_a sweep_b --no-plot
+    lightning-afm-report pareto multirun/recipes/pareto/small
 
 Reads every ``summary.json`` under the given directories (with the ``.hydra`` config and
 overrides next to each), prints the table as Markdown and writes ``<table>.md`` and, where a
@@ -25,7 +26,7 @@ from typing import Any
 from lightning_afm.report import provenance
 from lightning_afm.report.common import Context, TableReport, check_nothing_hidden_is_averaged
 from lightning_afm.report.runs import Run, find_runs, incomplete_runs
-from lightning_afm.report.tables import SHOWN_KEYS, TABLES, get_table
+from lightning_afm.report.tables import SHOWN_KEYS, TABLES, get_table, table_name
 
 __all__ = ["main", "render", "write_report", "load_bench"]
 
@@ -114,7 +115,7 @@ def write_report(table: str, roots: Sequence[str | Path], out: str | Path | None
     ``plot`` is False). ``command``/``wall_s``: record the recipe's command in ``recipe.json``.
     """
     builder = get_table(table)
-    name = table if table.startswith("table") else f"table{table}"
+    name = table_name(table)
     roots = [Path(r) for r in roots]
     if not roots:
         raise ValueError("give at least one directory with runs")

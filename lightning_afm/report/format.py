@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["MISSING", "markdown_table", "fmt_metric", "fmt_params", "fmt_ratio", "fmt_mean", "mean_std",
+__all__ = ["MISSING", "markdown_table", "fmt_metric", "fmt_params", "fmt_ratio", "fmt_mean", "fmt_mean_std", "mean_std",
            "fmt_signed", "finite", "METHOD_TITLES", "model_title"]
 
 #: What an empty cell shows (a figure the runs do not have).
@@ -62,6 +62,14 @@ def fmt_mean(values: Sequence[Any], digits: int = 4) -> str:
     if n == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def fmt_mean_std(values: Iterable[Any], digits: int = 4) -> str:
+    """``mean ± std`` of the finite values (the mean alone for one value); :data:`MISSING` for none."""
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return MISSING
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def fmt_params(value: Any) -> str:

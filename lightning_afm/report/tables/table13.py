@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning_afm.report import plots
 from lightning_afm.report.common import Context, TableReport, baseline, group, stage_rows
-from lightning_afm.report.format import MISSING, finite, fmt_params, markdown_table, mean_std, model_title
+from lightning_afm.report.format import finite, fmt_mean_std, fmt_params, markdown_table, mean_std, model_title
 from lightning_afm.report.runs import Run
 
 TITLE = "Table 13: mean and standard deviation over seeds"
@@ -50,13 +50,6 @@ def _seed_label(members: list[Run]) -> tuple[str, int]:
     return ("split", 0) if len(splits) > 1 else ("model", 1)
 
 
-def _mean_pm(values: list[Any], digits: int = 4) -> str:
-    mean, std, n = mean_std(values)
-    if n == 0:
-        return MISSING
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
 def build(runs: list[Run], context: Context) -> TableReport:
     sections: list[str] = []
     panels: list[tuple[str, dict[str, list[tuple[Any, dict[str, Any]]]]]] = []
@@ -71,7 +64,7 @@ def build(runs: list[Run], context: Context) -> TableReport:
             aucs = [f["auc"] for _, f in seeded]
             seeds = ", ".join(str(s) for s, _ in seeded)
             per_seed = ", ".join(f"{v:.4f}" for v in finite(aucs))
-            rows.append([name, f"{len(seeded)} ({seeds})", _mean_pm(aucs), _mean_pm([f["logloss"] for _, f in seeded]),
+            rows.append([name, f"{len(seeded)} ({seeds})", fmt_mean_std(aucs), fmt_mean_std([f["logloss"] for _, f in seeded]),
                          fmt_params(mean_std(f["params"] for _, f in seeded)[0]), per_seed])
         headers = ["Variant", f"Seeds ({which})", "Test AUC (mean ± std)", "Test logloss (mean ± std)", "Params",
                    "Test AUC per seed"]

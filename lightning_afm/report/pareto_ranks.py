@@ -1,0 +1,131 @@
+"""The uniform rank pair (MLP rank, embedding rank) whose compressed model comes nearest a budget.
+
+The pareto recipe (``recipes/pareto.sh``) compares budgeted AFM (``compression=afm_auto``, one
+rank per MLP layer and per field) with uniform ranks (``compression=afm``: one MLP rank, one
+embedding rank) at the same parameter count. For each budget ``ratio`` (x fewer parameters than
+the model as it comes) this module prices the uniform pairs without training anything, with the
+same per-rank prices the budget allocator uses (:mod:`lightning_afm.compress.pricing`):
+
+    params(m, e) = params_now + sum_{MLP targets} (cost_i m + change_i) + sum_{fields} (cost_j e + change_j)
+
+and picks, for each embedding rank ``e`` (1 .. the embedding width), the largest MLP rank ``m``
+(a multiple of ``multiple``, capped at the layer width) whose count stays at or under the
+budget. Many pairs then land within a hair of the budget (a high MLP rank with embedding rank 1,
+or the reverse), so among the pairs within ``slack`` (1 %) of the largest count, the one whose
+ranks stand nearest the paper's proportion on Criteo (MLP 64 : embeddings 2, i.e. 32 : 1, on a
+log scale) wins. Prints one line per ratio: ``RATIO MLP_RANK EMB_RANK PARAMS``, or ``RATIO infeasible`` when not even
+the smallest structure (MLP rank ``multiple``, rank 1 per field) fits, which a budget cannot meet either.
+
+::
+
+    python -m lightning_afm.report.pareto_ranks --ratios 2 3 5 8 16 -- experiment=small_synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lightning_afm.compress.pricing import Price
+
+#: The paper's Criteo ranks (MLP 64, embeddings 2): the proportion a uniform pair keeps where the count allows.
+PAPER_PROPORTION = 64 / 2
+
+__all__ = ["UniformPair", "uniform_params", "choose_pair", "main"]
+
+
+@dataclass(frozen=True)
+class UniformPair:
+    """A uniform configuration: MLP rank ``mlp``, embedding rank ``emb``, and its parameter count."""
+
+    mlp: int
+    emb: int
+    params: int
+
+
+def uniform_params(params_now: int, prices: Sequence[Price], mlp: int, emb: int) -> int:
+    """Parameters after compressing every target of ``prices`` (MLP layers at ``mlp``, tables at ``emb``).
+
+    Ranks above a target's ``max_rank`` are capped there, as the stages cap them.
+    """
+    total = params_now
+    for p in prices:
+        total += p.added(min(emb if p.is_table else mlp, p.max_rank))
+    return total
+
+
+def choose_pair(params_now: int, prices: Sequence[Price], max_params: int, multiple: int = 8,
+                slack: float = 0.01) -> UniformPair:
+    """The uniform pair nearest ``max_params`` from below (see the module docstring for the rule).
+
+    Raises ValueError naming the smallest uniform count when even ``(multiple, 1)`` is over it.
+    """
+    tables = [p for p in prices if p.is_table]
+    linears = [p for p in prices if not p.is_table]
+    if not tables or not linears:
+        raise ValueError("choose_pair needs both MLP and table targets (compression=afm_auto prices both)")
+    max_mlp = max(p.max_rank for p in linears)
+    max_emb = max(p.max_rank for p in tables)
+    largest: list[UniformPair] = []  # per embedding rank, the largest MLP rank that fits
+    for emb in range(1, max_emb + 1):
+        fitting = [UniformPair(m, emb, uniform_params(params_now, prices, m, emb))
+                   for m in range(multiple, max_mlp + multiple, multiple)]
+        fitting = [c for c in fitting if c.params <= max_params]
+        if fitting:
+            largest.append(max(fitting, key=lambda c: c.params))
+    if not largest:
+        least = uniform_params(params_now, prices, multiple, 1)
+        raise ValueError(f"no uniform rank pair fits {max_params:,} parameters: MLP rank {multiple} and embedding "
+                         f"rank 1 already leave {least:,}; choose a smaller ratio")
+    top = max(c.params for c in largest)
+    near = [c for c in largest if c.params >= top - slack * max_params]
+    return min(near, key=lambda c: (abs(math.log(c.mlp / c.emb / PAPER_PROPORTION)), -c.params))
+
+
+def _price_config(overrides: Sequence[str]) -> tuple[int, list[Price]]:
+    """The model of ``overrides`` (built with its data's schema, untrained) and its auto targets' prices."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from lightning_afm.callbacks.budgeting import price_stages
+    from lightning_afm.callbacks.factory import build_compression_callback
+
+    with initialize_config_module(config_module="lightning_afm.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, "compression=afm_auto"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, schema=datamodule.schema.to_dict(), _convert_="all")
+    callback = build_compression_callback(cfg.compression)
+    # the callback's own plan: the same targets and fold width the budgeted runs are priced with
+    planned = callback._planned_stages(model, 0)
+    prices = price_stages(model, planned, 0)
+    return prices.params_now, prices.auto
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lightning_afm.report.pareto_ranks",
+                                     description="The uniform (MLP, embedding) rank pair per budget ratio.")
+    parser.add_argument("--ratios", nargs="+", type=float, required=True, help="x fewer parameters, e.g. 2 3 5 8 16")
+    parser.add_argument("--multiple", type=int, default=8, help="the MLP rank step (as compression.budget.multiple)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the runs (data, model), after --")
+    args = parser.parse_args(argv)
+    params_now, prices = _price_config(args.overrides)
+    for ratio in args.ratios:
+        if ratio <= 1:
+            print(f"pareto_ranks: error: ratio {ratio:g} must be above 1 (x fewer parameters)", file=sys.stderr)
+            raise SystemExit(2)
+        try:
+            pair = choose_pair(params_now, prices, int(params_now / ratio), args.multiple)
+        except ValueError as err:  # the budgeted runs cannot meet it either (same smallest structure)
+            print(f"pareto_ranks: ratio {ratio:g} is left out: {err}", file=sys.stderr)
+            print(f"{ratio:g} infeasible")
+            continue
+        print(f"{ratio:g} {pair.mlp} {pair.emb} {pair.params}")
+
+
+if __name__ == "__main__":
+    main()
