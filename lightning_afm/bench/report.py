@@ -215,7 +215,9 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
     if settings.get("share_weights", True):
         lines.append(
             "- Variants share the baseline's storage for the parameters they keep unchanged (e.g. the LR tables), "
-            "so all variants of a model fit in memory together; the computation of each is its own."
+            "so all variants of a model fit in memory together; the computation of each is its own. The timed "
+            "inference forms copy the tables they fuse (rank-2 codes and LR weights in one table, about 16 bytes "
+            "a row; `optimize_for_inference(fuse=True)`)."
         )
     noisy = [r for r in rows if r.get("iqr_pct") is not None]
     if noisy:
