@@ -30,6 +30,7 @@ from lightning_afm.models.fibinet import FiBiNet
 from lightning_afm.models.gdcn import GDCN
 from lightning_afm.models.nfm import NFM
 
+from .cross_v1 import build_dcn_head
 from .fibinet import build_fibinet_head
 from .heads import AutoIntHead, DeepFMHead, NFMHead, ParallelCrossHead
 from .lookups import build_lookups
@@ -42,7 +43,7 @@ HEADS: dict[type, Callable[[CTRModel, Tensors], nn.Module]] = {
     DeepFM: DeepFMHead,
     NFM: NFMHead,
     AutoInt: AutoIntHead,
-    DCN: ParallelCrossHead,
+    DCN: build_dcn_head,
     DCNv2: ParallelCrossHead,
     GDCN: ParallelCrossHead,
     FiBiNet: build_fibinet_head,
