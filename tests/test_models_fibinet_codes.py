@@ -156,12 +156,13 @@ def test_unfolded_left_products_from_the_codes_equal_the_bilinear_layers(bilinea
         codes, _ = fast.lookup(cat)
         emb = fast.project(codes)
         weights = model.senet.field_weights(emb)
-        senet_lefts, lefts = fast.deep.code_left_products(codes, weights)
+        senet_in, senet_blocks, plain_in, plain_blocks = fast.deep.left_factors(codes, emb, emb, weights)
         expected_senet = model.senet_bilinear.left_products(model.senet(emb))
         expected = model.bilinear.left_products(emb)
-    assert len(lefts) == len(expected) == len(VOCAB) - 1
-    for got, want in zip(senet_lefts + lefts, expected_senet + expected):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert len(plain_in) == len(expected) == len(VOCAB) - 1
+    assert all(a.shape[1] == 5 for a in plain_in)  # the extended codes, k + 1
+    for a, b, want in zip(senet_in + plain_in, senet_blocks + plain_blocks, expected_senet + expected):
+        torch.testing.assert_close(a.mm(b).view(want.shape), want, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(torch.jit.script(fast)(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
 
