@@ -5,7 +5,8 @@ Inference has no graph to record, which allows structures the training forward c
 every field's rows gathered into one output, or, fused, every field's codes and LR weight by one
 ``index_select`` on one table (:mod:`.lookups`), all projections in one batched product
 (:mod:`.projection`), DeepFM's FM and NFM's bi-interaction on the codes (:mod:`.code_space`), AFM's factored Linears with the ReLU in place (:mod:`.dense`),
-cross networks at a GEMM-friendly width (:mod:`.cross`), FiBiNet's bilinear outputs written
+cross networks at a GEMM-friendly width (:mod:`.cross`), DCN's cross network as one product
+(:mod:`.cross_v1`), FiBiNet's bilinear outputs written
 into the MLP input or folded onto the codes (:mod:`.fibinet`). They give the training model's
 eval-mode outputs (to float rounding).
 
