@@ -12,15 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_afm.compress import (
-    LowRankEmbedding,
-    LowRankLinear,
-    TTEmbedding,
-    fold_into_first_linear,
-    get_submodule,
-    resolve_targets,
-    set_submodule,
-)
+from lightning_afm.compress import LowRankEmbedding, LowRankLinear, TTEmbedding, fold_into_first_linear
+from lightning_afm.compress import get_submodule, resolve_targets, set_submodule
 from lightning_afm.data.schema import Schema
 from lightning_afm.inference import Tensors, optimize_for_inference
 from lightning_afm.inference.cross_v1 import (
