@@ -137,3 +137,43 @@ def test_a_projection_with_its_own_forward_keeps_the_bilinear_path():
     assert isinstance(fast.deep, FiBiNetHead)
     cat, num = _batch()
     torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
+    assert not fast.deep.left_from_codes  # the projection's own forward must run
+
+
+# --------------------------------------------------------------------------- unfolded, left products on the codes
+
+
+@pytest.mark.parametrize("bilinear_type", ["field_interaction", "field_each", "field_all"])
+@pytest.mark.parametrize("bias", [True, False], ids=["afm-bias", "svd-no-bias"])
+@pytest.mark.parametrize("numeric", [2, 0])
+def test_unfolded_left_products_from_the_codes_equal_the_bilinear_layers(bilinear_type, bias, numeric):
+    """Where the fold does not pay (k = 4 at d = 16, as k = 8 at Avazu's d = 50)."""
+    model = _factored_fibinet(code_dim=4, bias=bias, numeric=numeric, bilinear_type=bilinear_type)
+    cat, num = _batch(numeric)
+    fast = optimize_for_inference(model)
+    assert isinstance(fast.deep, FiBiNetHead) and fast.deep.left_from_codes
+    with torch.no_grad():  # each layer's left products, one block per left field, as the layer gives them
+        codes, _ = fast.lookup(cat)
+        emb = fast.project(codes)
+        weights = model.senet.field_weights(emb)
+        senet_in, senet_blocks, plain_in, plain_blocks = fast.deep.left_factors(codes, emb, emb, weights)
+        expected_senet = model.senet_bilinear.left_products(model.senet(emb))
+        expected = model.bilinear.left_products(emb)
+    assert len(plain_in) == len(expected) == len(VOCAB) - 1
+    assert all(a.shape[1] == 5 for a in plain_in)  # the extended codes, k + 1
+    for a, b, want in zip(senet_in + plain_in, senet_blocks + plain_blocks, expected_senet + expected):
+        torch.testing.assert_close(a.mm(b).view(want.shape), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.jit.script(fast)(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
+
+
+def test_unfolded_left_products_track_the_current_weights_and_plain_tables_keep_the_layers():
+    model = _factored_fibinet(code_dim=4)
+    cat, num = _batch()
+    fast = optimize_for_inference(model)
+    with torch.no_grad():  # nothing derived is kept: the next call reads the new weights
+        model.senet_bilinear.weight.mul_(-1.5)
+        model.embeddings.tables()[1].projection.weight.add_(0.5)
+    torch.testing.assert_close(fast(cat, num), _plain(model, cat, num), rtol=1e-10, atol=1e-10)
+    plain = FiBiNet(Schema.from_vocab_sizes(VOCAB, numeric=2), embedding_dim=16, mlp_hidden=[8]).double().eval()
+    assert not optimize_for_inference(plain).deep.left_from_codes

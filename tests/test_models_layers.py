@@ -11,7 +11,7 @@ from torch import nn
 
 from lightning_afm.inference import Tensors
 from lightning_afm.inference.cross import AlignedCross, GatedCrossStep, build_cross
-from lightning_afm.inference.fibinet import write_pairs
+from lightning_afm.inference.fibinet import left_blocks, write_bilinear
 from lightning_afm.models.layers import (
     MLP,
     BiInteractionPooling,
@@ -277,12 +277,12 @@ def test_bilinear_types_match_loop_over_pairs(rng, kind):
     assert got.shape == (2, f * (f - 1) // 2, d)
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12)
     # inference (lightning_afm/inference/fibinet.py) writes it straight into a strided slice of
-    # a wider buffer: the same values
+    # a wider buffer, one product per left field: the same values
     wide = torch.full((2, 1 + len(pairs) * d + 2), -7.0, dtype=torch.float64)
     with torch.no_grad():
-        view = wide[:, 1 : 1 + len(pairs) * d].view(2, len(pairs), d)
-        written = write_pairs(layer.left_products(t64(e)), t64(e), view)
-    np.testing.assert_allclose(written.numpy(), expected, rtol=1e-12)
+        blocks = left_blocks(layer.weight, layer.bilinear_type, f)
+        written = write_bilinear([t64(e)[:, i] for i in range(f - 1)], blocks, t64(e), wide[:, 1 : 1 + len(pairs) * d])
+    np.testing.assert_allclose(written.view(2, len(pairs), d).numpy(), expected, rtol=1e-12)
     np.testing.assert_allclose(wide[:, 1 : 1 + len(pairs) * d].numpy(), expected.reshape(2, -1), rtol=1e-12)
     assert (wide[:, 0] == -7).all() and (wide[:, -2:] == -7).all()
     # gradients: d/dW of sum(p_ij * g_ij) against the loop

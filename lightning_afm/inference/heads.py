@@ -88,8 +88,9 @@ class AutoIntHead(_MLPHead):
 
 
 class ParallelCrossHead(_MLPHead):
-    """DCN, DCNv2, GDCN: ``w^T [Cross(x_0), MLP(x_0 or the codes)] + b``, the cross network in its
-    inference form (:func:`~.cross.build_cross`: aligned for DCNv2's and GDCN's square layers)."""
+    """DCNv2, GDCN (and DCN with a swapped-in cross network; DCN's own is :mod:`.cross_v1`):
+    ``w^T [Cross(x_0), MLP(x_0 or the codes)] + b``, the cross network in its inference form
+    (:func:`~.cross.build_cross`: aligned for DCNv2's and GDCN's square layers)."""
 
     def __init__(self, model: ParallelCrossModel, tensors: Tensors) -> None:
         super().__init__(model, tensors)

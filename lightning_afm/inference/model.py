@@ -5,7 +5,8 @@ Inference has no graph to record, which allows structures the training forward c
 every field's rows gathered into one output, or, fused, every field's codes and LR weight by one
 ``index_select`` on one table (:mod:`.lookups`), all projections in one batched product
 (:mod:`.projection`), DeepFM's FM and NFM's bi-interaction on the codes (:mod:`.code_space`), AFM's factored Linears with the ReLU in place (:mod:`.dense`),
-cross networks at a GEMM-friendly width (:mod:`.cross`), FiBiNet's bilinear outputs written
+cross networks at a GEMM-friendly width (:mod:`.cross`), DCN's cross network as one product
+(:mod:`.cross_v1`), FiBiNet's bilinear outputs written
 into the MLP input or folded onto the codes (:mod:`.fibinet`). They give the training model's
 eval-mode outputs (to float rounding).
 
@@ -30,6 +31,7 @@ from lightning_afm.models.fibinet import FiBiNet
 from lightning_afm.models.gdcn import GDCN
 from lightning_afm.models.nfm import NFM
 
+from .cross_v1 import build_dcn_head
 from .fibinet import build_fibinet_head
 from .heads import AutoIntHead, DeepFMHead, NFMHead, ParallelCrossHead
 from .lookups import build_lookups
@@ -42,7 +44,7 @@ HEADS: dict[type, Callable[[CTRModel, Tensors], nn.Module]] = {
     DeepFM: DeepFMHead,
     NFM: NFMHead,
     AutoInt: AutoIntHead,
-    DCN: ParallelCrossHead,
+    DCN: build_dcn_head,
     DCNv2: ParallelCrossHead,
     GDCN: ParallelCrossHead,
     FiBiNet: build_fibinet_head,
