@@ -245,3 +245,7 @@ def test_compressed_deepfm_and_nfm_export_to_onnx_in_the_fused_code_space_form(n
     manifest = export_model(model, tmp_path / "o", "onnx", categorical, numeric, source="random ids")
     assert manifest["exporter"]["form"].startswith("inference layer") and "forms_that_failed" not in manifest["exporter"]
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-5
+    import onnx  # the code-space interaction's export form: pair features off the product, no Gather of codes
+
+    graph = onnx.load(str(tmp_path / "o" / manifest["file"])).graph
+    assert [n.op_type for n in graph.node].count("Gather") == 2  # the fused table's rows and their LR column

@@ -296,7 +296,8 @@ def test_fused_lookup_equals_numpy_indexing_with_padding_and_rejects_foreign_ids
         FusedLookup([rows[0], torch.randn(3, 4)], lr[:2])
 
 
-@pytest.mark.parametrize("name,structure", [("deepfm", "baseline"), ("dcn", "afm_emb"), ("autoint", "afm_mlp")])
+@pytest.mark.parametrize("name,structure", [("deepfm", "baseline"), ("dcn", "afm_emb"), ("autoint", "afm_mlp"),
+                                            ("deepfm", "afm_emb"), ("nfm", "afm_emb")])
 def test_fuse_all_fuses_any_row_width_and_gives_the_same_outputs(name, structure):
     """``fuse="all"`` (exported graphs) fuses a baseline's ``d + 1``-wide rows too (word-sized rows only
     with ``fuse=True``); a trace takes the functional forms (no ``out=``): same outputs either way."""
