@@ -304,6 +304,7 @@ def test_fuse_all_fuses_any_row_width_and_gives_the_same_outputs(name, structure
     model = _compressed(name, structure)
     fused = optimize_for_inference(model, copy=True, fuse="all")
     assert isinstance(fused.lookup, FusedLookup)
+    assert fused.lookup.table.shape == (sum(VOCAB), fused.lookup.width + 1)  # unpadded: as many numbers as the tables
     assert isinstance(optimize_for_inference(model, copy=True).lookup, FusedLookup if structure == "afm_emb" else SeparateLookups)
     cat, num = _batch(rows=21)
     expected = _plain(model, cat, num)

@@ -336,5 +336,8 @@ def build_lookups(tables: Sequence[nn.Module], lr_tables: Sequence[nn.Module], t
             first = everything[0]
             same = all(r.dtype == first.dtype and r.device == first.device for r in everything)
             if same and (fuse == "all" or fused_row_is_word(int(first.shape[1]), first.element_size())):
-                return FusedLookup([r.detach() for r in rows], [w.detach() for w in lr])
+                # "all" (an exported graph) unpadded: its Gather copies rows, not words, so padding would
+                # only add bytes (the artifact stays the size of the model's tables)
+                return FusedLookup([r.detach() for r in rows], [w.detach() for w in lr],
+                                   row_multiple=1 if fuse == "all" else FUSED_ROW_MULTIPLE)
     return SeparateLookups(build_lookup(tables, tensors), build_lookup(lr_tables, tensors))

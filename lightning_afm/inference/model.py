@@ -145,8 +145,8 @@ def optimize_for_inference(model: CTRModel, copy: bool = False, fuse: Optional[b
             while the training model lives; for a model that is served, not trained (the bench,
             ``serve/``). False never fuses. Tables that cannot be fused (per-field ranks, TT, QR,
             PQ, unknown kinds) are gathered or called as without it. ``"all"``: fuse whatever the
-            row width (a baseline's ``d + 1`` too), for a graph exported to a runtime that pays per
-            node, where one Gather beats one per field (``export/``, ``serve/onnx_runtime.py``).
+            row width (a baseline's ``d + 1`` too), unpadded, for a graph exported to a runtime that
+            pays per node, where one Gather beats one per field (``export/``, ``serve/onnx_runtime.py``).
 
     Returns:
         An :class:`InferenceModel`: ``(categorical [B, F], numeric [B, N] or None) -> [B]``, equal
