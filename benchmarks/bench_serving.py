@@ -10,11 +10,14 @@ rounds, interleaved, so that the machine's noise falls on all of them alike. Run
 - ``inference``: :func:`lightning_afm.inference.optimize_for_inference` (batched gathers, fused
   projections, aligned cross nets);
 - ``torchscript``: the inference form compiled by ``torch.jit.script``, sharing the model's weights:
-  what ``lightning-afm-predict`` and ``Predictor`` run by default (``serve.runtime.inference_module``);
-- ``onnx``: the export (``lightning_afm.export``) in ONNX Runtime;
+  what ``Predictor(runtime="auto")`` (the default) runs for requests above 256 rows (``serve.runtime.inference_module``);
+- ``onnx``: the export's form (``lightning_afm.export.artifact.serving_forms``: the inference
+  layer with every table fused, for the baseline too) in ONNX Runtime, as ``Predictor(runtime="onnx")``
+  runs it (``serve.onnx_runtime.OnnxRunner``: checked against eager PyTorch when built);
 - ``onnx_int8``: int8 tables and ONNX Runtime's dynamic int8 products;
-- ``predictor``, ``predictor_onnx`` (only when named in ``--runtimes``): ``Predictor.predict_encoded``
-  on numpy rows, the whole call a handler makes, with ``runtime="torchscript"`` and ``"onnx"``.
+- ``predictor``, ``predictor_onnx``, ``predictor_auto`` (only when named in ``--runtimes``):
+  ``Predictor.predict_encoded`` on numpy rows, the whole call a handler makes, with
+  ``runtime="torchscript"``, ``"onnx"`` and ``"auto"`` (the default).
 
 Per cell: p50 and p99 latency of one call (ms) and samples/s (batch / mean latency). Ids are
 Zipf-distributed as in the throughput benchmark. The table says which runtime wins per batch
@@ -41,17 +44,19 @@ from lightning_afm.bench.shapes import paper_shape
 from lightning_afm.bench.throughput import make_batches
 from lightning_afm.bench.variants import VariantSettings, build_twin, build_variant
 from lightning_afm.export import formats
+from lightning_afm.export.artifact import serving_forms
 from lightning_afm.export.int8 import quantize_onnx_matmuls, quantize_tables
 from lightning_afm.inference import optimize_for_inference
 from lightning_afm.runtime import reuse_freed_memory
 from lightning_afm.serve import Predictor
+from lightning_afm.serve.onnx_runtime import OnnxRunner, session_options
 from lightning_afm.serve.runtime import inference_module
 
 STRUCTURES = ("baseline", "afm_emb")
 RUNTIMES = ("eager", "inference", "torchscript", "onnx", "onnx_int8")
 #: Not in the default table: ``Predictor.predict_encoded`` on numpy rows (the whole call a web
 #: handler makes, input checks and tensor creation included), in its default and its ONNX runtime.
-PREDICTOR_RUNTIMES = ("predictor", "predictor_onnx")
+PREDICTOR_RUNTIMES = ("predictor", "predictor_onnx", "predictor_auto")
 Call = Callable[[torch.Tensor, torch.Tensor], object]
 
 
@@ -70,19 +75,22 @@ def predictor_call(predictor: Predictor) -> Call:
     return call
 
 
-def onnx_session(module: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], folder: Path, int8: bool,
+def onnx_call(runner: OnnxRunner) -> Call:
+    def call(categorical: torch.Tensor, numeric: torch.Tensor) -> object:
+        return runner(categorical.numpy(), numeric.numpy())
+
+    return call
+
+
+def int8_session(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], folder: Path,
                  threads: int) -> Call:
-    """Export ``module`` (a probability module) to ONNX (int8 tables and products if asked) and open it."""
+    """``model`` with int8 tables, exported in its ONNX serving form, its products quantised, opened."""
     ort = formats.require("onnxruntime", "onnx")
+    _, module = serving_forms(quantize_tables(model), example[1].shape[1], "onnx")[0]
     path, _ = formats.write(module, "onnx", folder, *example)
-    if int8:
-        quantized = folder / "model.int8.onnx"
-        quantize_onnx_matmuls(str(path), str(quantized))
-        path = quantized
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    quantized = folder / "model.int8.onnx"
+    quantize_onnx_matmuls(str(path), str(quantized))
+    session = ort.InferenceSession(str(quantized), session_options(ort, threads), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def call(categorical: torch.Tensor, numeric: torch.Tensor) -> object:
@@ -101,18 +109,15 @@ def build_calls(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tenso
         calls["inference"] = torch_call(fast)
     if "torchscript" in runtimes:
         calls["torchscript"] = torch_call(inference_module(model, "torchscript"))
-    for name, runtime in zip(PREDICTOR_RUNTIMES, ("torchscript", "onnx")):
+    for name, runtime in zip(PREDICTOR_RUNTIMES, ("torchscript", "onnx", "auto")):
         if name in runtimes:
             calls[name] = predictor_call(Predictor(model, runtime=runtime))
-    num_numeric = example[1].shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if "onnx" in runtimes:
-            calls["onnx"] = onnx_session(formats.probability_module(model, num_numeric), example,
-                                         Path(tempfile.mkdtemp(dir=folder)), False, threads)
+            calls["onnx"] = onnx_call(OnnxRunner(model, threads=threads))
         if "onnx_int8" in runtimes:
-            calls["onnx_int8"] = onnx_session(formats.probability_module(quantize_tables(model), num_numeric),
-                                              example, Path(tempfile.mkdtemp(dir=folder)), True, threads)
+            calls["onnx_int8"] = int8_session(model, example, Path(tempfile.mkdtemp(dir=folder)), threads)
     return calls
 
 

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/profile_batch1.py                 # DeepFM at the Criteo shape, one thread
     .venv/bin/python benchmarks/profile_batch1.py --model dcn --calls 500
 
-For the baseline and +AFM EMB (the serving benchmark's models), the module ``Predictor`` runs by
-default (``serve.runtime.inference_module``: the inference layer compiled by TorchScript) is
+For the baseline and +AFM EMB (the serving benchmark's models), the module ``Predictor`` runs with
+``runtime="torchscript"`` (``serve.runtime.inference_module``: the inference layer compiled by
+TorchScript; the default ``runtime="auto"`` runs it above 256 rows, ONNX Runtime below) is
 called on one row ``--calls`` times under ``torch.profiler``; printed per structure: aten ops a
 call and the ops with the most self CPU time (calls a call, share of the time). At this size a
 call costs its ops' dispatch, not arithmetic, so the op count is the figure to cut.

@@ -203,6 +203,37 @@ def test_int8_export_is_checked_by_test_auc(criteo_afm_run, tmp_path, capsys):
         export_model(_model("deepfm"), tmp_path / "s", "onnx", categorical, numeric, int8=True)
 
 
+#: Structures whose inference form does not export to ONNX yet, served by their plain eval forward:
+#: FiBiNet's code fold writes its MLP input into views of one buffer (``out=`` products), which
+#: the legacy exporter traces into a graph that differs from eager (|Δp| ~1e-3), so the check refuses it.
+ONNX_PLAIN_FALLBACKS = {("fibinet", "afm_emb")}
+
+
+@pytest.mark.parametrize("structure", ["baseline", "afm_mlp", "afm_emb"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_and_structure_exports_its_inference_form_to_onnx(name, structure, tmp_path):
+    """The inference form, not the plain forward, for the baseline too (its tables fused: one Gather),
+    by the fast TorchScript-based exporter; a form that fails is named in the manifest."""
+    import onnx
+    from test_inference import VOCAB, _batch, _compressed
+
+    model = _compressed(name, structure)
+    categorical, numeric = (t.numpy() for t in _batch(rows=300))
+    manifest = export_model(model, tmp_path / "o", "onnx", categorical, numeric, source="random ids")
+    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-5
+    exporter = manifest["exporter"]
+    if (name, structure) in ONNX_PLAIN_FALLBACKS and not exporter["form"].startswith("inference layer"):
+        assert exporter["form"] == "plain eval forward" and "inference layer" in exporter["forms_that_failed"]
+        return
+    assert exporter["form"].startswith("inference layer") and "forms_that_failed" not in exporter
+    assert exporter["exporter"] == "torch.onnx.export(dynamo=False)"
+    graph = onnx.load(str(tmp_path / "o" / manifest["file"])).graph
+    constants = [(i.name, i.dims) for i in graph.initializer] + [
+        (n.output[0], n.attribute[0].t.dims) for n in graph.node if n.op_type == "Constant" and n.attribute[0].t.dims]
+    tables = {name for name, dims in constants if len(dims) == 2 and dims[0] == sum(VOCAB)}
+    assert sum(n.op_type == "Gather" and n.input[0] in tables for n in graph.node) == 1  # one fused table, one Gather
+
+
 @pytest.mark.parametrize("name", ["deepfm", "nfm"])
 def test_compressed_deepfm_and_nfm_export_to_onnx_in_the_fused_code_space_form(name, tmp_path):
     """The fused lookup (one plain index_select) and the code-space FM / bi-interaction export:
@@ -214,3 +245,7 @@ def test_compressed_deepfm_and_nfm_export_to_onnx_in_the_fused_code_space_form(n
     manifest = export_model(model, tmp_path / "o", "onnx", categorical, numeric, source="random ids")
     assert manifest["exporter"]["form"].startswith("inference layer") and "forms_that_failed" not in manifest["exporter"]
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-5
+    import onnx  # the code-space interaction's export form: pair features off the product, no Gather of codes
+
+    graph = onnx.load(str(tmp_path / "o" / manifest["file"])).graph
+    assert [n.op_type for n in graph.node].count("Gather") == 2  # the fused table's rows and their LR column

@@ -296,6 +296,27 @@ def test_fused_lookup_equals_numpy_indexing_with_padding_and_rejects_foreign_ids
         FusedLookup([rows[0], torch.randn(3, 4)], lr[:2])
 
 
+@pytest.mark.parametrize("name,structure", [("deepfm", "baseline"), ("dcn", "afm_emb"), ("autoint", "afm_mlp"),
+                                            ("deepfm", "afm_emb"), ("nfm", "afm_emb")])
+def test_fuse_all_fuses_any_row_width_and_gives_the_same_outputs(name, structure):
+    """``fuse="all"`` (exported graphs) fuses a baseline's ``d + 1``-wide rows too (word-sized rows only
+    with ``fuse=True``); a trace takes the functional forms (no ``out=``): same outputs either way."""
+    model = _compressed(name, structure)
+    fused = optimize_for_inference(model, copy=True, fuse="all")
+    assert isinstance(fused.lookup, FusedLookup)
+    assert fused.lookup.table.shape == (sum(VOCAB), fused.lookup.width + 1)  # unpadded: as many numbers as the tables
+    assert isinstance(optimize_for_inference(model, copy=True).lookup, FusedLookup if structure == "afm_emb" else SeparateLookups)
+    cat, num = _batch(rows=21)
+    expected = _plain(model, cat, num)
+    torch.testing.assert_close(fused(cat, num), expected, **TOL)
+    for form in (fused, optimize_for_inference(model, fuse=False)):  # the traced forms: fused, and a Gather per field
+        traced = torch.jit.trace(form, (cat[:2], num[:2]), check_trace=False)
+        for rows in (21, 1):
+            torch.testing.assert_close(traced(cat[:rows], num[:rows]), expected[:rows], **TOL)
+    with pytest.raises(ValueError, match="fuse must be True, False or 'all', got 'some'"):
+        optimize_for_inference(model, fuse="some")
+
+
 def test_fuse_without_copy_snapshots_only_the_tables():
     model = _compressed("deepfm", "afm_emb")
     fused = optimize_for_inference(model, fuse=True)

@@ -293,8 +293,9 @@ def test_the_onnx_runtime_serves_the_same_probabilities(trained_run, tmp_path, m
     from lightning_afm.serve.onnx_runtime import CHECK_ROWS, OnnxRunner
 
     run_dir, _, data = trained_run
-    onnx, compiled = Predictor.load(run_dir, runtime="onnx"), Predictor.load(run_dir)
+    onnx, compiled = Predictor.load(run_dir, runtime="onnx"), Predictor.load(run_dir, runtime="torchscript")
     assert isinstance(onnx.runner, OnnxRunner) and onnx.runner.check.passed and onnx.runner.check.rows == CHECK_ROWS
+    assert onnx.runner.form == "inference layer (optimize_for_inference)"  # not the plain forward
     assert 1 in onnx.runner.check.batch_sizes  # checked at batch 1 too
     lines = data.read_text().splitlines()[:300]
     got = onnx.predict(lines)
@@ -315,6 +316,44 @@ def test_the_onnx_runtime_serves_the_same_probabilities(trained_run, tmp_path, m
         formats.MissingExtra(f"format={fmt} needs the {module!r} package ... pip install 'lightning-afm[serve]'")))
     with pytest.raises(ServeError, match=r"runtime='onnx'.*lightning-afm\[serve\]"):
         Predictor(onnx.model, runtime="onnx")
+
+
+def test_the_default_runtime_sends_small_requests_to_onnx_and_large_ones_to_torchscript(trained_run, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from lightning_afm.serve import onnx_runtime
+    from lightning_afm.serve.runtime import AUTO_ONNX_MAX_ROWS
+
+    run_dir, _, data = trained_run
+    auto, compiled = Predictor.load(run_dir), Predictor.load(run_dir, runtime="torchscript")
+    assert auto.runtime == "auto" and isinstance(auto.onnx_runner, onnx_runtime.OnnxRunner)
+    assert isinstance(auto.runner, torch.jit.ScriptModule) and compiled.onnx_runner is None
+    calls = []
+    onnx_runner, script = auto.onnx_runner, auto.runner
+    auto.onnx_runner = lambda c, n: calls.append(("onnx", len(c))) or onnx_runner(c, n)
+    auto.runner = lambda c, n: calls.append(("torchscript", len(c))) or script(c, n)
+    lines = data.read_text().splitlines()
+    assert len(lines) > AUTO_ONNX_MAX_ROWS
+    for rows in (1, AUTO_ONNX_MAX_ROWS, AUTO_ONNX_MAX_ROWS + 1):  # the same probabilities on either side
+        np.testing.assert_allclose(auto.predict(lines[:rows]), compiled.predict(lines[:rows]), rtol=0, atol=1e-5)
+    assert calls == [("onnx", 1), ("onnx", AUTO_ONNX_MAX_ROWS), ("torchscript", AUTO_ONNX_MAX_ROWS + 1)]
+    # a big request split into forward passes: each pass goes by its own size
+    auto.batch_size, calls[:] = AUTO_ONNX_MAX_ROWS + 1, []
+    auto.predict(lines[: AUTO_ONNX_MAX_ROWS + 2])
+    assert calls == [("torchscript", AUTO_ONNX_MAX_ROWS + 1), ("onnx", 1)]
+    assert Predictor(auto.model, runtime="auto").onnx_runner.session.get_session_options().intra_op_num_threads == 1
+
+    # without the serve extra, a user's own module, or an export that fails its check: TorchScript alone
+    assert Predictor(torch.nn.Linear(3, 1)).onnx_runner is None
+    def refuse(model, threads=None):
+        raise ServeError("runtime='onnx': no form of this model exports (test)")
+
+    monkeypatch.setattr(onnx_runtime, "OnnxRunner", refuse)
+    with pytest.warns(UserWarning, match=r"runtime='auto' serves every request with TorchScript: .*\(test\)"):
+        assert Predictor(auto.model).onnx_runner is None
+    monkeypatch.setattr(onnx_runtime.importlib.util, "find_spec", lambda name: None)
+    alone = Predictor(auto.model, compiled.encoder)
+    assert alone.onnx_runner is None and alone._onnx_max_rows == 0
+    np.testing.assert_allclose(alone.predict(lines[:1]), compiled.predict(lines[:1]), rtol=0, atol=1e-7)
 
 
 def test_a_model_already_on_the_device_is_not_moved(trained_run):

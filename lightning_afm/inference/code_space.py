@@ -38,6 +38,7 @@ from torch import nn
 
 from .projection import _Projection, plain_projection
 from .sharing import Tensors
+from .tracing import TraceAware
 
 
 def pair_columns(widths: Sequence[int]) -> tuple[list[int], list[int], list[float]]:
@@ -61,7 +62,7 @@ def pair_columns(widths: Sequence[int]) -> tuple[list[int], list[int], list[floa
     return left, right, scale
 
 
-class CodeSpaceInteraction(nn.Module):
+class CodeSpaceInteraction(TraceAware):
     """``[B, F, k]`` or ``[B, sum_i k_i]`` codes -> NFM's bi-interaction ``[B, d]``, or with
     ``reduce=True`` DeepFM's FM term ``[B]``; equal to the interaction of the projected embeddings.
 
@@ -82,9 +83,13 @@ class CodeSpaceInteraction(nn.Module):
         self.register_buffer("scale", torch.tensor(scale, dtype=weights[0].dtype), persistent=False)
         self.register_buffer("repeats", torch.tensor(widths), persistent=False)
         self.dim = int(weights[0].shape[0])
+        # [sum k, 2 P] one-hot columns picking each pair's two codes: an exported graph reads the
+        # pair features off the same product as S (exact: each column sums one code and zeros)
+        eye = torch.eye(sum(widths), dtype=weights[0].dtype)
+        self.register_buffer("pick_pairs", torch.cat([eye[:, left], eye[:, right]], dim=1), persistent=False)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        flat = codes.reshape(codes.shape[0], -1)  # [B, sum k]
+        flat = codes.flatten(1)  # [B, sum k] (one Flatten node when exported: reshape by the batch size takes five)
         weights: list[torch.Tensor] = []
         biases: list[torch.Tensor] = []
         for field in self.fields:
@@ -97,6 +102,8 @@ class CodeSpaceInteraction(nn.Module):
         constant = (b * b).sum(0)  # K: [d]
         if self.reduce:
             linear, square, constant = linear.sum(1, keepdim=True), square.sum(1, keepdim=True), constant.sum(0, True)
+        if not torch.jit.is_scripting() and self._exporting():
+            return self._one_product(flat, a, b, linear, square, constant)
         both = flat.mm(torch.cat([a, linear], dim=1))  # [B, d + (1 or d)]: S - sum b, and L^T c
         total = both[:, : self.dim] + b.sum(0)  # S
         pairs = flat.index_select(1, self.left) * flat.index_select(1, self.right)  # q: [B, sum k(k+1)/2]
@@ -104,6 +111,23 @@ class CodeSpaceInteraction(nn.Module):
         if self.reduce:
             return 0.5 * (total.pow(2).sum(1) - squares.squeeze(1))
         return 0.5 * (total.pow(2) - squares)
+
+
+    @torch.jit.unused
+    def _one_product(self, flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, linear: torch.Tensor,
+                     square: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
+        """The same interaction for an exported graph, whose runtime pays per node at small batches:
+        ``S``, ``L^T c + K`` and both sides of the pair features from ONE product with a bias
+        (``[B, sum k] x [sum k, d + c + 2 P]``, its weight a constant after the export's folding),
+        one Split, and ``Q`` by a second product: 9 nodes where :meth:`forward`'s ops export as 13."""
+        c, pairs = linear.shape[1], self.left.shape[0]
+        weight = torch.cat([a, linear, self.pick_pairs], dim=1)
+        bias = torch.cat([b.sum(0), constant, constant.new_zeros(2 * pairs)])
+        total, linear_c, left, right = torch.addmm(bias, flat, weight).split([self.dim, c, pairs, pairs], dim=1)
+        squares = torch.addmm(linear_c, left * right, square)  # Q (summed over j with reduce)
+        if self.reduce:
+            return 0.5 * ((total * total).sum(1) - squares.squeeze(1))
+        return 0.5 * (total * total - squares)
 
 
 def build_code_space(tables: Sequence[nn.Module], tensors: Tensors, reduce: bool) -> CodeSpaceInteraction | None:

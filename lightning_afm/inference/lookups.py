@@ -24,6 +24,7 @@ from torch import nn
 from lightning_afm.compress.modules import LowRankEmbedding
 
 from .sharing import Tensors
+from .tracing import TraceAware, tracing as _tracing
 
 #: Rows of these sizes (bytes) are copied as one word each (16 bytes: a complex128, the widest
 #: element ``index_select`` copies as one value; only copied, never computed with).
@@ -39,11 +40,6 @@ def _as_words(t: torch.Tensor) -> torch.Tensor | None:
     if t.dim() > 1 and t.stride(-2) != t.shape[-1]:
         return None
     return t.view(_WORD_DTYPES[word_bytes]).squeeze(-1)
-
-
-def _tracing() -> bool:
-    """Whether an exporter or compiler is tracing the call (it cannot follow a dtype view)."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def readable_rows(table: nn.Module) -> torch.Tensor | None:
@@ -68,7 +64,7 @@ class _Rows(nn.Module):
         self.register_buffer("rows", rows, persistent=False)
 
 
-class GatheredLookup(nn.Module):
+class GatheredLookup(TraceAware):
     """``[F, B]`` ids (row ``i`` for field ``i``) -> ``[B, F, d]`` rows, gathered into one output.
 
     Equal to ``stack([rows[i][ids[i]] for i in range(F)], dim=1)``. Build with :func:`build_lookup`.
@@ -84,6 +80,8 @@ class GatheredLookup(nn.Module):
         self.as_words = all(w is not None for w in words)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._exporting():  # a Gather per field, stacked: [B, F, d]
+            return torch.stack(self._gathered(ids), dim=1)
         if self.as_words and not torch.jit.is_scripting():
             return self._gather_words(ids)
         out = self.like.new_empty([ids.shape[1], len(self.fields), self.width])
@@ -148,7 +146,7 @@ class CalledFields(nn.Module):
         return torch.cat(outs, dim=1) if self.per_field_widths else torch.stack(outs, dim=1)
 
 
-class ConcatenatedLookup(nn.Module):
+class ConcatenatedLookup(TraceAware):
     """``[F, B]`` ids -> ``[B, sum_i k_i]``: fields whose rows differ in width (per-field ranks), each
     gathered straight into its columns of one output, field-major as the training model's codes.
 
@@ -163,6 +161,8 @@ class ConcatenatedLookup(nn.Module):
         self.register_buffer("like", rows[0].new_empty(0), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._exporting():  # a Gather per field, concatenated
+            return torch.cat(self._gathered(ids), dim=1)
         out = self.like.new_empty([ids.shape[1], self.offsets[-1]])
         for i, field in enumerate(self.fields):
             torch.index_select(field.rows, 0, ids[i], out=out[:, self.offsets[i] : self.offsets[i + 1]])
@@ -201,7 +201,7 @@ def code_widths(tables: Sequence[nn.Module]) -> list[int]:
 FUSED_ROW_MULTIPLE = 4
 
 
-class FusedLookup(nn.Module):
+class FusedLookup(TraceAware):
     """``[B, F]`` ids -> ``([B, F, k]`` codes, ``[B]`` LR logit of the fields) by ONE ``index_select``.
 
     Every field's code rows (``[V_i, k]``: rank-``k`` codes of a factored table, ``d``-wide rows of a
@@ -256,6 +256,7 @@ class FusedLookup(nn.Module):
         self.register_buffer("table", table, persistent=False)
         self.register_buffer("offsets", torch.tensor([sum(sizes[:i]) for i in range(len(sizes))]), persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        self.num_fields = len(sizes)
         self.as_words = _as_words(table) is not None
 
     def forward(self, categorical: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -268,12 +269,13 @@ class FusedLookup(nn.Module):
             rows = self._gather_words(flat)
         else:  # TorchScript cannot reinterpret a dtype: the same rows, gathered as rows
             rows = torch.index_select(self.table, 0, flat)
-        rows = rows.view(categorical.shape[0], categorical.shape[1], self.table.shape[1])
+        if not torch.jit.is_scripting() and self._exporting():
+            # constant widths, the batch inferred: one Reshape node, where reading the batch size off
+            # the input costs an exported graph five (Shape, Gather, Unsqueeze, Concat, Reshape)
+            rows = rows.reshape(-1, self.num_fields, self.table.shape[1])
+        else:  # (-1 cannot be inferred for a batch of 0 rows)
+            rows = rows.view(categorical.shape[0], categorical.shape[1], self.table.shape[1])
         return rows[:, :, : self.width], rows[:, :, self.width].sum(1)
-
-    @torch.jit.unused
-    def _exporting(self) -> bool:
-        return _tracing()
 
     @torch.jit.unused
     def _gather_words(self, flat: torch.Tensor) -> torch.Tensor:
@@ -315,13 +317,17 @@ def fused_row_is_word(width: int, element_size: int, row_multiple: int = FUSED_R
 
 
 def build_lookups(tables: Sequence[nn.Module], lr_tables: Sequence[nn.Module], tensors: Tensors,
-                  fuse: bool) -> nn.Module:
+                  fuse: bool | str) -> nn.Module:
     """The module giving ``(codes, LR logit)`` for ``[B, F]`` ids: one :class:`FusedLookup` when
     ``fuse`` and every table (codes and LR) is readable with one width, dtype and device, and the
     fused row is one word (:func:`fused_row_is_word`: rank-2 or rank-3 float32 codes); else
     :class:`SeparateLookups` (per-field ranks, tables that must be called, wider rows such as a
     baseline's ``d + 1`` or Avazu's ``k = 8``, where one gather of rows did not beat the per-field
-    gathers in ``benchmarks/bench_gather_layout.py``, or ``fuse=False``)."""
+    gathers in ``benchmarks/bench_gather_layout.py``, or ``fuse=False``). ``fuse="all"`` fuses rows of
+    any width: for an exported graph, whose runtime pays per node more than per copied byte at
+    small batches (one Gather node instead of one per field and a Concat)."""
+    if fuse not in (True, False, "all"):
+        raise ValueError(f"fuse must be True, False or 'all', got {fuse!r}")
     if fuse and len(tables) == len(lr_tables) and tables:
         rows = [readable_rows(t) for t in tables]
         lr = [readable_rows(t) for t in lr_tables]
@@ -329,6 +335,9 @@ def build_lookups(tables: Sequence[nn.Module], lr_tables: Sequence[nn.Module], t
         if all(r is not None for r in everything) and len(set(code_widths(tables))) == 1:
             first = everything[0]
             same = all(r.dtype == first.dtype and r.device == first.device for r in everything)
-            if same and fused_row_is_word(int(first.shape[1]), first.element_size()):
-                return FusedLookup([r.detach() for r in rows], [w.detach() for w in lr])
+            if same and (fuse == "all" or fused_row_is_word(int(first.shape[1]), first.element_size())):
+                # "all" (an exported graph) unpadded: its Gather copies rows, not words, so padding would
+                # only add bytes (the artifact stays the size of the model's tables)
+                return FusedLookup([r.detach() for r in rows], [w.detach() for w in lr],
+                                   row_multiple=1 if fuse == "all" else FUSED_ROW_MULTIPLE)
     return SeparateLookups(build_lookup(tables, tensors), build_lookup(lr_tables, tensors))

@@ -125,7 +125,7 @@ class InferenceModel(nn.Module):
         return super().requires_grad_(False)
 
 
-def optimize_for_inference(model: CTRModel, copy: bool = False, fuse: Optional[bool] = None) -> InferenceModel:
+def optimize_for_inference(model: CTRModel, copy: bool = False, fuse: Optional[bool | str] = None) -> InferenceModel:
     """The eval-only inference form of a trained CTR model, baseline or compressed.
 
     Args:
@@ -146,7 +146,9 @@ def optimize_for_inference(model: CTRModel, copy: bool = False, fuse: Optional[b
             are then NOT seen (the rest stays shared), and the tables take twice their memory
             while the training model lives; for a model that is served, not trained (the bench,
             ``serve/``). False never fuses. Tables that cannot be fused (per-field ranks, TT, QR,
-            PQ, unknown kinds) are gathered or called as without it.
+            PQ, unknown kinds) are gathered or called as without it. ``"all"``: fuse whatever the
+            row width (a baseline's ``d + 1`` too), unpadded, for a graph exported to a runtime that
+            pays per node, where one Gather beats one per field (``export/``, ``serve/onnx_runtime.py``).
 
     Returns:
         An :class:`InferenceModel`: ``(categorical [B, F], numeric [B, N] or None) -> [B]``, equal
@@ -172,7 +174,7 @@ def optimize_for_inference(model: CTRModel, copy: bool = False, fuse: Optional[b
     tables = model.embeddings.tables()
     numeric = model.linear.numeric
     return InferenceModel(
-        lookup=build_lookups(tables, model.linear.tables(), tensors, fuse=copy if fuse is None else bool(fuse)),
+        lookup=build_lookups(tables, model.linear.tables(), tensors, fuse=copy if fuse is None else fuse),
         project=build_projection(tables, tensors),
         lr_numeric=tensors.frozen(numeric) if numeric is not None else None,
         deep=build_head(model, tensors),

@@ -19,6 +19,7 @@ from lightning_afm.compress.modules import LowRankEmbedding
 
 from .lookups import CalledFields, FactoredPart, code_widths
 from .sharing import Tensors
+from .tracing import TraceAware
 
 
 class _Projection(nn.Module):
@@ -30,7 +31,7 @@ class _Projection(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
 
-class BatchedProjection(nn.Module):
+class BatchedProjection(TraceAware):
     """``[B, F, k]`` codes -> ``[B, F, t]``, equal to each field's ``projection(codes[:, i])`` stacked.
 
     The ``[F, t, k]`` weight is stacked from the shared per-field weights on every call
@@ -50,6 +51,9 @@ class BatchedProjection(nn.Module):
             biases.append(field.bias)
         weight = torch.stack(weights)  # [F, t, k]
         by_field = torch.bmm(codes.transpose(0, 1), weight.transpose(1, 2))  # [F, B, t]
+        if not torch.jit.is_scripting() and self._exporting():  # no out=: the same sum, a fresh tensor
+            by_batch = by_field.transpose(0, 1)
+            return by_batch + torch.stack(biases) if self.has_bias else by_batch.contiguous()
         out = codes.new_empty([codes.shape[0], codes.shape[1], weight.shape[1]])
         if not self.has_bias:
             return out.copy_(by_field.transpose(0, 1))

@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-rows", type=int, default=65536, help="rows read and scored at a time (bounds memory)")
     parser.add_argument("--batch-size", type=int, default=8192, help="rows per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torchscript",
-                        help="the inference layer compiled by TorchScript (default, the faster from batch 1,024), in "
-                             "eager mode, or exported to ONNX at load and run by ONNX Runtime (the faster for small "
-                             "batches; needs the serve extra)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="auto (default): ONNX Runtime for forward passes of up to 256 rows, TorchScript above "
+                             "(TorchScript alone without the serve extra); torchscript: the inference layer compiled "
+                             "(the faster from batch 1,024); eager; onnx: exported to ONNX at load and run by ONNX "
+                             "Runtime (the faster for small batches; needs the serve extra)")
     parser.add_argument("--model-class", default=None,
                         help="package.module.Class of the LightningModule, for checkpoints that do not name it")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no report on stderr")

@@ -19,8 +19,8 @@ from torch import nn
 from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, EncodedRows, Encoder, find_checkpoint, no_encoder_message
 from lightning_afm.data.readers import BadRows
 
-from .onnx_runtime import OnnxRunner
-from .runtime import ServeError, inference_module, load_model
+from .onnx_runtime import OnnxRunner, optional_onnx_runner
+from .runtime import AUTO_ONNX_MAX_ROWS, RUNTIMES, ServeError, inference_module, load_model
 
 OUTPUT_FORMATS = ("csv", "parquet")
 
@@ -81,14 +81,16 @@ class Predictor:
         encoder: the encoder of its training data; ``None``: only :meth:`predict_encoded` works.
         batch_size: rows per forward pass (bounds memory, whatever the request size).
         device: where the model runs.
-        runtime: ``"torchscript"`` (default: the inference layer compiled, the faster in
-            ``benchmarks/bench_serving.py`` from batch 1,024), ``"eager"`` (see
-            :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked at load, run by ONNX
-            Runtime on the CPU: the faster for small requests; :class:`~.onnx_runtime.OnnxRunner`).
+        runtime: ``"auto"`` (default: per call, ONNX Runtime for requests of up to
+            :data:`~.runtime.AUTO_ONNX_MAX_ROWS` rows and TorchScript above, the faster of each in
+            ``benchmarks/bench_serving.py``; TorchScript alone without the ``serve`` extra, on a
+            GPU, or for a model ONNX cannot take), ``"torchscript"`` (the inference layer compiled),
+            ``"eager"`` (see :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked
+            at load, run by ONNX Runtime on the CPU; :class:`~.onnx_runtime.OnnxRunner`).
     """
 
     def __init__(self, model: nn.Module, encoder: Encoder | None = None, batch_size: int = 8192, device: str | torch.device = "cpu",
-                 source: str = "the model", runtime: str = "torchscript") -> None:
+                 source: str = "the model", runtime: str = "auto") -> None:
         if int(batch_size) < 1:
             raise ServeError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -98,12 +100,21 @@ class Predictor:
         # built on the meta device (the benchmarks' variants) keeps there
         weights = next(iter(model.parameters()), None)
         self.model = model if weights is not None and weights.device == self.device else model.to(self.device)
+        if runtime not in RUNTIMES:
+            raise ServeError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        #: ONNX Runtime's runner (numpy in, probabilities out) and the most rows a call sends to it
+        self.onnx_runner: OnnxRunner | None = None
+        self._onnx_max_rows = 0
         if runtime == "onnx":
             self.model.eval().requires_grad_(False)
-            self.runner = OnnxRunner(self.model)  # numpy in, probabilities out
-        else:
-            self.runner = inference_module(self.model, runtime)  # after the move: it shares the model's weights
-        self._onnx = runtime == "onnx"
+            self.onnx_runner, self._onnx_max_rows = OnnxRunner(self.model), sys.maxsize
+            self.runner = self.onnx_runner
+        else:  # after the move: it shares the model's weights
+            self.runner = inference_module(self.model, "torchscript" if runtime == "auto" else runtime)
+        if runtime == "auto" and self.device.type == "cpu":
+            self.onnx_runner = optional_onnx_runner(self.model)
+            self._onnx_max_rows = AUTO_ONNX_MAX_ROWS if self.onnx_runner is not None else 0
+        self.runtime = runtime
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self._source = source
@@ -120,7 +131,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, model_class: str | type | None = None, device: str = "cpu", batch_size: int = 8192,
-             runtime: str = "torchscript") -> "Predictor":
+             runtime: str = "auto") -> "Predictor":
         """From a run folder (its ``last.ckpt``) or a checkpoint file; the encoder from the checkpoint, else
         from the run's ``encoder/`` folder. ``model_class`` for checkpoints of other LightningModules."""
         path = Path(path).expanduser()
@@ -167,8 +178,8 @@ class Predictor:
         memory (no copy when they are already contiguous int64 / float32); nothing moves on the CPU."""
         categorical = np.ascontiguousarray(categorical, dtype=np.int64)
         numeric = np.ascontiguousarray(numeric, dtype=np.float32)
-        if self._onnx:
-            return self.runner(categorical, numeric)
+        if len(categorical) <= self._onnx_max_rows:  # runtime="onnx", or "auto" on a small request
+            return self.onnx_runner(categorical, numeric)
         cat, num = torch.from_numpy(categorical), torch.from_numpy(numeric)
         if self._moves:
             cat, num = cat.to(self.device), num.to(self.device)

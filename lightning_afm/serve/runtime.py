@@ -22,11 +22,21 @@ class ServeError(ValueError):
     """Serving cannot proceed with what it was given (which model class, which encoder); says how to fix it."""
 
 
-#: How serving runs a zoo model: ``torchscript`` (the inference layer compiled by ``torch.jit.script``:
-#: fastest in ``benchmarks/bench_serving.py`` from batch 1,024 and about 3x faster than ``eager`` at
-#: batch 1), ``eager`` (the inference layer in eager PyTorch) or ``onnx`` (exported and checked at
-#: load, run by ONNX Runtime: about 2x faster than ``torchscript`` at batch 1; the ``serve`` extra).
-RUNTIMES = ("torchscript", "eager", "onnx")
+#: How serving runs a zoo model: ``auto`` (the default: ``onnx`` for requests of up to
+#: :data:`AUTO_ONNX_MAX_ROWS` rows, ``torchscript`` above; ``torchscript`` alone without the ``serve``
+#: extra), ``torchscript`` (the inference layer compiled by ``torch.jit.script``: fastest in
+#: ``benchmarks/bench_serving.py`` from batch 1,024 and about 3x faster than ``eager`` at batch 1),
+#: ``eager`` (the inference layer in eager PyTorch) or ``onnx`` (the inference form exported and
+#: checked at load, run by ONNX Runtime: about 3x faster than ``torchscript`` at batch 1).
+RUNTIMES = ("auto", "torchscript", "eager", "onnx")
+
+#: ``runtime="auto"`` sends forward passes of up to this many rows to ONNX Runtime, larger ones to
+#: TorchScript: where the two cross in ``benchmarks/bench_serving.py --threads 1 --batches 1 16 64
+#: 128 256 1024 --runtimes torchscript onnx`` (DeepFM at the Criteo shape, baseline and +AFM EMB,
+#: one thread; loaded machine, 2026-11-30): ONNX Runtime 1.3x to 4x faster at 1 to 128 rows, the
+#: two within the machine's noise at 256 (each ahead in one of two runs), TorchScript 1.1x to 1.4x
+#: faster at 1,024. README, "Serving latency".
+AUTO_ONNX_MAX_ROWS = 256
 
 
 def inference_module(model: nn.Module, runtime: str = "torchscript") -> nn.Module:
@@ -39,8 +49,9 @@ def inference_module(model: nn.Module, runtime: str = "torchscript") -> nn.Modul
 
     if runtime not in RUNTIMES:
         raise ServeError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    if runtime == "onnx":
-        raise ServeError("runtime='onnx' is not a torch module: Predictor(runtime='onnx') builds its OnnxRunner")
+    if runtime in ("onnx", "auto"):
+        raise ServeError(f"runtime={runtime!r} is not a torch module: Predictor(runtime={runtime!r}) builds its "
+                         "OnnxRunner (and its TorchScript module)")
     model.eval()
     model.requires_grad_(False)
     try:
