@@ -46,10 +46,14 @@ KERNELS = ("auto", "bmm", "sdpa")
 
 
 def choose_kernel(head_dim: int, threads: int, sdpa_max_head_dim: int = SDPA_MAX_HEAD_DIM) -> str:
-    """The faster attention kernel for heads of ``head_dim`` on ``threads`` intra-op threads.
+    """The faster attention kernel for heads of ``head_dim`` on ``threads`` intra-op threads:
+    ``"sdpa"`` (the flash kernel) only for small heads on one thread, ``"bmm"`` otherwise.
 
-    ``"sdpa"`` (the flash kernel) only for small heads on one thread, ``"bmm"`` otherwise: the
-    figures behind the rule are in ``benchmarks/bench_attention.py``'s docstring.
+    From the whole AutoInt forward (AMD EPYC, batch 10,000, tables capped at 100,000 rows): on a
+    quiet machine the flash kernel made our baseline 1.12x DeepCTR-Torch's ``bmm`` + ``softmax`` at
+    Criteo's head size 8 on one thread but 0.82x on two, and 0.99x / 0.94x at Avazu's head size 25
+    (README, 2026-11-30); ``benchmarks/bench_attention.py`` (loaded machine, thread CPU time, one
+    thread) gave Criteo 427 ms a batch with it against 461 ms with ``bmm``.
     """
     if threads <= 1 and head_dim <= sdpa_max_head_dim:
         return "sdpa"
@@ -177,6 +181,23 @@ class CodeInteracting(nn.Module):
 
 
 
+#: Fold the first layer onto the codes only when that saves at least this many multiply-adds per
+#: field and row (:func:`fold_saving`). The folded product writes ``[F, B, n d]``, which the
+#: attention then reads with a stride of ``B n d`` between fields: a cost the saving must pay for.
+#: Measured per first layer (``benchmarks/bench_attention.py --first-layer``, 1 thread, thread CPU time, AMD EPYC,
+#: batch 10,000, loaded machine): Criteo (``d = 16``, ``k = 2``, saving 928) 143 ms folded against
+#: 127 ms unfolded, so not folded; Avazu (``d = 50``, ``k = 8``, saving 8,800) 203 ms against 264 ms.
+FOLD_MIN_SAVED_MACS = 4096
+
+
+def fold_saving(layer: InferenceInteracting, rank: int) -> int:
+    """Multiply-adds per field and row that folding ``layer`` onto rank-``rank`` codes saves: the
+    projection to ``d`` and the ``d x n d`` product, against one ``rank x n d`` product."""
+    d = layer.dim
+    width = d * (4 if layer.has_residual else 3)
+    return rank * d + d * width - rank * width
+
+
 class InferenceAttention(nn.Module):
     """AutoInt's interacting layers: ``(codes [B, F, k], emb [B, F, d])`` -> ``[B, F, d]``.
 
@@ -210,7 +231,8 @@ def build_attention(attention: nn.Sequential, tables: Sequence[nn.Module], tenso
     first = layers[0]
     linears = [plain_projection(t) for t in tables]
     if not isinstance(first, InferenceInteracting) or any(p is None for p in linears) \
-            or len({tuple(p.weight.shape) for p in linears}) != 1:
+            or len({tuple(p.weight.shape) for p in linears}) != 1 \
+            or fold_saving(first, int(linears[0].weight.shape[1])) < FOLD_MIN_SAVED_MACS:
         return InferenceAttention(first, layers[1:], reads_codes=False)
     biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in linears]
     code_first = CodeInteracting(first, [tensors.take(p.weight) for p in linears], [tensors.take(b) for b in biases])
