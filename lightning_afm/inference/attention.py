@@ -15,10 +15,12 @@ d_h]`` heads, a transposing copy back to ``[B, F, d]``, the residual sum and a R
 - **The first layer from the codes** (:class:`CodeInteracting`): after AFM/SVD on the tables,
   ``e_i = P_i c_i + b_i``, so the first layer's projections are
   ``e_i W = c_i (P_i^T W) + b_i W``: one batched product over the ``F`` fields with ``[k, 4 d]``
-  weights folded on every call from the current (shared) ``P_i``, ``b_i`` and ``W``. Exact; at
-  Criteo's shape (``k = 2``, ``d = 16``) it does ``2 x 64`` multiply-adds per field instead of
-  ``2 x 16 + 16 x 64``, and with AutoInt+'s MLP folded onto the codes too, the ``[B, F, d]``
-  embeddings are never built.
+  weights folded on every call from the current (shared) ``P_i``, ``b_i`` and ``W``. Exact. It
+  writes ``[F, B, 4 d]``, which the attention reads strided, so it is used only where the
+  multiply-adds it saves pay for that (:data:`FOLD_MIN_SAVED_MACS`): at Avazu's shape (``k = 8``,
+  ``d = 50``: ``8 x 200`` per field instead of ``8 x 50 + 50 x 200``), not at Criteo's (``k = 2``,
+  ``d = 16``). With AutoInt+'s MLP folded onto the codes too, the ``[B, F, d]`` embeddings are
+  then never built.
 
 The weights are stacked or folded from the shared tensors on every call (``O(F k d + d^2)``,
 nothing next to a batch), so nothing derived from the training model is kept between calls.
