@@ -39,7 +39,8 @@ from lightning_afm.models.layers.attention import InteractingLayer
 from .projection import _Projection, plain_projection
 from .sharing import Tensors
 
-#: The largest head size at which the flash kernel beat ``bmm`` (one thread only; see :func:`choose_kernel`).
+#: The largest head size given the flash kernel (one thread only; see :func:`choose_kernel`): between
+#: the measured head sizes 8 (flash faster) and 25 (``bmm`` faster); sizes in between are not measured.
 SDPA_MAX_HEAD_DIM = 16
 #: The attention kernels :class:`InferenceInteracting` can run; ``"auto"`` asks :func:`choose_kernel`
 #: on every eager call (the thread count may change between calls; a scripted layer keeps the
