@@ -159,7 +159,11 @@ def test_per_field_ranks_and_subclassed_layers_are_not_folded():
         pass
 
     model = _autoint_emb(50, 8)
+    model.attention[1].value = torch.nn.Linear(50, 50)  # with a bias: not the plain layer any more
     model.attention[0] = Traced(50, 2).eval()
     built = build_attention(model.attention, model.embeddings.tables(), Tensors())
     assert built.reads_codes is False and type(built.first) is Traced  # a frozen copy, called as it is
-    assert isinstance(built.rest[0], InferenceInteracting)
+    assert type(built.rest[0]) is InteractingLayer and isinstance(built.rest[1], InferenceInteracting)
+    cat, num = torch.zeros(3, 4, dtype=torch.long), torch.rand(3, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(optimize_for_inference(model)(cat, num), model(cat, num), **TOL)

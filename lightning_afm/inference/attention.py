@@ -221,6 +221,15 @@ class InferenceAttention(nn.Module):
         return x
 
 
+def plain_interacting(layer: nn.Module) -> bool:
+    """Whether ``layer`` is exactly an :class:`InteractingLayer` whose projections are still plain
+    bias-free Linears (a compression of them, or a subclass, runs as a frozen copy instead)."""
+    if type(layer) is not InteractingLayer:
+        return False
+    projections = [layer.query, layer.key, layer.value] + ([layer.residual] if layer.residual is not None else [])
+    return all(type(p) is nn.Linear and p.bias is None for p in projections)
+
+
 def build_attention(attention: nn.Sequential, tables: Sequence[nn.Module], tensors: Tensors) -> InferenceAttention:
     """The inference form of AutoInt's ``attention`` stack, whose first layer reads ``tables``' output.
 
@@ -229,7 +238,7 @@ def build_attention(attention: nn.Sequential, tables: Sequence[nn.Module], tenso
     codes when it is an :class:`InferenceInteracting` and every table is an AFM/SVD-factored
     table with a plain projection of one shape (:class:`CodeInteracting`).
     """
-    layers = [InferenceInteracting(layer, tensors) if type(layer) is InteractingLayer else tensors.frozen(layer)
+    layers = [InferenceInteracting(layer, tensors) if plain_interacting(layer) else tensors.frozen(layer)
               for layer in attention]
     first = layers[0]
     linears = [plain_projection(t) for t in tables]
