@@ -17,15 +17,9 @@ shape (``d``, ``F``, ``k``): projected to ``d`` then the layer (``unfolded``), a
 folded onto the codes (:class:`~lightning_afm.inference.attention.CodeInteracting`), in thread CPU
 time; :data:`~lightning_afm.inference.attention.FOLD_MIN_SAVED_MACS` came from it.
 
-The rule in :func:`lightning_afm.inference.attention.choose_kernel` came from these runs (AMD EPYC,
-2 logical CPUs, batch 10,000, tables capped at 100,000 rows; 2026-11-30, machine loaded at 5-8,
-so rough; ms per batch, +AFM EMB / baseline):
-
-========  =======  ==================  ==================  ====================
-dataset   threads  bmm                 sdpa                DeepCTR-Torch (base)
-========  =======  ==================  ==================  ====================
-(filled in by the runs below)
-========  =======  ==================  ==================  ====================
+The kernel rule (:func:`lightning_afm.inference.attention.choose_kernel`) and the fold rule
+(:data:`~lightning_afm.inference.attention.FOLD_MIN_SAVED_MACS`) cite the figures these runs gave
+(AMD EPYC, batch 10,000, tables capped at 100,000 rows, loaded machine: rough) in their comments.
 """
 
 from __future__ import annotations
