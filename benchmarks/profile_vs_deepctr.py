@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--variant", default="baseline", help="our structure to profile (afm_emb: where its time goes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     reuse_freed_memory()
@@ -54,8 +55,10 @@ def main() -> None:
     print(f"{cpu_name()}, 1 torch thread, torch {torch.__version__}, {args.dataset} shape, tables capped at "
           f"{args.vocab_cap:,} rows, batch {args.batch:,}")
     for name in args.models:
-        ours = build_variant(name, shape, "baseline", settings, build_twin(name, shape))
-        fast = optimize_for_inference(ours)
+        twin = build_twin(name, shape)
+        ours = build_variant(name, shape, "baseline", settings, twin)
+        fast = optimize_for_inference(ours if args.variant == "baseline" else
+                                      build_variant(name, shape, args.variant, settings, twin), fuse=True)
         theirs = build_deepctr_model(name, shape, tables_from=ours, seed=0).eval()
         runners = {
             "ours": Timed(lambda b, m=fast: m(b.categorical, b.numeric), batches),

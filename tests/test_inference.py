@@ -93,7 +93,8 @@ def test_every_model_and_structure_gives_the_plain_outputs_eager_and_scripted(na
     assert isinstance(fast, InferenceModel) and not fast.training
     # fused where the row (k=2 codes + LR weight, padded to 4 floats) is one word: +AFM EMB
     assert isinstance(fast.lookup, FusedLookup if fuse and structure == "afm_emb" else SeparateLookups)
-    # code space: DeepFM and DCN folded and NFM on factored tables never build the d-dim embeddings
+    # code space: DeepFM and DCN folded and NFM on factored tables never build the d-dim embeddings (AutoInt
+    # only where its first layer folds too, not at d = 4: tests/test_inference_attention.py)
     assert fast.build_embeddings is not (structure == "afm_emb" and name in ("deepfm", "nfm", "dcn"))
     scripted = torch.jit.script(fast)
     for rows, dtype in ((33, torch.int64), (1, torch.int64), (17, torch.int32)):  # batch size is dynamic

@@ -16,6 +16,7 @@ from lightning_afm.models.deepfm import DeepFM
 from lightning_afm.models.nfm import NFM
 from lightning_afm.models.parallel_cross import ParallelCrossModel
 
+from .attention import build_attention
 from .code_space import build_code_space
 from .cross import build_cross
 from .dense import build_mlp
@@ -75,14 +76,18 @@ class NFMHead(_MLPHead):
 
 
 class AutoIntHead(_MLPHead):
-    """``w^T [flatten(Att^L(e)), MLP([X, numeric])] + b``."""
+    """``w^T [flatten(Att^L(e)), MLP([X, numeric])] + b``, the attention in its inference form
+    (:mod:`.attention`). On AFM/SVD-factored tables its first layer reads the codes; with the MLP
+    folded onto the codes too, the ``d``-dim embeddings are never built (``needs_embeddings`` False).
+    """
 
     def __init__(self, model: AutoInt, tensors: Tensors) -> None:
         super().__init__(model, tensors)
-        self.attention = tensors.frozen(model.attention)
+        self.attention = build_attention(model.attention, model.embeddings.tables(), tensors)
+        self.needs_embeddings = not (self.attention.reads_codes and self.reads_codes)
 
     def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(emb).flatten(1)
+        attended = self.attention(codes, emb).flatten(1)
         deep = self.mlp(flat_input(codes if self.reads_codes else emb, numeric))
         return self.output(torch.cat([attended, deep], dim=1)).squeeze(-1)
 
