@@ -7,11 +7,10 @@ import copy
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from torch import nn
 
-from lightning_afm import AFMCompressionCallback, EmbeddingStage, MLPStage
+from lightning_afm import MLPStage
 from lightning_afm.callbacks.budgeting import BudgetPrices, allocate_for_latency, price_stages, smallest_ranks
 from lightning_afm.compress import LowRankLinear, collect_statistics, compress_targets, parameter_count
 from lightning_afm.compress.budget import Budget
@@ -21,15 +20,6 @@ from lightning_afm.models import DeepFM
 
 def _model(dm, mlp=(32, 32, 32)):
     return DeepFM(schema=dm.schema.to_dict(), embedding_dim=8, mlp_hidden=list(mlp), lr=3e-3)
-
-
-def _fit(dm, model, budget):
-    callback = AFMCompressionCallback([MLPStage(rank="auto"), EmbeddingStage(rank="auto")], baseline_epochs=1,
-                                      progress=False, budget=budget)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
-    trainer.fit(model, datamodule=dm)
-    return callback
 
 
 def test_saving_ranks_are_those_where_the_built_replacement_is_smaller(tiny_synthetic):
@@ -71,12 +61,12 @@ def test_options_end_at_the_break_even_then_dense_unless_folded():
         Price("t", 10, 5, 4, True), 1) == [1]  # folded, no rank saves: its smallest
 
 
-def test_a_generous_budget_never_builds_a_factored_layer_larger_than_the_dense_one(tiny_synthetic):
+def test_a_generous_budget_never_builds_a_factored_layer_larger_than_the_dense_one(tiny_synthetic, fit_budgeted):
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
     before = parameter_count(model)
-    callback = _fit(dm, model, Budget(ratio=1.0, multiple=4))
+    callback = fit_budgeted(dm, model, Budget(ratio=1.0, multiple=4))
     allocation = callback.allocation
     assert allocation["params"] == parameter_count(model) <= before
     for name in ("mlp.1.linear", "mlp.2.linear"):
@@ -88,13 +78,13 @@ def test_a_generous_budget_never_builds_a_factored_layer_larger_than_the_dense_o
     assert all(k <= 7 for k in model.embeddings.code_dims)  # every table below its break-even (6 or 7)
 
 
-def test_kept_variance_at_the_cap_leaves_the_layers_dense_that_need_more(tiny_synthetic):
+def test_kept_variance_at_the_cap_leaves_the_layers_dense_that_need_more(tiny_synthetic, fit_budgeted):
     """kept_variance=1.0 needs every component: a rank past the break-even, so the MLP layers stay dense
     (they keep it all, with fewer parameters than that rank); the folded tables stop at the break-even."""
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
-    callback = _fit(dm, model, Budget(kept_variance=1.0, multiple=4))
+    callback = fit_budgeted(dm, model, Budget(kept_variance=1.0, multiple=4))
     allocation = callback.allocation
     assert allocation["dense"] == ["mlp.1.linear", "mlp.2.linear"]
     assert allocation["kept_variance"]["mlp.1.linear"] == 1.0
@@ -105,11 +95,11 @@ def test_kept_variance_at_the_cap_leaves_the_layers_dense_that_need_more(tiny_sy
     assert mlp["params"] == mlp["params_before"] and mlp["layers"]["mlp.1.linear"]["kept_variance"] == 1.0
 
 
-def test_a_layer_with_no_saving_multiple_stays_dense_and_the_budget_counts_it(tiny_synthetic):
+def test_a_layer_with_no_saving_multiple_stays_dense_and_the_budget_counts_it(tiny_synthetic, fit_budgeted):
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
-    callback = _fit(dm, model, Budget(ratio=1.3, multiple=32))  # rank 32 of a 32 x 32 layer saves nothing
+    callback = fit_budgeted(dm, model, Budget(ratio=1.3, multiple=32))  # rank 32 of a 32 x 32 layer saves nothing
     assert callback.allocation["dense"] == ["mlp.1.linear", "mlp.2.linear"]
     assert type(model.mlp[1].linear) is nn.Linear
     assert callback.allocation["params"] == parameter_count(model)

@@ -19,21 +19,12 @@ def _model(dm):
     return DeepFM(schema=dm.schema.to_dict(), embedding_dim=8, mlp_hidden=[32, 32, 32], lr=3e-3)
 
 
-def _fit(dm, model, budget, logger=False):
-    callback = AFMCompressionCallback([MLPStage(rank="auto"), EmbeddingStage(rank="auto")], baseline_epochs=1,
-                                      progress=False, budget=budget)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
-    trainer.fit(model, datamodule=dm)
-    return callback
-
-
-def test_a_generous_latency_budget_is_met_and_recorded(tiny_synthetic):
+def test_a_generous_latency_budget_is_met_and_recorded(tiny_synthetic, fit_budgeted):
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
     # generous: a tiny model at batch 1,000 takes about a millisecond even on a loaded machine
-    callback = _fit(dm, model, Budget(latency_ms=500.0, batch=1000, multiple=4))
+    callback = fit_budgeted(dm, model, Budget(latency_ms=500.0, batch=1000, multiple=4))
     budget = callback.allocation
     assert budget["latency_ms"] is not None and 0 < budget["latency_ms"] <= 500.0
     assert 0 < budget["smallest_latency_ms"] <= 500.0 and budget["batch"] == 1000
