@@ -136,7 +136,8 @@ def check_budget(budget: Budget, prices: BudgetPrices) -> None:
         smallest = budget.in_own_unit(least, prices.params_as_it_comes, prices.bytes_per_param)
         raise InfeasibleBudgetError(
             f"the budget ({budget.describe()}: at most {allowed:,} parameters) cannot be met: rank 1 for every "
-            f"field and rank {budget.multiple} (or the full width) for every MLP layer already leaves {least:,}; "
+            f"field and rank {budget.multiple} for every MLP layer (dense where that saves nothing) already leaves "
+            f"{least:,}; "
             f"the smallest feasible budget is {smallest}", smallest=least)
 
 
