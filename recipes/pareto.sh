@@ -3,7 +3,7 @@
 # parameters than the baseline, 3 seeds; the table (test AUC mean ± std, params, CPU latency at
 # batch 10,000) and a PNG of test AUC against parameters and against latency.
 #
-#   recipes/pareto.sh small                        # synthetic data, 60,000 rows (about 10 min on 1 core)
+#   recipes/pareto.sh small                        # synthetic data, 60,000 rows (about 6 min of CPU on 1 core)
 #   recipes/pareto.sh sample                       # the shared Criteo sample (experiment=criteo_sample)
 #   recipes/pareto.sh full criteo=/x/train.txt     # (and/or avazu=/x/train.csv)
 #
