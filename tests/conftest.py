@@ -46,6 +46,25 @@ def tiny_synthetic() -> Callable[..., SyntheticDataModule]:
 
 
 @pytest.fixture
+def fit_budgeted() -> Callable[..., object]:
+    """``fit_budgeted(dm, model, budget)``: fit ``model`` with auto-rank MLP and embedding stages under
+    ``budget`` (one baseline epoch, 3 in all, on the CPU); returns the callback."""
+    import lightning.pytorch as pl
+
+    from lightning_afm import AFMCompressionCallback, EmbeddingStage, MLPStage
+
+    def fit(dm, model, budget):
+        callback = AFMCompressionCallback([MLPStage(rank="auto"), EmbeddingStage(rank="auto")], baseline_epochs=1,
+                                          progress=False, budget=budget)
+        trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
+        trainer.fit(model, datamodule=dm)
+        return callback
+
+    return fit
+
+
+@pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """One torch thread for the test, restored afterwards (tiny models' SVDs and eigendecompositions
     run several times slower with 2 threads on 2 busy cores)."""

@@ -19,27 +19,21 @@ def _model(dm):
     return DeepFM(schema=dm.schema.to_dict(), embedding_dim=8, mlp_hidden=[32, 32, 32], lr=3e-3)
 
 
-def _fit(dm, model, budget, logger=False):
-    callback = AFMCompressionCallback([MLPStage(rank="auto"), EmbeddingStage(rank="auto")], baseline_epochs=1,
-                                      progress=False, budget=budget)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
-    trainer.fit(model, datamodule=dm)
-    return callback
-
-
-def test_a_generous_latency_budget_is_met_and_recorded(tiny_synthetic):
+def test_a_generous_latency_budget_is_met_and_recorded(tiny_synthetic, fit_budgeted):
     pl.seed_everything(0)
     dm = tiny_synthetic()
     model = _model(dm)
     # generous: a tiny model at batch 1,000 takes about a millisecond even on a loaded machine
-    callback = _fit(dm, model, Budget(latency_ms=500.0, batch=1000, multiple=4))
+    callback = fit_budgeted(dm, model, Budget(latency_ms=500.0, batch=1000, multiple=4))
     budget = callback.allocation
     assert budget["latency_ms"] is not None and 0 < budget["latency_ms"] <= 500.0
     assert 0 < budget["smallest_latency_ms"] <= 500.0 and budget["batch"] == 1000
     assert all(0 < ms <= 500.0 for ms in budget["planned_latency_ms"])
-    # so much room: every target at its largest rank
-    assert budget["ranks"]["mlp.1.linear"] == 32 and model.embeddings.code_dims == [8, 8, 8, 8]
+    # so much room: the MLP layers stay dense (every factored rank up to the break-even keeps less, and a
+    # rank past it would be larger than the dense layer); the folded tables at their break-even ranks
+    assert budget["dense"] == ["mlp.1.linear", "mlp.2.linear"] and "mlp.1.linear" not in budget["ranks"]
+    assert type(model.mlp[1].linear) is nn.Linear and type(model.mlp[2].linear) is nn.Linear
+    assert model.embeddings.code_dims == [6, 6, 7, 7]  # vocabularies 6, 21, 61, 195 at width 8, read by 32 columns
     mlp, emb = callback.history
     assert emb["latency_ms"] == budget["latency_ms"] and mlp["latency_ms"] is None
     assert callback.summary()["budget"]["latency_ms"] == budget["latency_ms"]
@@ -118,8 +112,9 @@ def _latency_problem():
     from lightning_afm.callbacks.budgeting import BudgetPrices
     from lightning_afm.compress.pricing import Price
 
-    prices = BudgetPrices(auto=[Price("a", 10, 0, 4, True), Price("b", 10, 0, 4, True)], fixed=0,
-                          params_now=1000, params_as_it_comes=1000, bytes_per_param=4)
+    # two folded tables (no dense choice) whose every rank saves parameters
+    prices = BudgetPrices(auto=[Price("a", 10, -100, 4, True), Price("b", 10, -100, 4, True)], fixed=0,
+                          params_now=1000, params_as_it_comes=1000, bytes_per_param=4, folded=frozenset("ab"))
     stats = {n: SimpleNamespace(cov=torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)))
              for n in ("a", "b")}
     times = {n: {k: 1000.0 * k for k in range(1, 5)} for n in ("a", "b")}  # 1 ms per unit of rank

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -110,3 +111,23 @@ def test_pareto_small_compares_uniform_and_auto_from_one_baseline_and_times_them
     markdown = (tmp_path / "pareto.md").read_text()
     assert "| uniform | 2x |" in markdown and "| auto | 2x |" in markdown and "| baseline |" in markdown
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+SAMPLE = ROOT.parent / "shared" / "data" / "criteo_sample_10k.txt"
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason="the shared Criteo sample is not next to the repository")
+def test_pareto_sample_runs_on_the_criteo_sample_with_split_and_model_seeds_together(tmp_path):
+    tiny = ["model.embedding_dim=4", "model.mlp_hidden=[16,16,16]", "+trainer.limit_train_batches=5"]
+    done = subprocess.run(["bash", str(RECIPES / "pareto.sh"), "sample", f"out={tmp_path}", "--", *tiny],
+                          capture_output=True, text=True, env={**_env(), "SEEDS": "1", "RATIOS": "1000"},
+                          timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratio 1000 is left out" in done.stderr  # only the baseline runs
+    summary = json.loads((tmp_path / "sample_baseline" / "s1" / "summary.json").read_text())
+    assert summary["seed"] == 1 and summary["data"] == "criteo"
+    config = OmegaConf.load(tmp_path / "sample_baseline" / "s1" / ".hydra" / "config.yaml")
+    assert config.data.seed == 1 and config.data.path.endswith("criteo_sample_10k.txt")  # the split follows the seed
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["command"].startswith("recipes/pareto.sh sample")
+    assert "| baseline |" in (tmp_path / "pareto.md").read_text()

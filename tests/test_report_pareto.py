@@ -151,3 +151,18 @@ def test_choose_pair_names_the_smallest_uniform_count_when_nothing_fits():
     with pytest.raises(ValueError, match=f"already leave {least:,}"):
         choose_pair(NOW, PRICES, least - 1)
     assert choose_pair(NOW, PRICES, least).params == least
+
+
+def test_auto_ranks_label_names_the_targets_left_dense():
+    from types import SimpleNamespace
+
+    from lightning_afm.report.tables.pareto import ranks_label
+
+    def run(block):
+        return SimpleNamespace(stages=[{"kind": "mlp"}], summary={"budget": block}, value=lambda key: None)
+
+    tables = {"embeddings.C1": 1, "embeddings.C2": 9}
+    assert ranks_label(run({"ranks": {"mlp.1.linear": 8, **tables}, "dense": ["mlp.2.linear"]})) == "MLP 8-dense, emb 1-9"
+    assert ranks_label(run({"ranks": tables, "dense": ["mlp.1.linear", "mlp.2.linear"]})) == "MLP dense, emb 1-9"
+    assert ranks_label(run({"ranks": {"mlp.1.linear": 16, "mlp.2.linear": 16, "embeddings.C1": 2},
+                            "dense": []})) == "MLP 16, emb 2"

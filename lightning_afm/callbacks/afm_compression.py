@@ -536,6 +536,9 @@ class AFMCompressionCallback(pl.Callback):
         record["statistics_s"] = self._now(pl_module) - started
         rank: int | dict[str, int] = stage.rank
         if stage.auto_rank:
+            # targets whose every rank up to the break-even was worth less than the dense module stay as they are
+            record["dense"] = [name for name in names if name in self.allocation.get("dense", ())]
+            names = [name for name in names if name not in record["dense"]]
             rank = {name: int(self.allocation["ranks"][name]) for name in names}
             record["ranks"] = dict(rank)  # "rank" stays "auto"; the chosen rank of each layer / field
         if isinstance(stage, EmbeddingStage) and stage.grow_rank and statistics:
@@ -549,11 +552,12 @@ class AFMCompressionCallback(pl.Callback):
         with self._stage_errors(stage):
             names = self._stage_targets(pl_module, stage, names, rank)
             entries = compress.compress_targets(pl_module, names, statistics or None, rank=rank,
-                                                method=stage.method, **stage.build_options())
+                                                method=stage.method, **stage.build_options()) if names else []
             self.plan.extend(entries)
             if fold:
                 self.plan.append(compress.fold_into_first_linear(pl_module))
         kept = {entry.name: entry.flags.get("kept_variance") for entry in entries}
+        kept.update(dict.fromkeys(record["dense"] or (), 1.0))  # left dense: all of it
         layers = {name: self._spectrum(stats, kept[name]) for name, stats in statistics.items()}
         self.stages_started = index + 1
 
@@ -591,7 +595,7 @@ class AFMCompressionCallback(pl.Callback):
             "start_epoch": self.start_epoch(index), "epochs": stage.epochs,
             "params_before": compress.parameter_count(pl_module), "params": None, "stored_values": None,
             "layers": None, "rank_search": None, "selected_point": None, "checks": None, "finished": False,
-            "budget": None, "ranks": None, "latency_ms": None,
+            "budget": None, "ranks": None, "dense": None, "latency_ms": None,
         }
         record.update(dict.fromkeys(STAGE_TIME_KEYS))
         record.update(dict.fromkeys(f"pre_finetune_{k}" for k in scores))
@@ -839,8 +843,13 @@ class AFMCompressionCallback(pl.Callback):
         except ValueError as err:
             raise ValueError(f"stage {stage.name!r}: {err}. {hint}") from err
 
-    def _planned_stages(self, pl_module: nn.Module, first: int) -> list[PlannedStage]:
-        """Stages ``first`` onwards with their targets and, where they will fold, the first MLP Linear's width."""
+    def planned_stages(self, pl_module: nn.Module, first: int = 0) -> list[PlannedStage]:
+        """Stages ``first`` onwards as they would run on ``pl_module`` now: each with its resolved targets
+        and, where it will fold, the first MLP Linear's width (what a budget prices; changes nothing).
+
+        ``lightning_afm.callbacks.budgeting.price_stages(pl_module, callback.planned_stages(pl_module), 0)``
+        prices them without training (``python -m lightning_afm.report.pareto_ranks`` does).
+        """
         planned, folded = [], mlp_reads_codes(pl_module)
         for stage in self.stages[first:]:
             names = self._targets(pl_module, stage)
@@ -862,7 +871,7 @@ class AFMCompressionCallback(pl.Callback):
         return planned
 
     def _budget_prices(self, pl_module: nn.Module, first: int) -> tuple[list[PlannedStage], BudgetPrices]:
-        planned = self._planned_stages(pl_module, first)
+        planned = self.planned_stages(pl_module, first)
         reference = self.baseline["params"] if self.baseline else compress.parameter_count(pl_module)
         return planned, price_stages(pl_module, planned, reference)
 
@@ -870,7 +879,7 @@ class AFMCompressionCallback(pl.Callback):
                   index: int) -> dict[str, compress.OutputStatistics]:
         """Choose every auto target's rank (one statistics pass over them all); returns the statistics
         of stage ``index``'s own targets (its swap uses them)."""
-        planned = self._planned_stages(pl_module, index)
+        planned = self.planned_stages(pl_module, index)
         prices = price_stages(pl_module, planned, self.baseline["params"])
         auto_names = [p.name for p in prices.auto]
         log.info("AFM budget (%s): statistics pass over the training data for %d auto targets",

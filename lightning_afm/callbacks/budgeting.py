@@ -26,7 +26,7 @@ from torch import nn
 from lightning_afm import compress
 from lightning_afm.compress.budget import (Allocation, Budget, InfeasibleBudgetError, RankTarget, allocate_ranks,
                                            rank_choices)
-from lightning_afm.compress.pricing import Price, fold_us_per_code, price_targets, rank_times
+from lightning_afm.compress.pricing import Price, dense_us, fold_us_per_code, price_targets, rank_times
 from lightning_afm.compress.timing import ProductTimer
 from lightning_afm.callbacks.stages import CompressionStage
 
@@ -51,44 +51,79 @@ class PlannedStage:
 @dataclass(frozen=True)
 class BudgetPrices:
     """The auto targets' prices and the fixed part: the parameters after compression are
-    ``params_now + fixed + sum_i (cost_i k_i + change_i)`` over the auto targets."""
+    ``params_now + fixed + sum_i added_i(k_i)`` over the auto targets (:meth:`added`).
+
+    Each auto target's rank choices (:meth:`options`) stop at its break-even rank
+    (:meth:`Price.saving_ranks`): a factored layer larger than the dense one is never built.
+    Instead, a target may stay dense (its choice "rank = its full width" means: not swapped,
+    nothing added, all its variance kept), unless it is a table a fold will make the first MLP
+    Linear read (``folded``): the fold needs every table's codes, so those keep their ranks up to
+    the break-even only (the smallest rank when none saves, as with a width-1 table).
+    """
 
     auto: list[Price]
     fixed: int
     params_now: int
     params_as_it_comes: int
     bytes_per_param: int
+    folded: frozenset[str] = frozenset()
+
+    def can_stay_dense(self, price: Price) -> bool:
+        return price.name not in self.folded
+
+    def is_dense(self, price: Price, rank: int) -> bool:
+        """Whether choice ``rank`` of ``price`` is its dense module (its full width, where it may stay dense)."""
+        return int(rank) == price.max_rank and self.can_stay_dense(price)
+
+    def options(self, price: Price, step: int) -> list[int]:
+        """``price``'s rank choices, ascending: the ranks that save parameters, then its full width
+        (dense) where it may stay dense."""
+        saving = price.saving_ranks(step)
+        if self.can_stay_dense(price):  # (a factored layer at full width never saves: its choice means dense)
+            return [k for k in saving if k < price.max_rank] + [price.max_rank]
+        return saving or [1 if price.is_table else min(step, price.max_rank)]
+
+    def added(self, price: Price, rank: int) -> int:
+        """Parameters choice ``rank`` of ``price`` adds (0 for its dense choice)."""
+        return 0 if self.is_dense(price, rank) else price.added(rank)
+
+    def params_at(self, ranks: Mapping[str, int]) -> int:
+        """The model's parameters after compression with the auto targets at ``ranks`` (those not in it dense)."""
+        by_name = {p.name: p for p in self.auto}
+        return self.params_now + self.fixed + sum(self.added(by_name[n], k) for n, k in ranks.items())
 
     def smallest_params(self, step: int) -> int:
-        return self.params_now + self.fixed + sum(p.added(_smallest_rank(p, step)) for p in self.auto)
+        return self.params_at({p.name: self.options(p, step)[0] for p in self.auto})
 
     def targets_capacity(self, budget: Budget) -> int:
-        """Parameters left for ``sum_i cost_i k_i`` under ``budget``."""
+        """Parameters left for ``sum_i (added_i(k_i) - change_i)`` under ``budget``."""
         allowed = budget.max_params(self.params_as_it_comes, self.bytes_per_param)
         return allowed - self.params_now - self.fixed - sum(p.change for p in self.auto)
 
 
-def _smallest_rank(price: Price, step: int) -> int:
-    return 1 if price.is_table else min(step, price.max_rank)
-
-
 def smallest_ranks(prices: BudgetPrices, step: int) -> dict[str, int]:
-    """Every auto target's smallest allowed rank: 1 for a field, ``step`` (or its width) for a Linear."""
-    return {p.name: _smallest_rank(p, step) for p in prices.auto}
+    """Every factored auto target's smallest allowed rank (1 for a field, ``step`` or its width for a
+    Linear); a target whose smallest saving choice is none (it stays dense) is left out."""
+    ranks = {p.name: prices.options(p, step)[0] for p in prices.auto}
+    return {p.name: ranks[p.name] for p in prices.auto if not prices.is_dense(p, ranks[p.name])}
 
 
 def price_stages(model: nn.Module, planned: Sequence[PlannedStage], params_as_it_comes: int) -> BudgetPrices:
     """What the stages to come cost: per unit of rank for the auto targets, in total for the fixed ones."""
     auto: list[Price] = []
+    folded: set[str] = set()
     fixed = 0
     for p in planned:
         prices = price_targets(model, p.names, p.stage.method, p.fold_width)
         if p.stage.auto_rank:
             auto.extend(prices)
+            if p.fold_width is not None:
+                folded.update(price.name for price in prices if price.is_table)
         else:
             fixed += sum(price.added(p.stage.rank) for price in prices)
     first = next(iter(model.parameters()))
-    return BudgetPrices(auto, fixed, compress.parameter_count(model), int(params_as_it_comes), first.element_size())
+    return BudgetPrices(auto, fixed, compress.parameter_count(model), int(params_as_it_comes), first.element_size(),
+                        frozenset(folded))
 
 
 def check_budget(budget: Budget, prices: BudgetPrices) -> None:
@@ -101,7 +136,8 @@ def check_budget(budget: Budget, prices: BudgetPrices) -> None:
         smallest = budget.in_own_unit(least, prices.params_as_it_comes, prices.bytes_per_param)
         raise InfeasibleBudgetError(
             f"the budget ({budget.describe()}: at most {allowed:,} parameters) cannot be met: rank 1 for every "
-            f"field and rank {budget.multiple} (or the full width) for every MLP layer already leaves {least:,}; "
+            f"field and rank {budget.multiple} for every MLP layer (dense where that saves nothing) already leaves "
+            f"{least:,}; "
             f"the smallest feasible budget is {smallest}", smallest=least)
 
 
@@ -116,20 +152,31 @@ def allocate_for_budget(budget: Budget, prices: BudgetPrices,
         allocation = allocate_ranks(targets, prices.targets_capacity(budget), budget.allocator)
     else:
         allocation = allocate_ranks(targets, kept_variance=budget.kept_variance)
-    by_name = {p.name: p for p in prices.auto}
-    params = prices.params_now + prices.fixed + sum(by_name[n].added(k) for n, k in allocation.ranks.items())
-    allocation.notes.update(budget=budget.describe(), params=int(params),
+    _set_dense_apart(allocation, prices)
+    allocation.notes.update(budget=budget.describe(), params=prices.params_at(allocation.ranks),
                             params_as_it_comes=prices.params_as_it_comes)
     return allocation
 
 
+def _set_dense_apart(allocation: Allocation, prices: BudgetPrices) -> None:
+    """Move the targets whose choice is their dense module out of ``ranks`` into ``notes["dense"]``
+    (they are not swapped; their kept variance stays, 1.0)."""
+    dense = [p.name for p in prices.auto if p.name in allocation.ranks and prices.is_dense(p, allocation.ranks[p.name])]
+    for name in dense:
+        del allocation.ranks[name]
+    allocation.notes["dense"] = dense
+
+
 def _rank_targets(budget: Budget, prices: BudgetPrices,
                   statistics: Mapping[str, compress.OutputStatistics]) -> list[RankTarget]:
-    """The auto targets priced in parameters, with their spectra."""
+    """The auto targets priced in parameters (``added - change``: a dense choice costs what the
+    module has), with their spectra and their choices up to the break-even rank."""
     targets = []
     for p in prices.auto:
         values = compress.explained_variance(statistics[p.name].cov).eigenvalues.tolist()
-        targets.append(RankTarget(p.name, values, p.cost, p.max_rank, 1 if p.is_table else budget.multiple))
+        choices = prices.options(p, budget.multiple)
+        targets.append(RankTarget(p.name, values, p.cost, p.max_rank, 1 if p.is_table else budget.multiple,
+                                  costs={k: prices.added(p, k) - p.change for k in choices}, choices=choices))
     return targets
 
 
@@ -145,7 +192,8 @@ def check_latency(budget: Budget, smallest_ms: float) -> None:
 
 def latency_times(model: nn.Module, planned: Sequence[PlannedStage], prices: BudgetPrices, budget: Budget,
                   timer: ProductTimer) -> dict[str, dict[int, float]]:
-    """Measured microseconds of each auto target's products at each of its rank choices."""
+    """Measured microseconds of each auto target's products at each of its rank choices
+    (:meth:`BudgetPrices.options`; the dense choice, its full width, timed as the dense module)."""
     fold_width = {name: p.fold_width for p in planned if p.fold_width is not None for name in p.names}
     folded = [p for p in prices.auto if p.name in fold_width]
     per_code = None
@@ -153,10 +201,30 @@ def latency_times(model: nn.Module, planned: Sequence[PlannedStage], prices: Bud
         per_code = fold_us_per_code(timer, len(folded), sum(p.max_rank for p in folded), fold_width[folded[0].name])
     times = {}
     for p in prices.auto:
-        choices = rank_choices(RankTarget(p.name, [0.0] * p.max_rank, p.cost, p.max_rank,
-                                          1 if p.is_table else budget.multiple))
-        times[p.name] = rank_times(model, p.name, choices, timer, per_code if p.name in fold_width else None)
+        choices = prices.options(p, budget.multiple)
+        factored = [k for k in choices if not prices.is_dense(p, k)]
+        times[p.name] = {}
+        if factored:
+            times[p.name] = rank_times(model, p.name, factored, timer, per_code if p.name in fold_width else None)
+        if len(factored) < len(choices):
+            times[p.name][p.max_rank] = dense_us(model, p.name, timer)
     return times
+
+
+def _timed_target(target: RankTarget, prices: BudgetPrices, times: Mapping[int, float]) -> RankTarget:
+    """``target`` priced in microseconds above its smallest choice; where it may stay dense, only the
+    ranks measured faster than the dense module remain (a slower factored layer is never chosen)."""
+    price = next(p for p in prices.auto if p.name == target.name)
+    choices = rank_choices(target)
+    if prices.is_dense(price, choices[-1]):
+        dense = times[choices[-1]]
+        choices = [k for k in choices[:-1] if times[k] < dense] + [choices[-1]]
+    smallest = choices[0]
+    base = times[smallest]
+    # the time above the smallest rank; never free (a larger rank measured as fast is noise
+    # on a loaded machine): so no room means the smallest ranks
+    costs = {k: max(times[k] - base, _FLOOR_US * (k - smallest)) for k in choices}
+    return dataclasses.replace(target, costs=costs, choices=choices)
 
 
 def allocate_for_latency(budget: Budget, prices: BudgetPrices, statistics: Mapping[str, compress.OutputStatistics],
@@ -165,33 +233,26 @@ def allocate_for_latency(budget: Budget, prices: BudgetPrices, statistics: Mappi
     """The auto targets' ranks for a latency budget: the most variance within the measured time.
 
     ``times``: :func:`latency_times`; ``smallest_ms``: the smallest structure's measured latency;
-    ``measure(ranks)``: the measured latency of the structure at ``ranks``. Each allocation is
-    measured; one that overruns the budget is redone with that much less room (at most
-    :data:`LATENCY_RETRIES` tries, then the smallest structure).
+    ``measure(ranks)``: the measured latency of the structure at ``ranks`` (the targets not in it
+    dense). Each allocation is measured; one that overruns the budget is redone with that much
+    less room (at most :data:`LATENCY_RETRIES` tries, then the smallest structure).
     """
     check_latency(budget, smallest_ms)
-    targets = []
-    for t in _rank_targets(budget, prices, statistics):
-        smallest = rank_choices(t)[0]
-        base = times[t.name][smallest]
-        # the time above the smallest rank; never free (a larger rank measured as fast is noise
-        # on a loaded machine): so no room means the smallest ranks
-        targets.append(dataclasses.replace(t, costs={k: max(v - base, _FLOOR_US * (k - smallest))
-                                                     for k, v in times[t.name].items()}))
+    targets = [_timed_target(t, prices, times[t.name]) for t in _rank_targets(budget, prices, statistics)]
     room_us = 1000.0 * (budget.latency_ms - smallest_ms)
     tries = []
     for attempt in range(LATENCY_RETRIES + 1):
         if attempt == LATENCY_RETRIES:
             room_us = 0.0  # every try overran: the smallest structure, which the check measured within
         allocation = allocate_ranks(targets, room_us, budget.allocator)
+        _set_dense_apart(allocation, prices)
         measured = measure(allocation.ranks)
         tries.append(round(measured, 4))
         if measured <= budget.latency_ms:
             break
         room_us = max(room_us - 1000.0 * (measured - budget.latency_ms), 0.0)
-    by_name = {p.name: p for p in prices.auto}
-    params = prices.params_now + prices.fixed + sum(by_name[n].added(k) for n, k in allocation.ranks.items())
-    allocation.notes.update(budget=budget.describe(), params=int(params), params_as_it_comes=prices.params_as_it_comes,
+    allocation.notes.update(budget=budget.describe(), params=prices.params_at(allocation.ranks),
+                            params_as_it_comes=prices.params_as_it_comes,
                             latency_budget_ms=float(budget.latency_ms), batch=int(budget.batch),
                             smallest_latency_ms=round(smallest_ms, 4),
                             predicted_latency_ms=round(smallest_ms + allocation.cost / 1000.0, 4),

@@ -59,7 +59,8 @@ def inference_latency_ms(model: nn.Module, batch: int) -> float:
 
 def planned_structure(model: nn.Module, planned: Sequence[PlannedStage], ranks: Mapping[str, int]) -> nn.Module:
     """A copy of ``model`` with the structure ``planned`` would leave: each target factored at
-    ``ranks[name]`` (its stage's fixed rank when not there), folded where its stage folds.
+    ``ranks[name]`` (its stage's fixed rank when not there; an auto stage's target not there stays
+    dense, as the budget leaves it), folded where its stage folds.
 
     The factors are the kinds' bare structures (:meth:`CompressionKind.replay`), refilled with
     small random values: a latency depends on the shapes, not on the values.
@@ -67,6 +68,8 @@ def planned_structure(model: nn.Module, planned: Sequence[PlannedStage], ranks: 
     out = copy.deepcopy(model)
     for p in planned:
         for name in p.names:
+            if p.stage.auto_rank and name not in ranks:
+                continue
             module = get_submodule(out, name)
             kind = kind_for_module(module, p.stage.method, name)
             if not hasattr(kind, "planned_entry"):

@@ -19,7 +19,7 @@ is highest.
   variance); exact, for problems whose front stays small (it refuses larger ones by name).
 
 A ``kept_variance`` target instead gives each target the smallest allowed rank keeping that
-share of its variance, with no budget.
+share of its variance (its largest allowed rank when none does), with no budget.
 
 A latency budget prices a rank in measured microseconds instead of parameters: a target then
 carries a cost per rank choice (``costs``), which need not be proportional to the rank (a product
@@ -184,7 +184,10 @@ class RankTarget:
         step: its ranks are multiples of ``step`` (or ``max_rank``); the smallest is
             ``min(step, max_rank)``.
         costs: the cost of each rank choice when it is not ``cost * rank`` (a latency budget's
-            measured microseconds); every choice of :func:`rank_choices` must be in it.
+            measured microseconds, or a dense choice's parameters); every choice of
+            :func:`rank_choices` must be in it.
+        choices: the allowed ranks, ascending, when not the multiples of ``step`` (the callback
+            leaves out the ranks at which a factored layer would be larger than the dense one).
     """
 
     name: str
@@ -193,6 +196,7 @@ class RankTarget:
     max_rank: int
     step: int = 1
     costs: Mapping[int, float] | None = None
+    choices: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.max_rank < 1 or self.step < 1 or self.cost < 0:
@@ -201,6 +205,12 @@ class RankTarget:
         if len(self.eigenvalues) < self.max_rank:
             raise ValueError(f"target {self.name!r}: {len(self.eigenvalues)} eigenvalues for ranks up to {self.max_rank}")
         object.__setattr__(self, "eigenvalues", tuple(max(float(v), 0.0) for v in self.eigenvalues))
+        if self.choices is not None:
+            choices = tuple(int(k) for k in self.choices)
+            if not choices or list(choices) != sorted(set(choices)) or choices[0] < 1 or choices[-1] > self.max_rank:
+                raise ValueError(f"target {self.name!r}: choices must be distinct ranks in 1..{self.max_rank}, "
+                                 f"ascending, got {list(self.choices)}")
+            object.__setattr__(self, "choices", choices)
         if self.costs is not None:
             missing = [k for k in rank_choices(self) if k not in self.costs]
             if missing:
@@ -219,7 +229,10 @@ class RankTarget:
 
 
 def rank_choices(target: RankTarget) -> list[int]:
-    """The ranks ``target`` may get, ascending: multiples of its step, and its largest rank."""
+    """The ranks ``target`` may get, ascending: its ``choices`` when given, else the multiples of its
+    step and its largest rank."""
+    if target.choices is not None:
+        return list(target.choices)
     ranks = list(range(target.step, target.max_rank + 1, target.step))
     if not ranks or ranks[-1] != target.max_rank:
         ranks.append(target.max_rank)
@@ -263,7 +276,7 @@ def allocate_ranks(targets: Sequence[RankTarget], capacity: float | None = None,
     if (capacity is None) == (kept_variance is None):
         raise ValueError("give allocate_ranks either capacity= (parameters) or kept_variance= (a share)")
     if kept_variance is not None:
-        ranks = {t.name: next((k for k in rank_choices(t) if t.kept(k) >= kept_variance - 1e-12), t.max_rank)
+        ranks = {t.name: next((k for k in rank_choices(t) if t.kept(k) >= kept_variance - 1e-12), rank_choices(t)[-1])
                  for t in targets}
         return _allocation(targets, ranks, f"kept_variance={kept_variance:g}")
     least = smallest_cost(targets)

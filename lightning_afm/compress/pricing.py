@@ -24,7 +24,7 @@ from lightning_afm.compress.registry import kind_for_module
 from lightning_afm.compress.surgery import get_submodule
 from lightning_afm.compress.timing import ProductTimer
 
-__all__ = ["Price", "price_targets", "rank_times", "fold_us_per_code", "MAX_TIMED_RANKS"]
+__all__ = ["Price", "price_targets", "rank_times", "dense_us", "fold_us_per_code", "MAX_TIMED_RANKS"]
 
 #: Rank choices of one target timed at most; the others are interpolated between them.
 MAX_TIMED_RANKS = 12
@@ -50,6 +50,18 @@ class Price:
 
     def added(self, rank: int) -> int:
         return self.cost * int(rank) + self.change
+
+    def saving_ranks(self, step: int) -> list[int]:
+        """The ranks (multiples of ``step`` for a Linear, every rank for a table) at which the
+        replacement has fewer parameters than what it replaces, ascending.
+
+        Past the break-even rank (``n m / (n + m)`` for a Linear ``n -> m``; about ``s t / (s + t)``
+        for a table of ``s`` rows and width ``t``, more where a fold also narrows the first MLP
+        Linear) the factors hold more parameters than the dense module: empty when even the
+        smallest rank does. The cost grows with the rank, so these are the ranks up to the break-even.
+        """
+        step = 1 if self.is_table else int(step)
+        return [k for k in range(step, self.max_rank + 1, step) if self.added(k) < 0]
 
 
 def price_targets(model: nn.Module, names: Sequence[str], method: str, fold_width: int | None = None) -> list[Price]:
@@ -141,5 +153,18 @@ def rank_times(model: nn.Module, name: str, choices: Sequence[int], timer: Produ
         else:
             timed = {k: timer.gather_us(rows, k) + us_per_code * k for k in ranks}
         return _interpolate(timed, choices)
+    raise ValueError(f"a latency budget times factored Linear and Embedding targets; {name!r} is a "
+                     f"{type(module).__name__}")
+
+
+def dense_us(model: nn.Module, name: str, timer: ProductTimer) -> float:
+    """Measured microseconds of target ``name`` left dense: a Linear's one product ``[B, n] @ [n, m]``,
+    a table's gather of its full rows (the factored ranks slower than this are never chosen)."""
+    module = get_submodule(model, name)
+    if isinstance(module, nn.Linear):
+        return timer.product_us(module.in_features, module.out_features)
+    if isinstance(module, nn.Embedding):
+        rows, width = module.weight.shape
+        return timer.gather_us(rows, width)
     raise ValueError(f"a latency budget times factored Linear and Embedding targets; {name!r} is a "
                      f"{type(module).__name__}")

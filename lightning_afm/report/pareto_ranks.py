@@ -101,7 +101,7 @@ def _price_config(overrides: Sequence[str]) -> tuple[int, list[Price]]:
     model = instantiate(cfg.model, schema=datamodule.schema.to_dict(), _convert_="all")
     callback = build_compression_callback(cfg.compression)
     # the callback's own plan: the same targets and fold width the budgeted runs are priced with
-    planned = callback._planned_stages(model, 0)
+    planned = callback.planned_stages(model)
     prices = price_stages(model, planned, 0)
     return prices.params_now, prices.auto
 

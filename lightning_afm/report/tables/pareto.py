@@ -62,20 +62,26 @@ def budget_label(run: Run) -> str:
 
 
 def ranks_label(run: Run) -> str:
-    """``"MLP 64, emb 2"`` for uniform runs; for auto runs the chosen range (``"MLP 8-16, emb 1-9"``)."""
+    """``"MLP 64, emb 2"`` for uniform runs; for auto runs the chosen range (``"MLP 8-16, emb 1-9"``),
+    with the targets the budget left dense as ``dense`` (``"MLP 8-dense"``)."""
     if structure(run) == "uniform":
         ranks = {st.get("kind"): st.get("rank") for st in run.stages}
         return f"MLP {ranks.get('mlp', MISSING)}, emb {ranks.get('emb', MISSING)}"
-    chosen = (run.summary.get("budget") or {}).get("ranks") or {}
-    if not chosen:
+    block = run.summary.get("budget") or {}
+    chosen = dict(block.get("ranks") or {})
+    dense = list(block.get("dense") or [])
+    if not chosen and not dense:
         return MISSING
     tables = [r for n, r in chosen.items() if _is_table(n)]
     linears = [r for n, r in chosen.items() if not _is_table(n)]
 
-    def span(values: list[int]) -> str:
-        return MISSING if not values else (f"{min(values)}" if min(values) == max(values) else
-                                           f"{min(values)}-{max(values)}")
-    return f"MLP {span(linears)}, emb {span(tables)}"
+    def span(values: list[int], any_dense: bool) -> str:
+        if not values:
+            return "dense" if any_dense else MISSING
+        low, high = min(values), ("dense" if any_dense else max(values))  # dense: above every rank
+        return f"{low}" if low == high else f"{low}-{high}"
+    mlp_dense = any(not _is_table(n) for n in dense)
+    return f"MLP {span(linears, mlp_dense)}, emb {span(tables, any(_is_table(n) for n in dense))}"
 
 
 def _is_table(target: str) -> bool:
