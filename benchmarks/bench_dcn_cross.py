@@ -19,6 +19,7 @@ import argparse
 import torch
 
 from lightning_afm.bench.benchmark import BenchSettings
+from lightning_afm.bench.report import cpu_name
 from lightning_afm.bench.shapes import paper_shape
 from lightning_afm.bench.throughput import Timed, make_batches, summarize, time_interleaved
 from lightning_afm.bench.variants import build_twin, build_variant
@@ -66,7 +67,7 @@ def main() -> None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max().clamp(min=1.0)))
     times = time_interleaved(runners, args.rounds)
     sps = {name: summarize(t, args.batch).samples_per_s for name, t in times.items()}
-    print(f"DCN, {args.dataset} shape (tables capped at {args.vocab_cap:,}), batch {args.batch:,}, "
+    print(f"{cpu_name()}: DCN, {args.dataset} shape (tables capped at {args.vocab_cap:,}), batch {args.batch:,}, "
           f"{args.threads} thread(s), {args.rounds} interleaved rounds x 2 batches, median; torch {torch.__version__}\n")
     print("| cross head | baseline samples/s | +AFM MLP | +AFM EMB |")
     print("|---|---:|---:|---:|")

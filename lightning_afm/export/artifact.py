@@ -129,7 +129,8 @@ def serving_forms(model: nn.Module, num_numeric: int, fmt: str) -> list[tuple[st
     model's plain eval forward. For ONNX every structure's tables are fused whatever their row
     width (``fuse="all"``): ONNX Runtime pays per node at small batches, and one Gather of the
     fused table replaces a Gather per field and their Concat (baseline DeepFM at the Criteo shape:
-    33 nodes after ORT's optimisation instead of 155, about half the batch-1 latency), so the
+    33 nodes after ORT's optimisation instead of 155, about half the batch-1 latency on one
+    thread of an AMD EPYC), so the
     baseline gets its fastest form too."""
     forms = []
     try:

@@ -36,7 +36,7 @@ from torch import nn
 
 from lightning_afm.models.layers.attention import InteractingLayer
 
-from .projection import _Projection, plain_projection
+from .projection import _Projection, plain_projections
 from .sharing import Tensors
 
 #: The largest head size given the flash kernel (one thread only; see :func:`choose_kernel`): between
@@ -241,11 +241,8 @@ def build_attention(attention: nn.Sequential, tables: Sequence[nn.Module], tenso
     layers = [InferenceInteracting(layer, tensors) if plain_interacting(layer) else tensors.frozen(layer)
               for layer in attention]
     first = layers[0]
-    linears = [plain_projection(t) for t in tables]
-    if not isinstance(first, InferenceInteracting) or any(p is None for p in linears) \
-            or len({tuple(p.weight.shape) for p in linears}) != 1 \
-            or fold_saving(first, int(linears[0].weight.shape[1])) < FOLD_MIN_SAVED_MACS:
+    projections = plain_projections(tables, tensors) if isinstance(first, InferenceInteracting) else None
+    if projections is None or len({tuple(w.shape) for w in projections[0]}) != 1 \
+            or fold_saving(first, int(projections[0][0].shape[1])) < FOLD_MIN_SAVED_MACS:
         return InferenceAttention(first, layers[1:], reads_codes=False)
-    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in linears]
-    code_first = CodeInteracting(first, [tensors.take(p.weight) for p in linears], [tensors.take(b) for b in biases])
-    return InferenceAttention(code_first, layers[1:], reads_codes=True)
+    return InferenceAttention(CodeInteracting(first, *projections), layers[1:], reads_codes=True)

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .projection import _Projection, plain_projection
+from .projection import _Projection, plain_projections
 from .sharing import Tensors
 from .tracing import TraceAware
 
@@ -134,8 +134,8 @@ def build_code_space(tables: Sequence[nn.Module], tensors: Tensors, reduce: bool
     """The code-space interaction of ``tables`` when every one is a factored table whose projection
     is a plain Linear (AFM/SVD's) into one width ``d`` (per-field ranks allowed), else None: the
     interaction then runs on the projected embeddings."""
-    linears = [plain_projection(t) for t in tables]
-    if not linears or any(p is None for p in linears) or len({p.weight.shape[0] for p in linears}) != 1:
+    projections = plain_projections(tables, tensors)
+    if projections is None:
         return None
-    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in linears]
-    return CodeSpaceInteraction([tensors.take(p.weight) for p in linears], [tensors.take(b) for b in biases], reduce)
+    weights, biases = projections
+    return CodeSpaceInteraction(weights, biases, reduce)

@@ -47,7 +47,7 @@ from lightning_afm.models.dcn import DCN
 from lightning_afm.models.layers.cross import CrossNetwork
 
 from .heads import ParallelCrossHead, _MLPHead, flat_input
-from .projection import _Projection, plain_projection
+from .projection import _Projection, plain_projections
 from .sharing import Tensors
 
 
@@ -189,11 +189,10 @@ class DCNHead(_MLPHead):
 def build_code_columns(tables: Sequence[nn.Module], embedding_dim: int, tensors: Tensors) -> CodeColumns | None:
     """:class:`CodeColumns` when every table is a factored table whose projection is a plain Linear
     into ``embedding_dim`` (AFM/SVD's; per-field ranks allowed), else None (read ``x_0``)."""
-    linears = [plain_projection(t) for t in tables]
-    if not linears or any(p is None or p.weight.shape[0] != embedding_dim for p in linears):
+    projections = plain_projections(tables, tensors)
+    if projections is None or projections[0][0].shape[0] != embedding_dim:
         return None
-    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in linears]
-    return CodeColumns([tensors.take(p.weight) for p in linears], [tensors.take(b) for b in biases])
+    return CodeColumns(*projections)
 
 
 def build_dcn_head(model: DCN, tensors: Tensors) -> nn.Module:

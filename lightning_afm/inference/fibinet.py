@@ -34,7 +34,7 @@ from torch import nn
 from lightning_afm.models.fibinet import FiBiNet
 
 from .dense import InferenceBlock, build_mlp, is_plain_block
-from .projection import _Projection, plain_projection
+from .projection import _Projection, plain_projection, plain_projections
 from .sharing import Tensors
 
 
@@ -138,7 +138,7 @@ def write_bilinear(inputs: List[torch.Tensor], blocks: List[torch.Tensor], right
     Per left field: the product ``inputs[i] @ blocks[i]`` is written straight into its pairs'
     slot of ``out`` and multiplied there, in place, by the right fields ``right[:, i+1:]`` (no
     ``[B, n_i d]`` temporary: measured 44 against 32 ms for Avazu's first left field at batch
-    10,000, 1 thread); a matrix shared by the pairs is one ``[B, d]`` product, broadcast.
+    10,000, 1 thread, AMD EPYC, loaded machine); a matrix shared by the pairs is one ``[B, d]`` product, broadcast.
 
     Args:
         inputs: per left field, ``[B, m]`` (``v_i``, or the extended codes with ``basis``).
@@ -182,13 +182,10 @@ class FiBiNetHead(nn.Module):
         self.bilinear = tensors.frozen(model.bilinear)
         self.mlp = build_mlp(model.mlp, tensors)
         self.output = tensors.frozen(model.output)
-        projections = [plain_projection(t) for t in model.embeddings.tables()]
-        self.left_from_codes = all(p is not None for p in projections) and len(
-            {tuple(p.weight.shape) for p in projections}) == 1
+        projections = plain_projections(model.embeddings.tables(), tensors)
+        self.left_from_codes = projections is not None and len({tuple(w.shape) for w in projections[0]}) == 1
         self.projections = nn.ModuleList(
-            _Projection(tensors.take(p.weight),
-                        tensors.take(p.bias) if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]))
-            for p in (projections if self.left_from_codes else [])
+            _Projection(w, b) for w, b in (zip(*projections) if self.left_from_codes else ())
         )
 
     def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:

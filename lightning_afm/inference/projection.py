@@ -114,6 +114,18 @@ def plain_projection(table: nn.Module) -> nn.Linear | None:
     return None
 
 
+def plain_projections(tables: Sequence[nn.Module], tensors: Tensors) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """Each table's projection weight ``[t, k_i]`` and bias ``[t]`` (zeros where the Linear has
+    none), taken through ``tensors``, when every table is a plain-projection factored table
+    (:func:`plain_projection`) into one width ``t`` (ranks may differ); else None. What the
+    code-space forms (FM, DCN's cross logit, AutoInt's first layer) are built from."""
+    linears = [plain_projection(t) for t in tables]
+    if not linears or any(p is None for p in linears) or len({p.weight.shape[0] for p in linears}) != 1:
+        return None
+    biases = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in linears]
+    return [tensors.take(p.weight) for p in linears], [tensors.take(b) for b in biases]
+
+
 def build_projection(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module:
     """What turns the stacked codes of ``tables`` into ``t``-dim vectors: the identity when no table
     is factored, one batched product when all are plain-projection tables of one shape, else

@@ -33,7 +33,7 @@ RUNTIMES = ("auto", "torchscript", "eager", "onnx")
 #: ``runtime="auto"`` sends forward passes of up to this many rows to ONNX Runtime, larger ones to
 #: TorchScript: where the two cross in ``benchmarks/bench_serving.py --threads 1 --batches 1 16 64
 #: 128 256 1024 --runtimes torchscript onnx`` (DeepFM at the Criteo shape, baseline and +AFM EMB,
-#: one thread; loaded machine, 2026-11-30): ONNX Runtime 1.3x to 4x faster at 1 to 128 rows, the
+#: one thread; AMD EPYC, loaded machine, 2026-11-30): ONNX Runtime 1.3x to 4x faster at 1 to 128 rows, the
 #: two within the machine's noise at 256 (each ahead in one of two runs), TorchScript 1.1x to 1.4x
 #: faster at 1,024. README, "Serving latency".
 AUTO_ONNX_MAX_ROWS = 256
