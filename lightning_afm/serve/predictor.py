@@ -34,14 +34,15 @@ def _run_encoder(path: Path, checkpoint_path: Path) -> Encoder | None:
 
 
 def _verified_onnx(model: nn.Module, folders: list, path: Path, checkpoint_path: Path) -> Path | None:
-    """A verified ONNX export of ``model``'s weights in ``folders``, the run folder (where the encoder
-    is looked for) or their subfolders; None without one."""
+    """A verified ONNX export of ``model``'s weights in ``folders``, the checkpoint's run folder (one
+    with ``summary.json`` or ``.hydra/``; a checkpoint elsewhere has none) or their subfolders; None
+    without one."""
+    from lightning_afm.export.cli import run_folder
     from lightning_afm.export.manifest import weights_sha256
     from lightning_afm.export.reuse import find_verified_onnx
 
-    holder = checkpoint_path.parent  # the run folder, or its checkpoints/ folder
-    run = [path] if path.is_dir() else [holder.parent] if holder.name == "checkpoints" else [holder]
-    found = find_verified_onnx([*folders, *run], lambda: weights_sha256(model))
+    run = run_folder(path, checkpoint_path)
+    found = find_verified_onnx([*folders, *([run] if run is not None else [])], lambda: weights_sha256(model))
     return None if found is None else found[0]
 
 
