@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,35 +204,52 @@ def test_int8_export_is_checked_by_test_auc(criteo_afm_run, tmp_path, capsys):
         export_model(_model("deepfm"), tmp_path / "s", "onnx", categorical, numeric, int8=True)
 
 
-#: Structures whose inference form does not export to ONNX yet, served by their plain eval forward:
-#: FiBiNet's code fold writes its MLP input into views of one buffer (``out=`` products), which
-#: the legacy exporter traces into a graph that differs from eager (|Δp| ~1e-3), so the check refuses it.
-ONNX_PLAIN_FALLBACKS = {("fibinet", "afm_emb")}
+#: (model, structure, hyper-parameters) beyond the zoo x {baseline, +AFM MLP, +AFM EMB} at d = 4:
+#: FiBiNet's +AFM EMB at d = 16, where its head folds the bilinear layers onto the codes
+#: (``(k+1)^2 < d``), once per bilinear type.
+FOLDED_FIBINET = [("fibinet", "afm_emb", {"embedding_dim": 16, "bilinear_type": t})
+                  for t in ("field_interaction", "field_each", "field_all")]
 
 
-@pytest.mark.parametrize("structure", ["baseline", "afm_mlp", "afm_emb"])
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_and_structure_exports_its_inference_form_to_onnx(name, structure, tmp_path):
-    """The inference form, not the plain forward, for the baseline too (its tables fused: one Gather),
-    by the fast TorchScript-based exporter; a form that fails is named in the manifest."""
+@pytest.mark.parametrize("name, structure, hparams", [
+    *[(name, structure, {}) for name in sorted(MODELS) for structure in ("baseline", "afm_mlp", "afm_emb")],
+    *FOLDED_FIBINET])
+def test_every_model_and_structure_exports_its_inference_form_to_onnx(name, structure, hparams, tmp_path):
+    """The inference form, not the plain forward, for every structure (the baseline's tables fused:
+    one Gather), by the fast TorchScript-based exporter, with a free batch size: checked within
+    1e-5 of eager PyTorch at batch 1 and at batch 300, and read back at batch 7."""
     import onnx
     from test_inference import VOCAB, _batch, _compressed
 
-    model = _compressed(name, structure)
+    from lightning_afm.inference import optimize_for_inference
+    from lightning_afm.inference.fibinet import FoldedFiBiNetHead
+
+    model = _compressed(name, structure, **hparams)
+    if hparams:  # the folded head is what these cases are for
+        assert isinstance(optimize_for_inference(model).deep, FoldedFiBiNetHead)
     categorical, numeric = (t.numpy() for t in _batch(rows=300))
     manifest = export_model(model, tmp_path / "o", "onnx", categorical, numeric, source="random ids")
-    assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-5
-    exporter = manifest["exporter"]
-    if (name, structure) in ONNX_PLAIN_FALLBACKS and not exporter["form"].startswith("inference layer"):
-        assert exporter["form"] == "plain eval forward" and "inference layer" in exporter["forms_that_failed"]
-        return
+    check, exporter = manifest["verification"], manifest["exporter"]
+    assert check["passed"] and check["max_abs_diff"] <= 1e-5 and {1, 300} <= set(check["batch_sizes"])
     assert exporter["form"].startswith("inference layer") and "forms_that_failed" not in exporter
     assert exporter["exporter"] == "torch.onnx.export(dynamo=False)"
+    runner = load_runner("onnx", tmp_path / "o" / manifest["file"])
+    with torch.no_grad():
+        eager = torch.sigmoid(model.eval()(torch.from_numpy(categorical[:7]), torch.from_numpy(numeric[:7])))
+    np.testing.assert_allclose(runner(categorical[:7], numeric[:7]), eager.double().numpy(), rtol=0, atol=1e-5)
     graph = onnx.load(str(tmp_path / "o" / manifest["file"])).graph
     constants = [(i.name, i.dims) for i in graph.initializer] + [
         (n.output[0], n.attribute[0].t.dims) for n in graph.node if n.op_type == "Constant" and n.attribute[0].t.dims]
     tables = {name for name, dims in constants if len(dims) == 2 and dims[0] == sum(VOCAB)}
     assert sum(n.op_type == "Gather" and n.input[0] in tables for n in graph.node) == 1  # one fused table, one Gather
+    if hparams:  # the folded weight reads constants only: ONNX Runtime computes it once, at load
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(tmp_path / "o" / manifest["file"]), options, providers=["CPUExecutionProvider"])
+        assert "Einsum" in {n.op_type for n in graph.node}
+        assert "Einsum" not in {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
 
 
 @pytest.mark.parametrize("name", ["deepfm", "nfm"])
@@ -249,3 +267,66 @@ def test_compressed_deepfm_and_nfm_export_to_onnx_in_the_fused_code_space_form(n
 
     graph = onnx.load(str(tmp_path / "o" / manifest["file"])).graph
     assert [n.op_type for n in graph.node].count("Gather") == 2  # the fused table's rows and their LR column
+
+
+def test_the_cli_exits_1_and_writes_nothing_when_the_check_fails_or_an_extra_is_missing(criteo_afm_run, tmp_path,
+                                                                                         monkeypatch, capsys):
+    from lightning_afm.export.cli import main as export_main
+
+    run_dir, _, _ = criteo_afm_run
+    real = formats.load_runner
+    monkeypatch.setattr(formats, "load_runner", lambda fmt, path, threads=None: (
+        lambda c, n, run=real(fmt, path, threads): run(c, n) + 1e-3))
+    assert export_main([str(run_dir), "format=torchscript", f"out={tmp_path / 'ts'}", "rows=300"]) == 1
+    err = capsys.readouterr().err
+    assert "differs from eager PyTorch by max |Δp| = 0.001 on 300 rows" in err and "nothing was written" in err
+    monkeypatch.setattr(formats, "load_runner", real)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    assert export_main([str(run_dir), "format=onnx", f"out={tmp_path / 'onnx'}", "rows=300"]) == 1
+    assert "needs the 'onnxruntime' package" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no artifact, no manifest, no staging folder
+
+
+def test_weights_checksum_and_the_search_for_a_reusable_onnx_export(tmp_path):
+    import shutil
+
+    from lightning_afm.export.manifest import weights_sha256
+    from lightning_afm.export.reuse import find_verified_onnx
+
+    model, categorical, numeric = _model("deepfm"), *_rows(100)
+    same = _model("deepfm")  # the same seed: equal weights
+    assert weights_sha256(model) == weights_sha256(same)
+    with torch.no_grad():
+        same.embeddings.tables()[0].weight[3, 1] += 1e-6
+    assert weights_sha256(model) != weights_sha256(same)
+    run = tmp_path / "run"
+    manifest = export_model(model, run / "onnx", "onnx", categorical, numeric)
+    assert manifest["model"]["weights_sha256"] == weights_sha256(model)
+    export_model(model, run / "pt2", "pt2", categorical, numeric)
+    asked = []
+
+    def checksum(m=model):
+        asked.append(1)
+        return weights_sha256(m)
+
+    assert find_verified_onnx([tmp_path / "nothing"], checksum) is None and not asked  # no manifest: no hashing
+    found, read = find_verified_onnx([run], checksum)
+    assert found == run / "onnx" / "model.onnx" and read == manifest
+    assert find_verified_onnx([run / "onnx"], checksum)[0] == found  # the export folder itself
+    assert find_verified_onnx([run], lambda: weights_sha256(same)) is None  # other weights
+
+    def edited(change) -> Path:
+        copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(run / "onnx", copy)
+        data = json.loads((copy / "manifest.json").read_text())
+        change(data, copy)
+        (copy / "manifest.json").write_text(json.dumps(data))
+        return copy
+
+    assert find_verified_onnx([edited(lambda m, c: None)], checksum) is not None  # the copy itself qualifies
+    for change in (lambda m, c: m["verification"].update(passed=False),
+                   lambda m, c: m["verification"].update(max_abs_diff=1e-3),
+                   lambda m, c: m["model"].pop("weights_sha256"),  # an export of an older lightning-afm
+                   lambda m, c: m["exporter"].update(int8="..."),
+                   lambda m, c: (c / "model.onnx").write_bytes((c / "model.onnx").read_bytes() + b"\0")):
+        assert find_verified_onnx([edited(change)], checksum) is None

@@ -344,7 +344,7 @@ def test_the_default_runtime_sends_small_requests_to_onnx_and_large_ones_to_torc
 
     # without the serve extra, a user's own module, or an export that fails its check: TorchScript alone
     assert Predictor(torch.nn.Linear(3, 1)).onnx_runner is None
-    def refuse(model, threads=None):
+    def refuse(model, threads=None, artifact=None):
         raise ServeError("runtime='onnx': no form of this model exports (test)")
 
     monkeypatch.setattr(onnx_runtime, "OnnxRunner", refuse)
@@ -367,3 +367,108 @@ def test_a_model_already_on_the_device_is_not_moved(trained_run):
     assert Predictor(model).model is model
     with pytest.raises(AssertionError, match="already on the CPU"):
         Predictor(model, device="meta")  # elsewhere: moved
+
+
+# -- reusing a verified ONNX export at load ------------------------------------------------------
+
+
+def test_a_verified_onnx_export_of_the_same_weights_is_opened_instead_of_exporting_again(trained_run, tmp_path,
+                                                                                         monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from lightning_afm.export import formats
+    from lightning_afm.export.cli import main as export_main
+
+    run_dir, _, data = trained_run
+    run = tmp_path / "run"  # a copy of the run, to export into
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("lightning_logs", "csv"))
+    assert export_main([str(run), "format=onnx", f"out={run / 'onnx'}"]) == 0
+    lines = data.read_text().splitlines()[:40]
+    exported = Predictor.load(run_dir, runtime="onnx")  # the original run holds no export: exported at load
+    assert exported.onnx_runner.reused is None
+
+    real_write = formats.write
+    monkeypatch.setattr(formats, "write", lambda *a, **k: pytest.fail("the model was exported again"))
+    artifact = run / "onnx" / "model.onnx"
+    for predictor in (Predictor.load(run, runtime="onnx"), Predictor.load(run),  # found in the run's subfolder
+                      Predictor.load(run / "last.ckpt", runtime="onnx", export=run / "onnx")):
+        assert predictor.onnx_runner.reused == artifact and predictor.onnx_runner.check.passed  # checked at load
+        assert "reused" in predictor.onnx_runner.form
+        np.testing.assert_allclose(predictor.predict(lines), exported.predict(lines), rtol=0, atol=1e-6)
+    raw = tmp_path / "rows.txt"
+    raw.write_text("\n".join(lines) + "\n")
+    alone = tmp_path / "alone.ckpt"  # a checkpoint away from its run: the export is named on the command line
+    shutil.copy(run / "last.ckpt", alone)
+    assert predict_main([str(alone), str(raw), "-o", str(tmp_path / "p.csv"), "--runtime", "onnx", "-q",
+                         "--export", str(run / "onnx")]) == 0
+    np.testing.assert_allclose(pa.csv.read_csv(tmp_path / "p.csv").column("probability").to_numpy(),
+                               exported.predict(lines), atol=1e-6)
+
+    # other weights next to that export, or an edited artifact: exported at load, as before
+    monkeypatch.setattr(formats, "write", real_write)
+    checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    name = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    checkpoint["state_dict"][name] = checkpoint["state_dict"][name] * 1.01
+    torch.save(checkpoint, run / "last.ckpt")
+    assert Predictor.load(run, runtime="onnx").onnx_runner.reused is None
+    with artifact.open("ab") as f:
+        f.write(b"\0")
+    assert Predictor.load(alone, runtime="onnx", export=run / "onnx").onnx_runner.reused is None
+
+
+# -- bad input: a user's own module without an encoder ------------------------------------------
+
+
+class UserModule(torch.nn.Module):
+    """A user's own CTR module: not from the zoo, so no schema and no encoder in its checkpoint.
+    ``[B, 3]`` ids, ``[B, 2]`` numbers -> ``[B]`` logits."""
+
+    def __init__(self, vocab: int = 10, fields: int = 3, numeric: int = 2) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, 4)
+        self.out = torch.nn.Linear(fields * 4 + numeric, 1)
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.embedding(categorical).flatten(1), numeric], 1)).squeeze(-1)
+
+
+def test_a_user_module_without_an_encoder_is_told_how_to_attach_one_or_score_ids(tmp_path, capsys):
+    from lightning_afm.export.cli import main as export_main
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "user.ckpt"
+    torch.save({"state_dict": UserModule().state_dict(), "hyper_parameters": {"vocab": 10}}, checkpoint)
+    predictor = Predictor.load(checkpoint, model_class=UserModule)
+    categorical, numeric = np.array([[1, 2, 3], [0, 9, 4]]), np.random.default_rng(0).random((2, 2), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(predictor.model(torch.from_numpy(categorical), torch.from_numpy(numeric))).numpy()
+    np.testing.assert_allclose(predictor.predict_encoded(categorical, numeric), expected, atol=1e-7)  # ids still score
+    with pytest.raises(ServeError, match=r"carries no encoder.*Encoder\.from_cache.*predict_encoded"):
+        predictor.predict(["0\t1\t2"])
+    raw = tmp_path / "rows.txt"
+    raw.write_text("1\t2\t3\n")
+    model_class = f"{UserModule.__module__}.UserModule"
+    assert predict_main([str(checkpoint), str(raw), "-o", str(tmp_path / "p.csv"), "--model-class", model_class]) == 1
+    err = capsys.readouterr().err
+    assert "carries no encoder" in err and "predict_encoded" in err and "Traceback" not in err
+    # export: no encoder and no schema to draw verification rows from; said, exit 1, nothing written
+    assert export_main([str(checkpoint), "format=onnx", f"out={tmp_path / 'e'}", "--model-class", model_class]) == 1
+    err = capsys.readouterr().err
+    assert "carries no encoder" in err and "export_model(model, out" in err and not (tmp_path / "e").exists()
+
+
+def test_a_raw_file_whose_columns_do_not_match_the_schema_is_named(tmp_path):
+    path = tmp_path / "table.csv"
+    write_table(path)
+    result = preprocess(table_source(path, "click", ["site", "device"], ["price"]), EncodeOptions(), tmp_path,
+                        progress=False)
+    encoder = Encoder.from_cache(result.path)
+    renamed = tmp_path / "renamed.csv"  # the header (line 1) names 'cost' where the schema has 'price'
+    renamed.write_text(path.read_text().replace("price", "cost", 1))
+    with pytest.raises(DataConfigError, match=r"renamed\.csv: configured columns not found: \['price'\]"):
+        encoder.file_source(renamed)
+    table = pa.csv.read_csv(path).drop_columns(["device"])
+    pq.write_table(table, tmp_path / "rows.parquet")
+    with pytest.raises(DataConfigError, match=r"rows\.parquet: configured columns not found: \['device'\]"):
+        encoder.file_source(tmp_path / "rows.parquet")

@@ -111,6 +111,19 @@ def random_rows(model: torch.nn.Module, limit: int, seed: int = 0) -> Rows:
     return categorical, rng.random((limit, schema.num_numeric), dtype=np.float32), None
 
 
+def no_rows_message(checkpoint_path: Path, model: torch.nn.Module, no_encoder: bool) -> str:
+    """Why a checkpoint of a user's own module (no schema) away from a run's test split cannot be
+    exported from the command line, and how to do it."""
+    from lightning_afm.data.encoder import no_encoder_message
+
+    encoder = f"{no_encoder_message(checkpoint_path)}. " if no_encoder else ""
+    return (f"{encoder}The export is verified on encoded rows, and there are none here: no run folder with a test "
+            f"split next to {checkpoint_path}, and {type(model).__name__} has no schema (lightning-afm's models "
+            "carry one) to draw ids from. Export from its run folder, or in Python with your own encoded rows: "
+            "lightning_afm.export.export_model(model, out, 'onnx', categorical [n, fields] int64, numeric [n, N] "
+            "float32)")
+
+
 def export_run(path: str | Path, fmt: str, out: str | Path, rows: int = 10_000, tolerance: float = 1e-5,
                model_class: str | None = None, overwrite: bool = False, int8: bool = False,
                force: bool = False) -> dict[str, Any]:
@@ -131,6 +144,8 @@ def export_run(path: str | Path, fmt: str, out: str | Path, rows: int = 10_000, 
     if found is not None:
         categorical, numeric, labels = found
         source = f"the run's test split ({run})"
+    elif getattr(model, "schema", None) is None:
+        raise ValueError(no_rows_message(checkpoint_path, model, encoder is None))
     else:
         categorical, numeric, labels = random_rows(model, rows)
         source = f"random ids within the model's vocabularies (no run folder found next to {checkpoint_path})"
@@ -162,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportCheckFailed, MissingExtra, FileExistsError, ValueError, TypeError, OSError) as exc:
         print(f"lightning-afm-export: error: {exc}", file=sys.stderr)
         return 1
+    if manifest["encoder"] is None:
+        from lightning_afm.data.encoder import no_encoder_message
+
+        print(f"lightning-afm-export: note: the artifact takes encoded ids only: {no_encoder_message(Path(args.model))}",
+              file=sys.stderr)
     check = manifest["verification"]
     shown = ("max_abs_diff", "rows", "source", "auc_change", "logloss_change")
     print(json.dumps({"out": str(args.out), "file": manifest["file"], "bytes": manifest["bytes"],

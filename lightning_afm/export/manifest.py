@@ -3,7 +3,8 @@
 ``manifest.json`` (format version :data:`MANIFEST_VERSION`)::
 
     {"manifest_version": 1, "format": "onnx", "file": "model.onnx", "sha256": "...", "bytes": 123,
-     "model": {"class": "lightning_afm.models.deepfm.DeepFM", "parameters": 1234, "hparams": {...}},
+     "model": {"class": "lightning_afm.models.deepfm.DeepFM", "parameters": 1234, "hparams": {...},
+               "weights_sha256": "..."},
      "compression": {"plan": [...], "factored_modules": [{"name": "mlp.1.linear", "type": "LowRankLinear",
                      "rank": 64}, ...]},
      "inputs": [{"name": "categorical", "dtype": "int64", "shape": ["batch", 26], "fields": [...]},
@@ -12,6 +13,10 @@
      "verification": {"rows": 1000, "source": "...", "batch_sizes": [...], "max_abs_diff": 6e-8,
                       "tolerance": 1e-5, "passed": true},
      "exporter": {...}, "versions": {"torch": "...", ...}, "encoder": "encoder" | null}
+
+``weights_sha256`` (:func:`weights_sha256`) identifies the weights the artifact was exported from, so
+serving can reuse a verified export of the same weights instead of exporting again
+(:mod:`lightning_afm.export.reuse`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from lightning_afm.export.formats import INPUT_NAMES, OUTPUT_NAME
@@ -36,6 +42,21 @@ def sha256(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A checksum of ``model``'s weights: every ``state_dict`` entry's name, dtype, shape and bytes, in
+    the ``state_dict``'s order. Equal for two models loaded from one checkpoint (same structure, same
+    values); any changed value, shape or parameter name changes it."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # a module's extra state: its repr stands for it
+            digest.update(f"{name}={value!r};".encode())
+            continue
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # the raw bytes, whatever the dtype
     return digest.hexdigest()
 
 
@@ -79,7 +100,7 @@ def build_manifest(*, fmt: str, artifact: Path, model: nn.Module, parameters: in
         "sha256": sha256(artifact),
         "bytes": artifact.stat().st_size,
         "model": {"class": f"{type(model).__module__}.{type(model).__qualname__}", "parameters": int(parameters),
-                  "hparams": json.loads(json.dumps(dict(hparams), default=str))},
+                  "hparams": json.loads(json.dumps(dict(hparams), default=str)), "weights_sha256": weights_sha256(model)},
         "compression": {"plan": [dict(e) for e in plan], "factored_modules": factored_modules(model)},
         "inputs": inputs,
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch"]},

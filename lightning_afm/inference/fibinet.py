@@ -36,6 +36,7 @@ from lightning_afm.models.fibinet import FiBiNet
 from .dense import InferenceBlock, build_mlp, is_plain_block
 from .projection import _Projection, plain_projection, plain_projections
 from .sharing import Tensors
+from .tracing import TraceAware
 
 
 def fold_pays(embedding_dim: int, code_dim: int) -> bool:
@@ -101,6 +102,26 @@ def pair_code_products(codes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gathered_pair_products(codes: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """:func:`pair_code_products` as fresh tensors, for an exporter: ``[m, F, B]`` codes, ``[P]``
+    pair field ids -> ``[m, m, P, B]`` (two Gathers and one Mul in ONNX). Written into views of one
+    buffer, the products exported wrongly for the ``field_each`` and ``field_all`` fold: up to 5.7e-4
+    in probability against eager at d = 16, k = 2 (``field_interaction``: 4.5e-8)."""
+    return codes.index_select(1, left).unsqueeze(1) * codes.index_select(1, right).unsqueeze(0)
+
+
+def summed_by_field(terms: torch.Tensor, fields_of_pairs: torch.Tensor, num_fields: int) -> torch.Tensor:
+    """``out[:, f] = sum of terms[:, p] over the pairs p with fields_of_pairs[p] == f``: ``[H, P, k]`` -> ``[H, F, k]``.
+
+    ``index_add_`` does this in eager mode. Its index repeats fields, and the TorchScript-based ONNX
+    exporter's scatter-add of it made the ``field_each`` and ``field_all`` fold differ from eager by
+    up to 1.2e-4 in probability (d = 16, k = 2), so under an exporter's trace it is a product with
+    the pairs' one-hot field matrix ``[P, F]`` (weights only: a constant ONNX Runtime folds)."""
+    fields = torch.arange(num_fields, dtype=fields_of_pairs.dtype, device=fields_of_pairs.device)
+    one_hot = (fields_of_pairs.unsqueeze(1) == fields.unsqueeze(0)).to(terms.dtype)  # [P, F]
+    return torch.einsum("hpa,pf->hfa", terms, one_hot)
+
+
 def left_blocks(weight: torch.Tensor, bilinear_type: str, num_fields: int,
                 basis: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
     """A bilinear layer's left products ``v_i W`` as one matrix product per left field ``i < F - 1``.
@@ -159,7 +180,23 @@ def write_bilinear(inputs: List[torch.Tensor], blocks: List[torch.Tensor], right
     return out
 
 
-class FiBiNetHead(nn.Module):
+def bilinear_outputs(inputs: List[torch.Tensor], blocks: List[torch.Tensor], right: torch.Tensor) -> torch.Tensor:
+    """:func:`write_bilinear`'s values as fresh tensors, for an exporter: ``[B, P d]``.
+
+    Written into views of one buffer (``torch.mm(out=...)``), the left products on the codes were
+    lost by the TorchScript-based ONNX exporter: its graph did not read the codes at all, and
+    differed from eager by up to 1.2e-3 in probability (+AFM EMB at d = 4, k = 2)."""
+    fields, d = right.shape[1], right.shape[2]
+    parts: List[torch.Tensor] = []
+    for i in range(fields - 1):
+        n = fields - 1 - i
+        left = inputs[i].mm(blocks[i])
+        left = left.reshape(-1, n, d) if blocks[i].shape[1] == n * d else left.unsqueeze(1)
+        parts.append(left * right[:, i + 1 :])
+    return torch.cat(parts, dim=1).flatten(1)
+
+
+class FiBiNetHead(TraceAware):
     """FiBiNet's deep logit with both bilinear layers writing into one MLP input (this saves
     copying ``2 P d`` floats per row, 416 MB at Criteo's shape and batch 10000, into a concat),
     each left product written into its slot and multiplied there (:func:`write_bilinear`).
@@ -170,6 +207,8 @@ class FiBiNetHead(nn.Module):
     ``[B, d] x [d, n_i d]``, 5.6x fewer multiply-adds at Avazu's shape), SENET's per-field weight
     scaling the codes; the right factor ``v_j`` stays the embedding. The blocks are rebuilt from
     the shared weights on every call (``2 P d^2 (k+1)`` multiply-adds, 10M at Avazu's shape).
+
+    Under an exporter's trace the bilinear outputs are concatenated instead (:func:`bilinear_outputs`).
 
     Shapes: ``codes`` ``[B, F, k]`` (read on factored tables), ``emb`` ``[B, F, d]``, ``numeric``
     ``[B, N]`` -> ``[B]``.
@@ -195,6 +234,10 @@ class FiBiNetHead(nn.Module):
         weights = self.senet.field_weights(emb)  # [B, F]
         senet = emb * weights.unsqueeze(2)
         senet_in, senet_blocks, plain_in, plain_blocks = self.left_factors(codes, emb, senet, weights)
+        if not torch.jit.is_scripting() and self._exporting():
+            x = torch.cat([bilinear_outputs(senet_in, senet_blocks, senet), bilinear_outputs(plain_in, plain_blocks, emb),
+                           numeric], dim=1)
+            return self.output(self.mlp(x)).squeeze(-1)
         write_bilinear(senet_in, senet_blocks, senet, x[:, :width])
         write_bilinear(plain_in, plain_blocks, emb, x[:, width : 2 * width])
         x[:, 2 * width :] = numeric
@@ -231,9 +274,13 @@ class FiBiNetHead(nn.Module):
                 plain_in, left_blocks(self.bilinear.weight, self.bilinear.bilinear_type, fields, basis))
 
 
-class FoldedFiBiNetHead(nn.Module):
+class FoldedFiBiNetHead(TraceAware):
     """FiBiNet's deep logit on the codes: both bilinear branches and the first MLP Linear folded
-    (module docstring). Shapes as :class:`FiBiNetHead`; ``codes`` ``[B, F, k]`` is read."""
+    (module docstring). Shapes as :class:`FiBiNetHead`; ``codes`` ``[B, F, k]`` is read.
+
+    Under an exporter's trace the per-field sums and the MLP input are built without writes into
+    views or repeated-index adds (:func:`summed_by_field`, :func:`gathered_pair_products`): the
+    same values, which ONNX then computes as eager PyTorch does."""
 
     def __init__(self, model: FiBiNet, tensors: Tensors) -> None:
         super().__init__()
@@ -270,13 +317,17 @@ class FoldedFiBiNetHead(nn.Module):
         the bias. Width ``P (k+1)^2 + P k^2 + F k + N`` (4,290 at Criteo's shape, against
         10,413 bilinear outputs and numeric fields).
         """
-        batch, fields, k = codes.shape[0], codes.shape[1], codes.shape[2]
+        batch = codes.shape[0]
         weights: list[torch.Tensor] = []
         biases: list[torch.Tensor] = []
         for p in self.projections:
             weights.append(p.weight)
             biases.append(p.bias)
         projections = extended_projections(weights, biases)
+        # F and k from the weights, not the codes: in an exported graph the folded weight then
+        # depends on constants only, and ONNX Runtime computes it once at load instead of per call
+        # (read from the codes' shape: 9.1 ms a call at batch 1, Criteo's shape, one thread)
+        fields, k = projections.shape[0], projections.shape[2] - 1
         left, right = self.bilinear.left, self.bilinear.right
         pairs, d = left.shape[0], projections.shape[1]
         first = self.first.linear
@@ -286,10 +337,14 @@ class FoldedFiBiNetHead(nn.Module):
         plain_w = pair_weights(self.bilinear.weight, self.bilinear.bilinear_type, left)
         senet = fold_pair_blocks(blocks[:, 0], senet_w, left, right, projections)  # [H, P, k+1, k+1]
         plain = fold_pair_blocks(blocks[:, 1], plain_w, left, right, projections)
+        exporting = not torch.jit.is_scripting() and self._exporting()
         # plain branch, terms c_i[a] * 1 and 1 * c_j[b]: summed per field
-        linear = plain.new_zeros([hidden, fields, k])
-        linear.index_add_(1, left, plain[:, :, :k, k])
-        linear.index_add_(1, right, plain[:, :, k, :k])
+        if exporting:
+            linear = summed_by_field(plain[:, :, :k, k], left, fields) + summed_by_field(plain[:, :, k, :k], right, fields)
+        else:
+            linear = plain.new_zeros([hidden, fields, k])
+            linear.index_add_(1, left, plain[:, :, :k, k])
+            linear.index_add_(1, right, plain[:, :, k, :k])
         weight = torch.cat(
             [
                 senet.permute(0, 2, 3, 1).reshape(hidden, -1),
@@ -308,6 +363,10 @@ class FoldedFiBiNetHead(nn.Module):
         by_field = codes.permute(2, 1, 0)  # [k, F, B]
         extended = torch.cat([by_field, codes.new_ones([1, fields, batch])])  # c^, [k+1, F, B]
         scaled = extended * self.senet.field_weights(emb).t()  # SENET scales v_i, so c^_i too
+        if exporting:
+            x_t = torch.cat([gathered_pair_products(scaled, left, right).flatten(0, 2),
+                             gathered_pair_products(by_field, left, right).flatten(0, 2), codes.flatten(1).t(), numeric.t()])
+            return x_t.t(), weight, bias
         sizes = [pairs * (k + 1) * (k + 1), pairs * k * k, fields * k, numeric.shape[1]]
         x_t = codes.new_empty([sizes[0] + sizes[1] + sizes[2] + sizes[3], batch])
         senet_x, plain_x, linear_x, numeric_x = x_t.split(sizes)

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(TorchScript alone without the serve extra); torchscript: the inference layer compiled "
                              "(the faster from batch 1,024); eager; onnx: exported to ONNX at load and run by ONNX "
                              "Runtime (the faster for small batches; needs the serve extra)")
+    parser.add_argument("--export", default=None,
+                        help="a lightning-afm-export out= folder (format=onnx) of this run: ONNX Runtime opens its "
+                             "verified model.onnx instead of exporting at load, if its manifest's weights checksum "
+                             "matches (an export in the run folder or its subfolders is found without this)")
     parser.add_argument("--model-class", default=None,
                         help="package.module.Class of the LightningModule, for checkpoints that do not name it")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no report on stderr")
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         predictor = Predictor.load(args.model, model_class=args.model_class, device=args.device, batch_size=args.batch_size,
-                                   runtime=args.runtime)
+                                   runtime=args.runtime, export=args.export)
         report = predictor.predict_file(args.input, args.output, on_bad_rows=args.on_bad_rows, chunk_rows=args.chunk_rows,
                                         file_format=args.format, progress=not args.quiet)
     except (DataError, ValueError, TypeError, OSError) as exc:  # the user's input: one sentence, no traceback

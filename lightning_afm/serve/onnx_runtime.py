@@ -42,11 +42,15 @@ class OnnxRunner:
     PyTorch (max |Δp| <= 1e-5) on :data:`CHECK_ROWS` random ids within its vocabularies, then held
     by an ONNX Runtime session. ``form`` says which form runs (and why others did not).
 
+    With ``artifact`` (a verified export of the same weights: :func:`lightning_afm.export.reuse.find_verified_onnx`)
+    that file is opened instead of exporting again, and checked the same way; ``reused`` is then
+    its path (None when the model was exported here). If it fails the check, the model is exported.
+
     Call: ``categorical`` ``[B, F]`` int64 and ``numeric`` ``[B, N]`` float32 arrays (C-contiguous)
     -> probabilities ``float32 [B]`` (the artifact applies the sigmoid).
     """
 
-    def __init__(self, model: nn.Module, threads: int | None = None) -> None:
+    def __init__(self, model: nn.Module, threads: int | None = None, artifact: Path | None = None) -> None:
         from lightning_afm.export import formats
         from lightning_afm.export.artifact import ExportCheckFailed, first_form_that_verifies
         from lightning_afm.export.verify import eager_probabilities, verify
@@ -76,6 +80,17 @@ class OnnxRunner:
             self.check = verify(lambda c, n: self(c, n).astype(np.float64), reference, categorical, numeric, source)
             return self.check.to_dict()
 
+        self.reused: Path | None = None
+        if artifact is not None:
+            try:
+                passed = open_and_check(Path(artifact))["passed"]
+                problem = f"differs from eager PyTorch by max |Δp| = {self.check.max_abs_diff:.3g}"
+            except Exception as err:  # noqa: BLE001 - e.g. a file this ONNX Runtime cannot read: export instead
+                passed, problem = False, f"does not open ({type(err).__name__})"
+            if passed:
+                self.reused, self.form = Path(artifact), f"verified export {artifact} (reused, not exported again)"
+                return
+            warnings.warn(f"runtime='onnx': the export {artifact} {problem}; exporting the model again", stacklevel=2)
         example = (torch.from_numpy(categorical[:2]), None if numeric is None else torch.from_numpy(numeric[:2]))
         with tempfile.TemporaryDirectory(prefix="lightning-afm-onnx-") as folder, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter warns about its own internals
@@ -96,11 +111,11 @@ class OnnxRunner:
         return self.session.run(self._outputs, feed)[0].reshape(-1)
 
 
-def optional_onnx_runner(model: nn.Module) -> OnnxRunner | None:
+def optional_onnx_runner(model: nn.Module, artifact: Path | None = None) -> OnnxRunner | None:
     """``runtime="auto"``'s ONNX half: an :class:`OnnxRunner` on one intra-op thread, or None (the
     request then goes to TorchScript) when the ``serve`` extra is not installed or the model is not
     one ONNX can serve (no schema: a user's own module). A model whose every export fails the check
-    warns and is served by TorchScript alone.
+    warns and is served by TorchScript alone. ``artifact``: as :class:`OnnxRunner`'s.
 
     One thread: ``runtime="auto"`` sends ONNX Runtime small requests only, where a second thread
     only adds its hand-off (README, "Serving latency": batch 1 took 0.148 ms on one thread and
@@ -112,7 +127,7 @@ def optional_onnx_runner(model: nn.Module) -> OnnxRunner | None:
         return None
     model.eval().requires_grad_(False)
     try:
-        return OnnxRunner(model, threads=1)
+        return OnnxRunner(model, threads=1, artifact=artifact)
     except ServeError as err:
         warnings.warn(f"runtime='auto' serves every request with TorchScript: {err}", stacklevel=3)
         return None

@@ -33,6 +33,19 @@ def _run_encoder(path: Path, checkpoint_path: Path) -> Encoder | None:
     return None
 
 
+def _verified_onnx(model: nn.Module, folders: list, path: Path, checkpoint_path: Path) -> Path | None:
+    """A verified ONNX export of ``model``'s weights in ``folders``, the checkpoint's run folder (one
+    with ``summary.json`` or ``.hydra/``; a checkpoint elsewhere has none) or their subfolders; None
+    without one."""
+    from lightning_afm.export.cli import run_folder
+    from lightning_afm.export.manifest import weights_sha256
+    from lightning_afm.export.reuse import find_verified_onnx
+
+    run = run_folder(path, checkpoint_path)
+    found = find_verified_onnx([*folders, *([run] if run is not None else [])], lambda: weights_sha256(model))
+    return None if found is None else found[0]
+
+
 def output_format(path: str | Path, file_format: str | None = None) -> str:
     """``"csv"`` or ``"parquet"``: as given, else by the output's suffix (``.parquet``/``.pq``; anything else: CSV)."""
     fmt = file_format or ("parquet" if str(path).lower().endswith((".parquet", ".pq")) else "csv")
@@ -87,10 +100,12 @@ class Predictor:
             GPU, or for a model ONNX cannot take), ``"torchscript"`` (the inference layer compiled),
             ``"eager"`` (see :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked
             at load, run by ONNX Runtime on the CPU; :class:`~.onnx_runtime.OnnxRunner`).
+        onnx_artifact: for ``"onnx"`` and ``"auto"``, a verified ONNX export of these weights to open
+            (and check) instead of exporting at load; :meth:`load` finds one by its manifest.
     """
 
     def __init__(self, model: nn.Module, encoder: Encoder | None = None, batch_size: int = 8192, device: str | torch.device = "cpu",
-                 source: str = "the model", runtime: str = "auto") -> None:
+                 source: str = "the model", runtime: str = "auto", onnx_artifact: Path | None = None) -> None:
         if int(batch_size) < 1:
             raise ServeError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -107,12 +122,12 @@ class Predictor:
         self._onnx_max_rows = 0
         if runtime == "onnx":
             self.model.eval().requires_grad_(False)
-            self.onnx_runner, self._onnx_max_rows = OnnxRunner(self.model), sys.maxsize
+            self.onnx_runner, self._onnx_max_rows = OnnxRunner(self.model, artifact=onnx_artifact), sys.maxsize
             self.runner = self.onnx_runner
         else:  # after the move: it shares the model's weights
             self.runner = inference_module(self.model, "torchscript" if runtime == "auto" else runtime)
         if runtime == "auto" and self.device.type == "cpu":
-            self.onnx_runner = optional_onnx_runner(self.model)
+            self.onnx_runner = optional_onnx_runner(self.model, onnx_artifact)
             self._onnx_max_rows = AUTO_ONNX_MAX_ROWS if self.onnx_runner is not None else 0
         self.runtime = runtime
         self.encoder = encoder
@@ -131,15 +146,25 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, model_class: str | type | None = None, device: str = "cpu", batch_size: int = 8192,
-             runtime: str = "auto") -> "Predictor":
+             runtime: str = "auto", export: str | Path | None = None) -> "Predictor":
         """From a run folder (its ``last.ckpt``) or a checkpoint file; the encoder from the checkpoint, else
-        from the run's ``encoder/`` folder. ``model_class`` for checkpoints of other LightningModules."""
+        from the run's ``encoder/`` folder. ``model_class`` for checkpoints of other LightningModules.
+
+        For ONNX Runtime (``runtime="onnx"`` or ``"auto"`` on the CPU), a verified ONNX export of the
+        same weights (``lightning-afm-export``'s ``out=``: its manifest's ``weights_sha256``) found in
+        ``export``, in the run folder or in one of their subfolders is opened and checked instead of
+        exporting the model again (:func:`lightning_afm.export.reuse.find_verified_onnx`); with none,
+        the model is exported at load as before."""
         path = Path(path).expanduser()
         checkpoint_path = find_checkpoint(path)
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         encoder = Encoder.from_checkpoint(checkpoint) or _run_encoder(path, checkpoint_path)
         model = load_model(checkpoint, model_class)
-        return cls(model, encoder, batch_size=batch_size, device=device, source=str(checkpoint_path), runtime=runtime)
+        artifact = None
+        if runtime in ("onnx", "auto") and torch.device(device).type == "cpu":
+            artifact = _verified_onnx(model, [export] if export is not None else [], path, checkpoint_path)
+        return cls(model, encoder, batch_size=batch_size, device=device, source=str(checkpoint_path), runtime=runtime,
+                   onnx_artifact=artifact)
 
     def _need_encoder(self) -> Encoder:
         if self.encoder is None:
