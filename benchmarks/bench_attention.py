@@ -12,10 +12,6 @@ loaded machine than the wall clock).
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_attention.py --dataset criteo --threads 1
 
-``--chunk-rows 0 512 2048`` times each form with the attention stack run in slices of that many
-rows (:data:`~lightning_afm.inference.attention.CHUNK_ROWS`; 0: the whole batch at once), e.g.
-``--kernels auto --chunk-rows 0 1024 --no-unfolded``.
-
 ``--first-layer`` times only AutoInt's first interacting layer on random rank-``k`` codes at the
 shape (``d``, ``F``, ``k``): projected to ``d`` then the layer (``unfolded``), against the layer
 folded onto the codes (:class:`~lightning_afm.inference.attention.CodeInteracting`), in thread CPU
@@ -41,26 +37,17 @@ from lightning_afm.bench.shapes import paper_shape
 from lightning_afm.bench.throughput import make_batches
 from lightning_afm.bench.variants import build_twin, build_variant
 from lightning_afm.inference import Tensors, optimize_for_inference
-from lightning_afm.inference.attention import (
-    CHUNK_ROWS,
-    CodeInteracting,
-    InferenceAttention,
-    InferenceInteracting,
-    build_attention,
-)
+from lightning_afm.inference.attention import CodeInteracting, InferenceInteracting, build_attention
 from lightning_afm.inference.projection import BatchedProjection
 from lightning_afm.models.layers.attention import InteractingLayer
 from lightning_afm.runtime import reuse_freed_memory
 
 
-def with_kernel(fast: torch.nn.Module, kernel: str, chunk_rows: int | None = None) -> torch.nn.Module:
-    """``fast`` with every interacting layer set to run ``kernel`` and, if given, the stack sliced into
-    ``chunk_rows`` rows (in place; returns ``fast``)."""
+def with_kernel(fast: torch.nn.Module, kernel: str) -> torch.nn.Module:
+    """``fast`` with every interacting layer set to run ``kernel`` (in place; returns ``fast``)."""
     for module in fast.modules():
         if isinstance(module, InferenceInteracting):
             module.kernel = kernel
-        if chunk_rows is not None and isinstance(module, InferenceAttention):
-            module.chunk_rows = chunk_rows
     return fast
 
 
@@ -113,10 +100,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--first-layer", action="store_true", help="time only the first layer, folded or not")
-    parser.add_argument("--kernels", nargs="+", default=["auto", "bmm", "sdpa"], choices=["auto", "bmm", "sdpa"])
-    parser.add_argument("--chunk-rows", nargs="+", type=int, default=[CHUNK_ROWS],
-                        help="rows per slice of the attention stack (0: the whole batch); each value timed")
-    parser.add_argument("--no-unfolded", action="store_true", help="leave out +AFM EMB with its first layer unfolded")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_memory()
@@ -131,13 +114,10 @@ def main() -> None:
     base = build_variant("autoint", shape, "baseline", settings, twin)
     emb = build_variant("autoint", shape, "afm_emb", settings, twin)
     forwards = {}
-    for kernel in args.kernels:
-        for rows in args.chunk_rows:
-            tag = kernel if args.chunk_rows == [CHUNK_ROWS] else f"{kernel} rows {rows}"
-            forwards[f"baseline {tag}"] = with_kernel(optimize_for_inference(base, fuse=True), kernel, rows)
-            forwards[f"afm_emb {tag}"] = with_kernel(optimize_for_inference(emb, fuse=True), kernel, rows)
-    if not args.no_unfolded:
-        forwards["afm_emb unfolded"] = unfolded(emb)
+    for kernel in ("auto", "bmm", "sdpa"):
+        forwards[f"baseline {kernel}"] = with_kernel(optimize_for_inference(base, fuse=True), kernel)
+        forwards[f"afm_emb {kernel}"] = with_kernel(optimize_for_inference(emb, fuse=True), kernel)
+    forwards["afm_emb unfolded"] = unfolded(emb)
     ours_inputs = [(b.categorical, b.numeric) for b in batches]
     inputs = {name: ours_inputs for name in forwards}
     calls = {name: (lambda x, m=m: m(*x)) for name, m in forwards.items()}
@@ -148,7 +128,7 @@ def main() -> None:
           f"tables capped at {args.vocab_cap:,} rows, batch {args.batch:,}, {args.rounds} rounds")
     results = time_forwards(calls, inputs, args.rounds)
     for name, (wall, cpu) in results.items():
-        print(f"  {name:<28} wall {wall * 1000:8.1f} ms   thread CPU {cpu * 1000:8.1f} ms")
+        print(f"  {name:<20} wall {wall * 1000:8.1f} ms   thread CPU {cpu * 1000:8.1f} ms")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_the_config_carries_the_runtime(compose_bench):
     from lightning_afm.bench.cli import settings_from_config
 
     default = settings_from_config(compose_bench([]))
-    assert (default.runtime, default.best_of, default.select_rounds) == ("best", ["eager", "torchscript", "onnx"], 1)
+    assert (default.runtime, default.best_of, default.select_rounds) == ("best", ["eager", "torchscript", "onnx"], 3)
     assert settings_from_config(compose_bench(["best_of=[eager,compile]"])).best_of == ["eager", "compile"]
     assert settings_from_config(compose_bench(["runtime=compile"])).runtime == "compile"
     with pytest.raises(ValueError, match="unknown runtime 'jit'"):

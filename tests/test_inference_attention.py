@@ -167,26 +167,3 @@ def test_per_field_ranks_and_subclassed_layers_are_not_folded():
     cat, num = torch.zeros(3, 4, dtype=torch.long), torch.rand(3, 2)
     with torch.no_grad():
         torch.testing.assert_close(optimize_for_inference(model)(cat, num), model(cat, num), **TOL)
-
-
-@pytest.mark.parametrize("d,k", [(50, 8), (16, 2)])
-@pytest.mark.parametrize("rows", [1, 5, 21, 64])
-def test_the_stack_in_slices_of_rows_equals_the_model(d, k, rows):
-    """21 rows: slices of 1, 5 (a short last one), 21 and 64 (no slicing), folded first layer or not."""
-    model = _autoint_emb(d, k)
-    fast = optimize_for_inference(model, fuse=True)
-    fast.deep.attention.chunk_rows = rows
-    g = torch.Generator().manual_seed(4)
-    cat = torch.stack([torch.randint(0, v, (21,), generator=g) for v in (9, 7, 5, 11)], dim=1)
-    num = torch.rand(21, 2, generator=g)
-    with torch.no_grad():
-        expected = model(cat, num)
-    torch.testing.assert_close(fast(cat, num), expected, **TOL)
-    torch.testing.assert_close(torch.jit.script(fast)(cat, num), expected, **TOL)
-
-
-def test_chunk_rows_is_checked():
-    layer = InferenceInteracting(_layer(8, 2, True, False), Tensors())
-    for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="chunk_rows must be a non-negative integer"):
-            InferenceAttention(layer, [], reads_codes=False, chunk_rows=bad)

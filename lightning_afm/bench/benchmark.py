@@ -83,7 +83,7 @@ class BenchSettings(VariantOptions):
     reuse_freed_memory: bool = True
     runtime: str = "best"
     best_of: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
-    select_rounds: int = 1
+    select_rounds: int = 3
     export_limit_gb: float | None = 1.0
 
     def __post_init__(self) -> None:

@@ -201,44 +201,24 @@ def fold_saving(layer: InferenceInteracting, rank: int) -> int:
     return rank * d + d * width - rank * width
 
 
-#: Rows of a batch that go through all the interacting layers together (:class:`InferenceAttention`);
-#: 0 runs the whole batch at once. Every layer reads and writes ``[rows, F, n d]`` projections and, per
-#: head, ``[rows, F, F]`` weights: at batch 10,000 and Criteo's shape those are 42 MB and 27 MB, which
-#: stream through memory between the kernels; in slices they stay in cache. Rows are independent,
-#: so the slices give exactly the whole batch's result.
-CHUNK_ROWS = 0
-
-
 class InferenceAttention(nn.Module):
     """AutoInt's interacting layers: ``(codes [B, F, k], emb [B, F, d])`` -> ``[B, F, d]``.
 
     The first layer reads the codes when it was folded onto them (``reads_codes``), else the
-    embeddings; the others read the previous layer's output. A batch of more than ``chunk_rows``
-    rows (:data:`CHUNK_ROWS`) runs through the whole stack in slices of that many rows.
+    embeddings; the others read the previous layer's output.
     """
 
-    def __init__(self, first: nn.Module, rest: Sequence[nn.Module], reads_codes: bool,
-                 chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, first: nn.Module, rest: Sequence[nn.Module], reads_codes: bool) -> None:
         super().__init__()
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 0:
-            raise ValueError(f"chunk_rows must be a non-negative integer (0: no slicing), got {chunk_rows!r}")
         self.first = first
         self.rest = nn.ModuleList(rest)
         self.reads_codes = bool(reads_codes)
-        self.chunk_rows = chunk_rows
 
-    def stack(self, x: torch.Tensor) -> torch.Tensor:
-        """Every layer on ``x`` (the codes or the embeddings of some rows)."""
-        x = self.first(x)
+    def forward(self, codes: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.first(codes if self.reads_codes else emb)
         for layer in self.rest:
             x = layer(x)
         return x
-
-    def forward(self, codes: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        x = codes if self.reads_codes else emb
-        if self.chunk_rows == 0 or x.shape[0] <= self.chunk_rows:
-            return self.stack(x)
-        return torch.cat([self.stack(part) for part in x.split(self.chunk_rows)])
 
 
 def plain_interacting(layer: nn.Module) -> bool:
