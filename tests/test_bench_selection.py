@@ -95,10 +95,12 @@ def test_exporting_runtimes_are_left_out_above_the_size_limit():
     choice = choose_runtime(_Weighted(), _batches(), rounds=1, export_limit_gb=3e-6)
     assert choice.runtime == "eager" and choice.samples_per_s == {}  # a lone candidate is not timed
     assert set(choice.refused) == {"torchscript", "onnx"}
-    assert "runtime=onnx would copy the 0.0 GB the model holds (more than export_limit_gb=3e-06)" == \
-        choice.refused["onnx"]
+    assert "runtime=onnx would copy the model's tensors, 0.0 GB for the baseline (more than export_limit_gb=3e-06)" \
+        == choice.refused["onnx"]
     assert set(choose_runtime(_Weighted(), _batches(), rounds=1, export_limit_gb=5e-6).samples_per_s) == \
         {"eager", "torchscript", "onnx"}
+    # the size given (the bench: the baseline's) decides, not the module's own
+    assert choose_runtime(_Weighted(), _batches(), rounds=1, export_limit_gb=5e-6, held_gb=1.0).runtime == "eager"
 
 
 def test_outputs_mismatch_against_numpy():
@@ -140,3 +142,10 @@ def test_a_best_run_records_each_variants_runtime():
     assert "on the fastest of eager, torchscript, onnx for each variant (`runtime=best`)" in md
     assert "| Model | Baseline | +AFM EMB |" in md
     assert f"| DeepFM | {ours[0]['runtime']} (" in md
+
+
+def test_docstring_example():
+    import doctest
+
+    failures, tried = doctest.testmod(selection)
+    assert tried > 0 and failures == 0

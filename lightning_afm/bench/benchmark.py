@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lightning_afm.bench.runtimes import RuntimeUnavailable, check_runtime, prepare
-from lightning_afm.bench.selection import DEFAULT_CANDIDATES, check_candidates, choose_runtime
+from lightning_afm.bench.selection import DEFAULT_CANDIDATES, check_candidates, choose_runtime, tensor_gb
 from lightning_afm.bench.deepctr import DEEPCTR_MODELS, build_deepctr_model, deepctr_input, deepctr_unavailable
 from lightning_afm.bench.shapes import PAPER_AFM_EMB_GAIN_PCT, PAPER_SHAPES, PaperShape, paper_shape
 from lightning_afm.bench.throughput import (
@@ -170,6 +170,7 @@ def bench_model(
     notes: dict[str, str] = {}  # what the runtime ran instead of the inference form, and why
     runtimes: dict[str, str] = {}  # what ran each timed variant
     selections: dict[str, dict[str, Any]] = {}  # runtime=best: what each candidate did
+    held_gb: float | None = None  # runtime=best: the baseline's size, for every variant's export limit
     started = time.perf_counter()
     twin = build_twin(model_name, shape)
     baseline = build_variant(model_name, shape, "baseline", vs, twin)
@@ -194,10 +195,12 @@ def bench_model(
             # the embedding and LR tables: one gather per batch), on the runtime
             fast = optimize_for_inference(model, fuse=True)
             counted[variant] = prepare(fast, "eager", batches).timed
+            if held_gb is None:  # the baseline comes first
+                held_gb = tensor_gb(fast)
             try:
                 if settings.runtime == "best":
                     choice = choose_runtime(fast, batches, settings.best_of, settings.select_rounds, model,
-                                            export_limit_gb=settings.export_limit_gb)
+                                            export_limit_gb=settings.export_limit_gb, held_gb=held_gb)
                     prepared, runtimes[variant], selections[variant] = choice.prepared, choice.runtime, choice.record()
                     log.info("%s/%s/%s: runtime %s (samples/s %s)", shape.dataset, model_name, variant,
                              choice.runtime, {k: round(v) for k, v in choice.samples_per_s.items()})

@@ -17,19 +17,21 @@ tensors: for a module holding more than ``export_limit_gb`` (the full-vocabulary
 hold 2.3 GB; ONNX files stop at 2 GB) they are left out, with that reason, and the run's memory
 stays that of the eager variants.
 
-``compile`` (``torch.compile``, inductor) is not a default candidate: compiling one Criteo model
-takes far longer than timing all the others (see the README's runtime paragraph); add it with
+``compile`` (``torch.compile``, inductor) is not a default candidate: it took 7-18 s to compile one
+Criteo variant against 0.5-3 s for the exports, and beat the best of them by at most 3 % (1 thread,
+loaded AMD EPYC; ``benchmarks/bench_runtimes.py``, README's runtime paragraph); add it with
 ``best_of=[eager,torchscript,onnx,compile]``.
 
-Example:
-    >>> import torch
-    >>> from lightning_afm.bench.throughput import InferenceBatch
-    >>> class Logit(torch.nn.Module):
+Example (one candidate, so nothing is timed):
+    >>> from lightning_afm.bench.shapes import paper_shape
+    >>> from lightning_afm.bench.throughput import make_batches
+    >>> from torch import nn
+    >>> class NumericMean(nn.Module):
     ...     def forward(self, categorical, numeric):
-    ...         return numeric.sum(dim=1) + categorical.sum(dim=1).float()
-    >>> batches = [InferenceBatch(torch.zeros(4, 2, dtype=torch.int64), torch.ones(4, 3))]
-    >>> choice = choose_runtime(Logit(), batches, candidates=["eager"], rounds=1)
-    >>> choice.runtime, choice.samples_per_s  # a lone candidate is not timed
+    ...         return numeric.mean(dim=1)
+    >>> batches = make_batches(paper_shape("criteo", vocab_cap=10), batch=4, count=1, seed=0)
+    >>> choice = choose_runtime(NumericMean(), batches, candidates=["eager"], rounds=1)
+    >>> choice.runtime, choice.samples_per_s
     ('eager', {})
 """
 
@@ -126,25 +128,28 @@ def choose_runtime(
     export_fallback: nn.Module | None = None,
     tolerance: float = 1e-5,
     export_limit_gb: float | None = None,
+    held_gb: float | None = None,
 ) -> RuntimeChoice:
     """The fastest of ``candidates`` running ``module(categorical, numeric)`` on ``batches``.
 
     Each candidate is prepared (untimed), checked against eager on every batch, then all that
     pass are timed interleaved for ``rounds`` rounds over ``batches``; ties go to the earlier
     candidate (a lone one is not timed). ``export_limit_gb``: leave out :data:`EXPORTING` runtimes
-    when ``module`` holds more (None: no limit). Raises :class:`RuntimeUnavailable` (with every candidate's reason) if none passes.
+    when ``module`` holds more (None: no limit); ``held_gb``: the size to compare instead of
+    ``module``'s (the bench gives every variant of a model its baseline's, so all get the same
+    candidates). Raises :class:`RuntimeUnavailable` (with every candidate's reason) if none passes.
     """
     candidates = check_candidates(candidates)
     batches = list(batches)
-    expected = _outputs(Timed(lambda b: module(b.categorical, b.numeric), batches))
+    expected: list[np.ndarray] | None = None  # eager's outputs, computed once a candidate needs them
     runners: dict[str, Prepared] = {}
     prepare_s: dict[str, float] = {}
     refused: dict[str, str] = {}
-    held = tensor_gb(module) if export_limit_gb is not None else 0.0
+    held = 0.0 if export_limit_gb is None else tensor_gb(module) if held_gb is None else held_gb
     for runtime in candidates:
         if runtime in EXPORTING and export_limit_gb is not None and held > export_limit_gb:
-            refused[runtime] = (f"runtime={runtime} would copy the {held:.1f} GB the model holds "
-                                f"(more than export_limit_gb={export_limit_gb:g})")
+            refused[runtime] = (f"runtime={runtime} would copy the model's tensors, {held:.1f} GB for the "
+                                f"baseline (more than export_limit_gb={export_limit_gb:g})")
             continue
         started = time.perf_counter()
         try:
@@ -153,6 +158,11 @@ def choose_runtime(
             refused[runtime] = str(err)
             continue
         prepare_s[runtime] = time.perf_counter() - started
+        if runtime == "eager":  # the reference itself (its outputs below also warm it up)
+            runners[runtime] = prepared
+            continue
+        if expected is None:
+            expected = _outputs(Timed(lambda b: module(b.categorical, b.numeric), batches))
         mismatch = outputs_mismatch(_outputs(prepared.timed), expected, tolerance)
         if mismatch is not None:
             refused[runtime] = f"runtime={runtime} does not give the eager outputs ({mismatch})"
