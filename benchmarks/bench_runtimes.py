@@ -3,7 +3,9 @@
 For each model, the baseline and +AFM EMB are built at the paper's shape (capped tables), put in
 their inference form, prepared on every runtime of :mod:`lightning_afm.bench.runtimes` (compiled
 and exported before any timing) and timed interleaved round by round, so machine load hits all
-runtimes alike. Prints samples/s per runtime and the ratio to eager.
+runtimes alike. Prints samples/s per runtime, the ratio to eager, and the seconds each runtime took
+to prepare each model (export, or ``torch.compile``'s compilation, plus the first call): what
+``lightning-afm-bench runtime=best`` spends per variant before timing.
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_runtimes.py --models deepfm nfm --threads 1
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 import warnings
 
 import torch
@@ -55,14 +58,16 @@ def main() -> None:
         baseline = build_variant(name, shape, "baseline", settings, twin)
         built = {"baseline": baseline,
                  "afm_emb": build_variant(name, shape, "afm_emb", settings, twin, dict(baseline.named_parameters()))}
-        runners, refused = {}, {}
+        runners, refused, prepare_s = {}, {}, {}
         for variant, model in built.items():
-            fast = optimize_for_inference(model)
+            fast = optimize_for_inference(model, fuse=True)  # as the bench times it
             for runtime in args.runtimes:
+                started = time.perf_counter()
                 try:
                     runners[(variant, runtime)] = prepare(fast, runtime, batches, export_fallback=model).timed
                 except RuntimeUnavailable as err:
                     refused[(variant, runtime)] = str(err)
+                prepare_s[(variant, runtime)] = time.perf_counter() - started
         times = time_interleaved({f"{v}/{r}": t for (v, r), t in runners.items()}, args.rounds, warmup=1)
         for variant in built:
             sps = {r: summarize(times[f"{variant}/{r}"], args.batch).samples_per_s
@@ -73,6 +78,7 @@ def main() -> None:
             print(f"| {name} | {variant} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
         for key, reason in refused.items():
             print(f"  {name}/{key[0]}/{key[1]}: {reason}")
+        print(f"  {name} prepare s: " + ", ".join(f"{v}/{r} {s:.1f}" for (v, r), s in prepare_s.items()), flush=True)
 
 
 if __name__ == "__main__":

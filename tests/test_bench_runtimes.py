@@ -90,7 +90,16 @@ def test_runtime_setting_is_checked():
     assert check_runtime("ONNX") == "onnx" and RUNTIMES[0] == "eager"
     with pytest.raises(ValueError, match=r"unknown runtime 'tvm'; choose one of \['eager', 'torchscript'"):
         BenchSettings(runtime="tvm")
-    assert BenchSettings().runtime == "eager"
+    assert BenchSettings().runtime == "best" and BenchSettings().best_of == ["eager", "torchscript", "onnx"]
+    assert BenchSettings(runtime="BEST", best_of=["ONNX", "eager", "onnx"]).best_of == ["onnx", "eager"]
+    with pytest.raises(ValueError, match=r"unknown runtime 'tvm'; .* or 'best'"):
+        BenchSettings(runtime="tvm")
+    with pytest.raises(ValueError, match=r"unknown runtime 'jit'"):
+        BenchSettings(best_of=["eager", "jit"])
+    with pytest.raises(ValueError, match="best_of is empty"):
+        BenchSettings(best_of=[])
+    with pytest.raises(ValueError, match="select_rounds must be a positive integer"):
+        BenchSettings(select_rounds=0)
     with pytest.raises(ValueError, match="at least one batch"):
         prepare(_Plain(), "onnx", [])
 
@@ -128,7 +137,9 @@ def test_a_run_records_its_runtime_and_reports_refusals(monkeypatch):
 def test_the_config_carries_the_runtime(compose_bench):
     from lightning_afm.bench.cli import settings_from_config
 
-    assert settings_from_config(compose_bench([])).runtime == "eager"
+    default = settings_from_config(compose_bench([]))
+    assert (default.runtime, default.best_of, default.select_rounds) == ("best", ["eager", "torchscript", "onnx"], 3)
+    assert settings_from_config(compose_bench(["best_of=[eager,compile]"])).best_of == ["eager", "compile"]
     assert settings_from_config(compose_bench(["runtime=compile"])).runtime == "compile"
     with pytest.raises(ValueError, match="unknown runtime 'jit'"):
         settings_from_config(compose_bench(["runtime=jit"]))

@@ -3,7 +3,9 @@
 Modules: :mod:`.shapes` (the paper's Criteo / Avazu shapes and Table 2's figures),
 :mod:`.variants` (baseline and compressed structures, built on ``meta`` then given memory),
 :mod:`.deepctr` (DeepCTR-Torch 0.3.0's models at the same shape), :mod:`.throughput`
-(Zipf-like batches, interleaved timing), :mod:`.benchmark` (the loop), :mod:`.report`
+(Zipf-like batches, interleaved timing), :mod:`.runtimes` (what runs a variant: eager, TorchScript,
+``torch.compile``, ONNX Runtime), :mod:`.selection` (``runtime=best``: the fastest of them per
+variant), :mod:`.benchmark` (the loop), :mod:`.report`
 (``bench.json`` / ``bench.md``) and :mod:`.cli` (the Hydra application).
 """
 

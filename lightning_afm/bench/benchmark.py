@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lightning_afm.bench.runtimes import RuntimeUnavailable, check_runtime, prepare
+from lightning_afm.bench.selection import DEFAULT_CANDIDATES, check_candidates, choose_runtime, tensor_gb
 from lightning_afm.bench.deepctr import DEEPCTR_MODELS, build_deepctr_model, deepctr_input, deepctr_unavailable
 from lightning_afm.bench.shapes import PAPER_AFM_EMB_GAIN_PCT, PAPER_SHAPES, PaperShape, paper_shape
 from lightning_afm.bench.throughput import (
@@ -54,8 +55,11 @@ class BenchSettings(VariantOptions):
     ``mlp_rank`` / ``emb_rank``: None takes the paper's for each dataset (Criteo 64 / 2,
     Avazu 320 / 8). ``threads``: None keeps torch's default. ``vocab_cap``: None builds the
     full vocabularies (Table 2's parameter counts); a number caps every table for quick runs.
-    ``runtime``: what runs our variants' inference form (:data:`~lightning_afm.bench.runtimes.RUNTIMES`;
-    DeepCTR-Torch's models always run eagerly, as that library serves them).
+    ``runtime``: what runs our variants' inference form (:data:`~lightning_afm.bench.runtimes.RUNTIMES`),
+    or ``"best"``: per variant, the fastest of ``best_of`` on the bench's batches, timed side by side
+    for ``select_rounds`` rounds before the timed rounds (:mod:`~lightning_afm.bench.selection`),
+    the exporting runtimes left out for a model holding more than ``export_limit_gb`` (None: no limit).
+    DeepCTR-Torch's models always run eagerly, as that library serves them.
     ``reuse_freed_memory``: keep freed blocks in the heap
     (:func:`lightning_afm.runtime.reuse_freed_memory`, as a fit does), as a warmed-up
     serving process would: otherwise glibc unmaps every large activation on free and the next
@@ -77,7 +81,10 @@ class BenchSettings(VariantOptions):
     emb_rank: int | None = None
     share_weights: bool = True
     reuse_freed_memory: bool = True
-    runtime: str = "eager"
+    runtime: str = "best"
+    best_of: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    select_rounds: int = 3
+    export_limit_gb: float | None = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,7 +94,7 @@ class BenchSettings(VariantOptions):
         object.__setattr__(self, "variants", check_selection("variant", self.variants, list(VARIANTS)))
         if "baseline" not in self.variants:  # every gain is relative to it
             self.variants.insert(0, "baseline")
-        for name in ("batch", "rounds", "batches_per_round"):
+        for name in ("batch", "rounds", "batches_per_round", "select_rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -98,7 +105,11 @@ class BenchSettings(VariantOptions):
         if not float(self.zipf_exponent) > 0:
             raise ValueError(f"zipf_exponent must be > 0, got {self.zipf_exponent!r}")
         paper_shape(self.datasets[0], self.vocab_cap)  # validates vocab_cap
-        object.__setattr__(self, "runtime", check_runtime(self.runtime))
+        runtime = str(self.runtime).lower()
+        object.__setattr__(self, "runtime", runtime if runtime == "best" else _check_runtime_or_best(runtime))
+        object.__setattr__(self, "best_of", check_candidates(self.best_of))
+        if self.export_limit_gb is not None and not float(self.export_limit_gb) > 0:
+            raise ValueError(f"export_limit_gb must be > 0 or null (no limit), got {self.export_limit_gb!r}")
 
     def variant_settings(self, shape: PaperShape) -> VariantSettings:
         return VariantSettings(
@@ -106,6 +117,13 @@ class BenchSettings(VariantOptions):
             emb_rank=self.emb_rank if self.emb_rank is not None else shape.emb_rank,
             **self.variant_options(),
         )
+
+
+def _check_runtime_or_best(runtime: str) -> str:
+    try:
+        return check_runtime(runtime)
+    except ValueError as err:
+        raise ValueError(f"{err} or 'best' (the fastest of best_of, per variant)") from None
 
 
 def check_selection(kind: str, chosen: Sequence[str] | str, valid: Sequence[str]) -> list[str]:
@@ -150,6 +168,9 @@ def bench_model(
     counted: dict[str, Timed] = {}  # eager forms, for the multiply-add count whatever the runtime
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}  # what the runtime ran instead of the inference form, and why
+    runtimes: dict[str, str] = {}  # what ran each timed variant
+    selections: dict[str, dict[str, Any]] = {}  # runtime=best: what each candidate did
+    held_gb: float | None = None  # runtime=best: the baseline's size, for every variant's export limit
     started = time.perf_counter()
     twin = build_twin(model_name, shape)
     baseline = build_variant(model_name, shape, "baseline", vs, twin)
@@ -167,14 +188,25 @@ def bench_model(
             )
             inputs = [deepctr_input(b.categorical, b.numeric) for b in batches]
             runners[variant] = counted[variant] = Timed(model, inputs)
+            runtimes[variant] = "eager"
         else:
             model = baseline if variant == "baseline" else build_variant(model_name, shape, variant, vs, twin, shared)
             # timed in its inference form, as served: shared storage except the fused table (a copy of
             # the embedding and LR tables: one gather per batch), on the runtime
             fast = optimize_for_inference(model, fuse=True)
             counted[variant] = prepare(fast, "eager", batches).timed
+            if held_gb is None:  # the baseline comes first
+                held_gb = tensor_gb(fast)
             try:
-                prepared = prepare(fast, settings.runtime, batches, export_fallback=model)
+                if settings.runtime == "best":
+                    choice = choose_runtime(fast, batches, settings.best_of, settings.select_rounds, model,
+                                            export_limit_gb=settings.export_limit_gb, held_gb=held_gb)
+                    prepared, runtimes[variant], selections[variant] = choice.prepared, choice.runtime, choice.record()
+                    log.info("%s/%s/%s: runtime %s (samples/s %s)", shape.dataset, model_name, variant,
+                             choice.runtime, {k: round(v) for k, v in choice.samples_per_s.items()})
+                else:
+                    runtimes[variant] = settings.runtime  # also on a refusal: the row says which runtime refused
+                    prepared = prepare(fast, settings.runtime, batches, export_fallback=model)
             except RuntimeUnavailable as err:
                 skipped[variant] = str(err)
                 continue
@@ -200,7 +232,8 @@ def bench_model(
 
     rows = []
     for variant in settings.variants:
-        row: dict[str, Any] = {"model": model_name, "dataset": shape.dataset, "variant": variant}
+        row: dict[str, Any] = {"model": model_name, "dataset": shape.dataset, "variant": variant,
+                               "runtime": runtimes.get(variant), "runtime_selection": selections.get(variant)}
         if variant in skipped:
             row.update(params=None, samples_per_s=None, gain_pct=None, skipped=skipped[variant])
             rows.append(row)
@@ -246,7 +279,7 @@ def run_benchmark(settings: BenchSettings) -> list[dict[str, Any]]:
         common = {
             "batch": settings.batch,
             "threads": torch.get_num_threads(),
-            "runtime": settings.runtime,
+            "runtime_setting": settings.runtime,
             "vocab_cap": settings.vocab_cap,
             "zipf_exponent": float(settings.zipf_exponent),
             "rounds": settings.rounds,

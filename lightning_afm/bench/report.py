@@ -66,6 +66,44 @@ _RUNTIME_WORDS = {
 }
 
 
+def _runtime_words(first: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """How bench.md's header says what ran our variants (older rows have only ``runtime``)."""
+    setting = first.get("runtime_setting", first.get("runtime", "eager"))
+    if setting != "best":
+        return _RUNTIME_WORDS.get(setting, str(setting))
+    candidates = ", ".join(settings.get("best_of") or ["eager", "torchscript", "onnx"])
+    return (f"on the fastest of {candidates} for each variant (`runtime=best`): every candidate's outputs checked "
+            f"against eager's to 1e-5, then the candidates timed side by side on the same batches "
+            f"({settings.get('select_rounds', 1)} round(s), before and apart from the timed rounds); "
+            "the runtime each variant got is in the \"Runtime chosen\" table and in bench.json (`runtime`, "
+            "`runtime_selection`)")
+
+
+def _runtime_table(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[str]:
+    """``runtime=best``: per model, the runtime each variant got, with its speed over eager in the selection."""
+    chosen = [r for r in rows if r["dataset"] == dataset and r.get("runtime_selection")]
+    if not chosen:
+        return []
+    variants = list(dict.fromkeys(r["variant"] for r in chosen))
+    by_key = {(r["model"], r["variant"]): r for r in chosen}
+    lines = ["", "Runtime chosen (`runtime=best`; in brackets: its samples/s over eager's in the selection rounds):", "",
+             "| Model | " + " | ".join(VARIANT_TITLES[v] for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for model in dict.fromkeys(r["model"] for r in chosen):
+        cells = []
+        for v in variants:
+            row = by_key.get((model, v))
+            if row is None:
+                cells.append("n/a")
+                continue
+            speeds = row["runtime_selection"]["samples_per_s"]
+            eager = speeds.get("eager")
+            ratio = f" ({speeds[row['runtime']] / eager:.2f}x)" if eager else ""
+            cells.append(f"{row['runtime']}{ratio}")
+        lines.append(f"| {_MODEL_TITLES.get(model, model)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _sps(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
@@ -141,7 +179,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         "",
         f"Measured by us on {meta.get('cpu', cpu_name())} ({meta.get('logical_cpus', os.cpu_count())} logical CPUs), "
         f"{first['threads']} torch threads, torch {first['torch']}, {meta.get('date', '')}; "
-        f"our variants run {_RUNTIME_WORDS.get(first.get('runtime', 'eager'), first.get('runtime'))}.",
+        f"our variants run {_runtime_words(first, settings)}.",
         f"Batch {first['batch']:,}, `torch.inference_mode`, eval mode; each variant timed on "
         f"{first['rounds']} rounds x {first['batches_per_round']} batches after {settings.get('warmup', '?')} "
         "warm-up batch(es), variants interleaved round by round (order rotated each round) in one process; "
@@ -170,6 +208,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         if others:
             lines += ["", "Other structures and DeepCTR-Torch 0.3.0:", ""]
             lines += _table(rows, dataset, others, full_shape)
+        lines += _runtime_table(rows, dataset)
 
     ranks: dict[str, dict[str, int]] = {}
     for r in rows:
@@ -231,6 +270,9 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
             lines.append(f"- {r['dataset']}/{r['model']}/{VARIANT_TITLES[r['variant']]} skipped: {r['skipped']}")
         elif r.get("runtime_note"):
             lines.append(f"- {r['dataset']}/{r['model']}/{VARIANT_TITLES[r['variant']]}: {r['runtime_note']}")
+        for runtime, reason in ((r.get("runtime_selection") or {}).get("refused") or {}).items():
+            lines.append(f"- {r['dataset']}/{r['model']}/{VARIANT_TITLES[r['variant']]}: `runtime=best` left out "
+                         f"{runtime}: {reason}")
     return "\n".join(lines) + "\n"
 
 
