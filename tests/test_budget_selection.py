@@ -55,18 +55,46 @@ def test_budget_select_settings_are_checked():
         Budget(ratio=2.0, select_rows=0)
 
 
-def test_select_allocation_keeps_the_lowest_finite_score_and_records_every_candidate():
-    def allocation(rank):
-        return Allocation({"a": rank}, {"a": 1.0}, rank, "greedy", {"dense": [], "params": 10 * rank})
+def _allocation(rank):
+    return Allocation({"a": rank}, {"a": 1.0}, rank, "greedy", {"dense": [], "params": 10 * rank})
 
-    candidates = [("first", allocation(1)), ("broken", allocation(2)), ("best", allocation(3)), ("tie", allocation(4))]
-    scores = {1: 0.5, 2: float("nan"), 3: 0.4, 4: 0.4}
-    winner, records = select_allocation(candidates, lambda a: scores[a.ranks["a"]])
-    assert winner.ranks == {"a": 3} and winner.notes["selected"] == "best"  # the first of a tie
-    assert [r["label"] for r in records] == ["first", "broken", "best", "tie"] and records[2]["params"] == 30
+
+def _scores(labels, logits):
+    """Validation scores of per-row ``logits`` (what the callback's scoring returns)."""
+    labels, logits = torch.as_tensor(labels, dtype=torch.float32), torch.as_tensor(logits, dtype=torch.float32)
+    p = torch.sigmoid(logits.double())
+    logloss = float(-(labels * p.log() + (1 - labels) * (1 - p).log()).mean())
+    order = torch.argsort(logits)
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(logits) + 1, dtype=torch.float64)
+    positives = labels.sum()
+    auc = float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * (len(labels) - positives)))
+    return {"val_auc": auc, "val_logloss": logloss, "logits": logits, "labels": labels}
+
+
+def test_the_reference_is_kept_unless_a_candidate_is_better_beyond_the_noise():
+    gen = torch.Generator().manual_seed(0)
+    labels = (torch.rand(4000, generator=gen) < 0.3).float()
+    signal = 2.0 * (labels - 0.3)
+    noise = torch.randn(4000, generator=gen)
+    rows = {1: signal + 2.0 * noise,  # the reference, "uniform"
+            2: signal + 2.0 * noise + 0.001 * torch.randn(4000, generator=gen),  # the same within the noise
+            3: 3.0 * signal + 0.5 * noise,  # clearly better on both metrics
+            4: float("nan") * noise}  # broken
+    candidates = [("mlp_weight=1", _allocation(2)), ("uniform", _allocation(1)), ("broken", _allocation(4))]
+    score = lambda a: _scores(labels, rows[a.ranks["a"]])  # noqa: E731
+    winner, records = select_allocation(candidates, score)
+    assert winner.notes["selected"] == "uniform" and winner.notes["reference"] == "uniform"
+    assert [r["verdict"] for r in records] == ["tie", "reference", "worse"]
+    winner, records = select_allocation([*candidates, ("mlp_weight=8", _allocation(3))], score)
+    assert winner.ranks == {"a": 3} and records[-1]["verdict"] == "better" and records[-1]["params"] == 30
     assert winner.notes["candidates"] == records
+    assert records[-1]["val_logloss"] < records[1]["val_logloss"] and records[-1]["val_auc"] > records[1]["val_auc"]
+    # no uniform candidate: the first (the equal-weight rule) is the reference
+    winner, _ = select_allocation([candidates[0], candidates[2]], score)
+    assert winner.notes["selected"] == winner.notes["reference"] == "mlp_weight=1"
     with pytest.raises(ValueError, match="at least one candidate"):
-        select_allocation([], lambda a: 0.0)
+        select_allocation([], score)
 
 
 def _prices_and_statistics():
@@ -115,10 +143,9 @@ def _fit(dm, model, budget, epochs=3):
     return callback, trainer
 
 
-def test_validation_picks_the_candidate_that_scores_best_and_the_equal_weight_rule_loses_here(tiny_synthetic):
-    """On this data and budget the equal-weight knapsack starves the MLP; the selection scores every
-    candidate as its stages would build it (checked by rebuilding the winner independently) and keeps
-    a better one than the equal-weight rule."""
+def test_the_callback_scores_every_candidate_and_keeps_the_one_the_rule_selects(tiny_synthetic):
+    """Every candidate is scored as its stages would build it (checked by rebuilding the winner's
+    scores independently); the winner is the reference unless a candidate was better beyond the noise."""
     pl.seed_everything(0)
     dm = tiny_synthetic(num_rows=6000)
     model = _model(dm)
@@ -126,12 +153,12 @@ def test_validation_picks_the_candidate_that_scores_best_and_the_equal_weight_ru
     allocation = callback.allocation
     records = {r["label"]: r for r in allocation["candidates"]}
     assert allocation["selection"] == "val" and allocation["selection_rows"] == 100_000
-    assert allocation["selection_s"] >= 0 and len(records) >= 2
+    assert allocation["selection_s"] >= 0 and len(records) >= 2 and "uniform" in records
+    assert allocation["reference"] == "uniform" and records["uniform"]["verdict"] == "reference"
     winner = records[allocation["selected"]]
-    assert winner["ranks"] == allocation["ranks"] and winner["val_logloss"] == min(
-        r["val_logloss"] for r in records.values())
-    assert allocation["selected"] != "mlp_weight=1"
-    assert records["mlp_weight=1"]["val_logloss"] > winner["val_logloss"]
+    better = [r for r in records.values() if r["verdict"] == "better"]
+    assert winner == (min(better, key=lambda r: r["val_logloss"]) if better else records["uniform"])
+    assert winner["ranks"] == allocation["ranks"]
     assert allocation["params"] == parameter_count(model) and callback.summary()["budget"] == allocation
     assert model.mlp[1].linear.rank == allocation["ranks"]["mlp.1.linear"]
 

@@ -901,8 +901,9 @@ class AFMCompressionCallback(pl.Callback):
 
     def _select_by_validation(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
                               prices: BudgetPrices, statistics: Mapping[str, compress.OutputStatistics]) -> Allocation:
-        """A size budget's allocation: the candidate (:func:`candidate_allocations`) whose AFM-initialised
-        copy has the lowest logloss on the first ``select_rows`` validation rows; the equal-weight rule,
+        """A size budget's allocation: among the candidates (:func:`candidate_allocations`), AFM-initialised
+        copies scored on the first ``select_rows`` validation rows, the uniform pair unless another is
+        better beyond the current stage's ``significance`` (:func:`select_allocation`); the equal-weight rule,
         with a warning, when there is no validation split or a fixed-rank stage is still to come (its
         factors need statistics this pass did not collect)."""
         loader = self._eval_loader(trainer, "val")
@@ -922,10 +923,10 @@ class AFMCompressionCallback(pl.Callback):
         cpu_state = torch.random.get_rng_state()
         cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         try:
-            allocation, records = select_allocation(candidates, lambda candidate: evaluate(
-                candidate_model(pl_module, planned, statistics, candidate.ranks),
-                _first_rows(self._eval_loader(trainer, "val"), rows, self.label_fn), self.forward_fn,
-                self.label_fn, to_device=lambda b: self._to_device(trainer, b), split="val")["logloss"])
+            allocation, records = select_allocation(
+                candidates, lambda candidate: self._candidate_scores(trainer, pl_module, planned, statistics,
+                                                                     candidate.ranks, rows),
+                significance=float(planned[0].stage.significance))
         finally:
             torch.random.set_rng_state(cpu_state)
             if cuda_state is not None:
@@ -934,8 +935,20 @@ class AFMCompressionCallback(pl.Callback):
                                 selection_s=round(self._now(pl_module) - started, 3))
         log.info("AFM budget: %d candidate allocations scored on the validation split in %.1f s: %s; kept %s",
                  len(records), allocation.notes["selection_s"],
-                 ", ".join(f"{r['label']} {r['val_logloss']:.5f}" for r in records), allocation.notes["selected"])
+                 ", ".join(f"{r['label']} {r['val_logloss']:.5f} ({r['verdict']})" for r in records),
+                 allocation.notes["selected"])
         return allocation
+
+    def _candidate_scores(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                          statistics: Mapping[str, compress.OutputStatistics], ranks: Mapping[str, int],
+                          rows: int) -> dict[str, Any]:
+        """Validation AUC, logloss and per-row logits of the AFM-initialised copy at ``ranks`` (first ``rows``)."""
+        scores = evaluate(candidate_model(pl_module, planned, statistics, ranks),
+                          _first_rows(self._eval_loader(trainer, "val"), rows, self.label_fn), self.forward_fn,
+                          self.label_fn, to_device=lambda b: self._to_device(trainer, b), keep_predictions=True,
+                          split="val")
+        return {"val_auc": scores["auc"], "val_logloss": scores["logloss"], "logits": scores["logits"],
+                "labels": scores["labels"]}
 
     def _smallest_latency(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
                           prices: BudgetPrices) -> float:

@@ -20,8 +20,9 @@ a share of a table's variance and a share of a layer's are not worth the same to
 :func:`candidate_allocations` builds the knapsack at a few weights of the MLP layers' shares
 (:data:`MLP_WEIGHTS`) and the uniform rank pair that fits (:func:`lightning_afm.compress.uniform.choose_pair`);
 the callback AFM-initialises each on a copy of the model from the statistics already collected
-(no finetune), scores its logloss on the first ``select_rows`` validation rows, and keeps the
-lowest (:func:`select_allocation`). Without a validation split it keeps the equal-weight rule.
+(no finetune), scores it on the first ``select_rows`` validation rows, and keeps the uniform pair
+unless a candidate's logloss is lower by more than the noise of those rows (:func:`select_allocation`).
+Without a validation split it keeps the equal-weight rule.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from lightning_afm.compress.budget import (Allocation, Budget, InfeasibleBudgetE
 from lightning_afm.compress.pricing import Price, dense_us, fold_us_per_code, price_targets, rank_times
 from lightning_afm.compress.timing import ProductTimer
 from lightning_afm.compress.uniform import choose_pair
+from lightning_afm.callbacks.selection import compare
 from lightning_afm.callbacks.stages import CompressionStage
 
 __all__ = ["PlannedStage", "BudgetPrices", "price_stages", "check_budget", "allocate_for_budget",
@@ -228,23 +230,41 @@ def candidate_allocations(budget: Budget, prices: BudgetPrices,
     return found
 
 
-def select_allocation(candidates: Sequence[tuple[str, Allocation]],
-                      score: Callable[[Allocation], float]) -> tuple[Allocation, list[dict]]:
-    """The candidate with the lowest ``score`` (validation logloss; the first on a tie) and one record per
-    candidate: ``{"label", "ranks", "dense", "params", "val_logloss"}``. The winner's notes get
-    ``selected`` (its label) and ``candidates`` (the records)."""
+def select_allocation(candidates: Sequence[tuple[str, Allocation]], score: Callable[[Allocation], Mapping],
+                      reference: str = "uniform", significance: float = 1.0) -> tuple[Allocation, list[dict]]:
+    """The candidate the validation split prefers, and one record per candidate.
+
+    ``score(allocation)`` gives ``{"val_auc", "val_logloss"}`` and, for the paired test, the
+    per-row ``"logits"`` and ``"labels"`` (the same rows for every candidate). The candidate
+    labelled ``reference`` (the uniform pair; the first candidate, the equal-weight rule, when there
+    is none or its score is not finite) is kept unless another is ``"better"`` by
+    :func:`~lightning_afm.callbacks.selection.compare`: logloss lower by more than ``significance``
+    paired standard errors, AUC no lower; among those, the lowest logloss. A gain the validation
+    rows cannot tell from noise is no reason to leave the reference: picked on such a gain, a
+    candidate lost to uniform ranks on the test split after the finetune (the 1M-row file, seed 2,
+    in the README).
+
+    Records: ``{"label", "ranks", "dense", "params", "val_auc", "val_logloss", "verdict"}``
+    (``verdict`` against the reference: better, tie, worse, or reference). The winner's notes get
+    ``selected`` (its label), ``reference`` and ``candidates`` (the records).
+    """
     if not candidates:
         raise ValueError("select_allocation needs at least one candidate allocation")
-    records = []
-    for label, allocation in candidates:
-        value = float(score(allocation))
-        records.append({"label": label, "ranks": dict(allocation.ranks), "dense": list(allocation.notes["dense"]),
-                        "params": allocation.notes["params"], "val_logloss": value})
-    # a NaN score (a broken candidate) never wins
-    best = min(range(len(records)), key=lambda i: (not math.isfinite(records[i]["val_logloss"]),
-                                                     records[i]["val_logloss"], i))
+    scores = [dict(score(allocation)) for _, allocation in candidates]
+    labels = [label for label, _ in candidates]
+    ref = labels.index(reference) if reference in labels else 0
+    if not math.isfinite(float(scores[ref]["val_logloss"])):
+        ref = 0
+    verdicts = [compare("val_logloss", s, scores[ref], significance) if i != ref else "reference"
+                for i, s in enumerate(scores)]
+    better = [i for i, v in enumerate(verdicts) if v == "better"]
+    best = min(better, key=lambda i: (float(scores[i]["val_logloss"]), i)) if better else ref
+    records = [{"label": label, "ranks": dict(allocation.ranks), "dense": list(allocation.notes["dense"]),
+                "params": allocation.notes["params"], "val_auc": float(s["val_auc"]),
+                "val_logloss": float(s["val_logloss"]), "verdict": verdict}
+               for (label, allocation), s, verdict in zip(candidates, scores, verdicts)]
     winner = candidates[best][1]
-    winner.notes.update(selected=records[best]["label"], candidates=records)
+    winner.notes.update(selected=labels[best], reference=labels[ref], candidates=records)
     return winner, records
 
 
