@@ -18,7 +18,7 @@ A size budget with ``select="val"`` (the default) does not trust the equal-weigh
 it maximises the sum of kept variance *shares*, so 26 field tables outvote 2 MLP layers, although
 a share of a table's variance and a share of a layer's are not worth the same to the logit.
 :func:`candidate_allocations` builds the knapsack at a few weights of the MLP layers' shares
-(:data:`MLP_WEIGHTS`) and the uniform rank pair that fits (:func:`lightning_afm.compress.uniform.choose_pair`);
+(:data:`MLP_WEIGHTS`) and the uniform rank pair that fits (:func:`lightning_afm.callbacks.uniform.choose_pair`);
 the callback AFM-initialises each on a copy of the model from the statistics already collected
 (no finetune), scores it on the first ``select_rows`` validation rows, and keeps the uniform pair
 unless a candidate's logloss is lower by more than the noise of those rows (:func:`select_allocation`).
@@ -39,7 +39,7 @@ from lightning_afm.compress.budget import (Allocation, Budget, InfeasibleBudgetE
                                            rank_choices)
 from lightning_afm.compress.pricing import Price, dense_us, fold_us_per_code, price_targets, rank_times
 from lightning_afm.compress.timing import ProductTimer
-from lightning_afm.compress.uniform import choose_pair
+from lightning_afm.callbacks.uniform import choose_pair
 from lightning_afm.callbacks.selection import compare
 from lightning_afm.callbacks.stages import CompressionStage
 

@@ -28,8 +28,8 @@ import sys
 from collections.abc import Sequence
 
 from lightning_afm.compress.pricing import Price
-# the pair's rule lives with the pricing: the budget's own uniform candidate uses it too
-from lightning_afm.compress.uniform import PAPER_PROPORTION, UniformPair, choose_pair, uniform_params  # noqa: F401
+# the pair's rule lives beside the budget, whose own uniform candidate uses it too
+from lightning_afm.callbacks.uniform import PAPER_PROPORTION, UniformPair, choose_pair, uniform_params  # noqa: F401
 
 __all__ = ["UniformPair", "uniform_params", "choose_pair", "main"]
 

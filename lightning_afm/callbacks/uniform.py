@@ -1,7 +1,7 @@
 """The uniform rank pair (MLP rank, embedding rank) whose compressed model comes nearest a parameter count.
 
 Uniform ranks (``compression=afm``: one MLP rank, one embedding rank) are priced with the same
-per-rank prices the budget allocator uses (:mod:`.pricing`), without training anything:
+per-rank prices the budget allocator uses (:mod:`lightning_afm.compress.pricing`), without training anything:
 
     params(m, e) = params_now + sum_{MLP targets} (cost_i m + change_i) + sum_{fields} (cost_j e + change_j)
 
@@ -12,7 +12,8 @@ candidate. Many pairs then land within a hair of the budget (a high MLP rank wit
 ranks stand nearest the paper's proportion on Criteo (MLP 64 : embeddings 2, i.e. 32 : 1, on a
 log scale) wins. The pareto recipe compares budgeted AFM against that pair
 (:mod:`lightning_afm.report.pareto_ranks`), and a size budget scores it as one of its candidate
-allocations (:mod:`lightning_afm.callbacks.budgeting`).
+allocations (:mod:`.budgeting`; the module lives beside it, not in
+``compress``, which names none of the zoo's attributes).
 """
 
 from __future__ import annotations
