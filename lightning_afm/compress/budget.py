@@ -94,10 +94,11 @@ class Budget:
         multiple: MLP Linears get ranks in multiples of this (the matrix products' preferred
             widths); fields step by 1. A Linear narrower than it gets its full width at most.
         allocator: ``"greedy"`` or ``"exact"`` (see the module docstring).
-        select: ``"val"`` (a size budget's allocation is the candidate with the lowest validation
-            logloss right after AFM's initialisation, no finetune; the equal-weight rule when there is
-            no validation split) or ``"variance"`` (the equal-weight rule). Latency and
-            kept-variance budgets use the equal-weight rule.
+        select: ``"val"`` (a size budget's allocation is chosen among candidates scored on the
+            validation split right after AFM's initialisation, no finetune: the uniform pair unless
+            one is better beyond the noise; the equal-weight rule when there is no validation split)
+            or ``"variance"`` (the equal-weight rule). Latency and kept-variance budgets use the
+            equal-weight rule.
         select_rows: validation rows each candidate is scored on (the first whole batches reaching it).
 
     Example:
