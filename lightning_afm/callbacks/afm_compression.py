@@ -59,7 +59,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_afm import compress
-from lightning_afm.compress.budget import Budget
+from lightning_afm.compress.budget import Allocation, Budget
 from lightning_afm.compress.checkpoint import PLAN_CHECKPOINT_KEY, restore_compressed_structure
 from lightning_afm.compress.contract import mlp_reads_codes
 from lightning_afm.compress.registry import factored_types
@@ -67,9 +67,9 @@ from lightning_afm.callbacks import lightning_compat
 from lightning_afm.callbacks.evaluation import ForwardFn, LabelFn, default_forward, default_labels, evaluate
 from lightning_afm.callbacks.selection import BestState, check_batches, compare
 from lightning_afm.callbacks.budgeting import (BudgetPrices, PlannedStage, allocate_for_budget, allocate_for_latency,
-                                               check_budget, check_latency, latency_times, price_stages,
-                                               smallest_ranks)
-from lightning_afm.callbacks.latency import inference_latency_ms, planned_structure
+                                               candidate_allocations, check_budget, check_latency, latency_times,
+                                               price_stages, select_allocation, smallest_ranks)
+from lightning_afm.callbacks.latency import candidate_model, inference_latency_ms, planned_structure
 from lightning_afm.compress.timing import ProductTimer
 from lightning_afm.callbacks.stages import CompressionStage, EmbeddingStage, leaves_projections
 
@@ -890,11 +890,65 @@ class AFMCompressionCallback(pl.Callback):
                 # each rank times its own machine: every rank swaps at rank 0's ranks
                 allocation = self._allocate_latency(trainer, pl_module, planned, prices, statistics)
                 self.allocation = self._rank_zero(trainer, allocation.to_dict())
+            elif self.budget.sized and self.budget.select == "val":
+                allocation = self._select_by_validation(trainer, pl_module, planned, prices, statistics)
+                self.allocation = self._rank_zero(trainer, allocation.to_dict())
             else:
                 self.allocation = allocate_for_budget(self.budget, prices, statistics).to_dict()
         log.info("AFM budget: ranks %s -> %s parameters", self.allocation["ranks"], f"{self.allocation['params']:,}")
         own = set(planned[0].names)
         return {name: stats for name, stats in statistics.items() if name in own}
+
+    def _select_by_validation(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                              prices: BudgetPrices, statistics: Mapping[str, compress.OutputStatistics]) -> Allocation:
+        """A size budget's allocation: among the candidates (:func:`candidate_allocations`), AFM-initialised
+        copies scored on the first ``select_rows`` validation rows, the uniform pair unless another is
+        better beyond the current stage's ``significance`` (:func:`select_allocation`); the equal-weight rule,
+        with a warning, when there is no validation split or a fixed-rank stage is still to come (its
+        factors need statistics this pass did not collect)."""
+        loader = self._eval_loader(trainer, "val")
+        reason = ("there is no validation split" if loader is None else
+                  "a fixed-rank stage is still to come" if any(not p.stage.auto_rank for p in planned) else None)
+        if reason is not None:
+            rank_zero_warn(f"AFM budget: select='val' scores candidate allocations on the validation split, but "
+                           f"{reason}; using the equal-weight rule (select='variance')")
+            allocation = allocate_for_budget(self.budget, prices, statistics)
+            allocation.notes.update(selection="variance", selection_note=f"select='val' fell back: {reason}")
+            return allocation
+        candidates = candidate_allocations(self.budget, prices, statistics)
+        rows = -(-int(self.budget.select_rows) // max(trainer.world_size, 1))
+        started = self._now(pl_module)
+        # scoring iterates a loader, which draws a seed from the global generator: put it back, so the
+        # finetune that follows shuffles as it would have without the selection
+        cpu_state = torch.random.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            allocation, records = select_allocation(
+                candidates, lambda candidate: self._candidate_scores(trainer, pl_module, planned, statistics,
+                                                                     candidate.ranks, rows),
+                significance=float(planned[0].stage.significance))
+        finally:
+            torch.random.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+        allocation.notes.update(selection="val", selection_rows=int(self.budget.select_rows),
+                                selection_s=round(self._now(pl_module) - started, 3))
+        log.info("AFM budget: %d candidate allocations scored on the validation split in %.1f s: %s; kept %s",
+                 len(records), allocation.notes["selection_s"],
+                 ", ".join(f"{r['label']} {r['val_logloss']:.5f} ({r['verdict']})" for r in records),
+                 allocation.notes["selected"])
+        return allocation
+
+    def _candidate_scores(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
+                          statistics: Mapping[str, compress.OutputStatistics], ranks: Mapping[str, int],
+                          rows: int) -> dict[str, Any]:
+        """Validation AUC, logloss and per-row logits of the AFM-initialised copy at ``ranks`` (first ``rows``)."""
+        scores = evaluate(candidate_model(pl_module, planned, statistics, ranks),
+                          _first_rows(self._eval_loader(trainer, "val"), rows, self.label_fn), self.forward_fn,
+                          self.label_fn, to_device=lambda b: self._to_device(trainer, b), keep_predictions=True,
+                          split="val")
+        return {"val_auc": scores["auc"], "val_logloss": scores["logloss"], "logits": scores["logits"],
+                "labels": scores["labels"]}
 
     def _smallest_latency(self, trainer: pl.Trainer, pl_module: nn.Module, planned: Sequence[PlannedStage],
                           prices: BudgetPrices) -> float:

@@ -13,11 +13,22 @@ the rest of the forward) is built on a copy and its inference form timed
 above its smallest rank (:func:`lightning_afm.compress.pricing.rank_times`). The allocation's
 structure is then built and timed before any module changes; if it overruns (the products do
 not add up exactly), the allocation is redone with that much less room.
+
+A size budget with ``select="val"`` (the default) does not trust the equal-weight knapsack alone:
+it maximises the sum of kept variance *shares*, so 26 field tables outvote 2 MLP layers, although
+a share of a table's variance and a share of a layer's are not worth the same to the logit.
+:func:`candidate_allocations` builds the knapsack at a few weights of the MLP layers' shares
+(:data:`MLP_WEIGHTS`) and the uniform rank pair that fits (:func:`lightning_afm.callbacks.uniform.choose_pair`);
+the callback AFM-initialises each on a copy of the model from the statistics already collected
+(no finetune), scores it on the first ``select_rows`` validation rows, and keeps the uniform pair
+unless a candidate's logloss is lower by more than the noise of those rows (:func:`select_allocation`).
+Without a validation split it keeps the equal-weight rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,13 +39,19 @@ from lightning_afm.compress.budget import (Allocation, Budget, InfeasibleBudgetE
                                            rank_choices)
 from lightning_afm.compress.pricing import Price, dense_us, fold_us_per_code, price_targets, rank_times
 from lightning_afm.compress.timing import ProductTimer
+from lightning_afm.callbacks.uniform import choose_pair
+from lightning_afm.callbacks.selection import compare
 from lightning_afm.callbacks.stages import CompressionStage
 
 __all__ = ["PlannedStage", "BudgetPrices", "price_stages", "check_budget", "allocate_for_budget",
-           "smallest_ranks", "check_latency", "latency_times", "allocate_for_latency", "LATENCY_RETRIES"]
+           "smallest_ranks", "check_latency", "latency_times", "allocate_for_latency", "LATENCY_RETRIES",
+           "MLP_WEIGHTS", "candidate_allocations", "select_allocation"]
 
 #: Allocations tried for a latency budget before keeping the last (each measured on a copy).
 LATENCY_RETRIES = 3
+#: Weights of the MLP layers' kept shares (the tables' stay 1) of the candidate allocations a
+#: size budget scores on the validation split; 1 is the equal-weight rule.
+MLP_WEIGHTS = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: Microseconds a unit of rank costs at least (measured times below it are noise).
 _FLOOR_US = 1e-3
 
@@ -142,20 +159,113 @@ def check_budget(budget: Budget, prices: BudgetPrices) -> None:
 
 
 def allocate_for_budget(budget: Budget, prices: BudgetPrices,
-                        statistics: Mapping[str, compress.OutputStatistics]) -> Allocation:
-    """The auto targets' ranks for ``budget`` from their statistics (all of them, one pass)."""
+                        statistics: Mapping[str, compress.OutputStatistics], mlp_weight: float = 1.0) -> Allocation:
+    """The auto targets' ranks for ``budget`` from their statistics (all of them, one pass); the MLP
+    layers' kept shares count ``mlp_weight`` times in the knapsack (1: the equal-weight rule)."""
     if budget.timed:
         raise ValueError(f"a latency budget ({budget.describe()}) is measured: use allocate_for_latency")
     check_budget(budget, prices)
     targets = _rank_targets(budget, prices, statistics)
     if budget.sized:
-        allocation = allocate_ranks(targets, prices.targets_capacity(budget), budget.allocator)
+        weighted = [t if _is_table(prices, t.name) else dataclasses.replace(t, weight=mlp_weight) for t in targets]
+        allocation = allocate_ranks(weighted, prices.targets_capacity(budget), budget.allocator)
     else:
         allocation = allocate_ranks(targets, kept_variance=budget.kept_variance)
+    return _finish(allocation, prices, budget)
+
+
+def _is_table(prices: BudgetPrices, name: str) -> bool:
+    return next(p for p in prices.auto if p.name == name).is_table
+
+
+def _finish(allocation: Allocation, prices: BudgetPrices, budget: Budget) -> Allocation:
+    """Dense choices set apart and the budget block's notes (budget, params) added."""
     _set_dense_apart(allocation, prices)
     allocation.notes.update(budget=budget.describe(), params=prices.params_at(allocation.ranks),
                             params_as_it_comes=prices.params_as_it_comes)
     return allocation
+
+
+def _uniform_allocation(budget: Budget, prices: BudgetPrices,
+                        statistics: Mapping[str, compress.OutputStatistics]) -> Allocation | None:
+    """The uniform pair nearest the budget from below (one MLP rank, one table rank; the pareto
+    recipe's rule) as an allocation, or None when none fits or the targets are not both kinds.
+
+    A rank past a target's break-even becomes its dense module where it may stay dense, else its
+    largest saving rank (what the budget allows; the count is checked again after that)."""
+    allowed = budget.max_params(prices.params_as_it_comes, prices.bytes_per_param)
+    try:
+        pair = choose_pair(prices.params_now + prices.fixed, prices.auto, allowed, budget.multiple)
+    except ValueError:  # no pair fits, or no MLP or no table targets: no uniform candidate
+        return None
+    ranks = {}
+    for p in prices.auto:
+        options = prices.options(p, budget.multiple)
+        wanted = min(pair.emb if p.is_table else pair.mlp, p.max_rank)
+        ranks[p.name] = wanted if wanted in options else max([k for k in options if k <= wanted] or options[:1])
+    if prices.params_at(ranks) > allowed:
+        return None
+    targets = {t.name: t for t in _rank_targets(budget, prices, statistics)}
+    allocation = Allocation(ranks=ranks, kept={n: targets[n].kept(k) for n, k in ranks.items()},
+                            cost=sum(targets[n].cost_at(k) for n, k in ranks.items()), allocator="uniform")
+    return _finish(allocation, prices, budget)
+
+
+def candidate_allocations(budget: Budget, prices: BudgetPrices,
+                          statistics: Mapping[str, compress.OutputStatistics]) -> list[tuple[str, Allocation]]:
+    """A size budget's candidate allocations, distinct, labelled: the knapsack at each MLP weight of
+    :data:`MLP_WEIGHTS` (``"mlp_weight=W"``; the first is the equal-weight rule) and the uniform pair
+    that fits (``"uniform"``, when one does)."""
+    if not budget.sized:
+        raise ValueError(f"candidate allocations are for a size budget, not {budget.describe()}")
+    found: list[tuple[str, Allocation]] = []
+    options = [(f"mlp_weight={w:g}", allocate_for_budget(budget, prices, statistics, w)) for w in MLP_WEIGHTS]
+    uniform = _uniform_allocation(budget, prices, statistics)
+    if uniform is not None:
+        options.append(("uniform", uniform))
+    for label, allocation in options:
+        key = (allocation.ranks, allocation.notes["dense"])
+        if all((a.ranks, a.notes["dense"]) != key for _, a in found):
+            found.append((label, allocation))
+    return found
+
+
+def select_allocation(candidates: Sequence[tuple[str, Allocation]], score: Callable[[Allocation], Mapping],
+                      reference: str = "uniform", significance: float = 1.0) -> tuple[Allocation, list[dict]]:
+    """The candidate the validation split prefers, and one record per candidate.
+
+    ``score(allocation)`` gives ``{"val_auc", "val_logloss"}`` and, for the paired test, the
+    per-row ``"logits"`` and ``"labels"`` (the same rows for every candidate). The candidate
+    labelled ``reference`` (the uniform pair; the first candidate, the equal-weight rule, when there
+    is none or its score is not finite) is kept unless another is ``"better"`` by
+    :func:`~lightning_afm.callbacks.selection.compare`: logloss lower by more than ``significance``
+    paired standard errors, AUC no lower; among those, the lowest logloss. A gain the validation
+    rows cannot tell from noise is no reason to leave the reference: picked on such a gain, a
+    candidate lost to uniform ranks on the test split after the finetune (the 1M-row file, seed 2,
+    in the README).
+
+    Records: ``{"label", "ranks", "dense", "params", "val_auc", "val_logloss", "verdict"}``
+    (``verdict`` against the reference: better, tie, worse, or reference). The winner's notes get
+    ``selected`` (its label), ``reference`` and ``candidates`` (the records).
+    """
+    if not candidates:
+        raise ValueError("select_allocation needs at least one candidate allocation")
+    scores = [dict(score(allocation)) for _, allocation in candidates]
+    labels = [label for label, _ in candidates]
+    ref = labels.index(reference) if reference in labels else 0
+    if not math.isfinite(float(scores[ref]["val_logloss"])):
+        ref = 0
+    verdicts = [compare("val_logloss", s, scores[ref], significance) if i != ref else "reference"
+                for i, s in enumerate(scores)]
+    better = [i for i, v in enumerate(verdicts) if v == "better"]
+    best = min(better, key=lambda i: (float(scores[i]["val_logloss"]), i)) if better else ref
+    records = [{"label": label, "ranks": dict(allocation.ranks), "dense": list(allocation.notes["dense"]),
+                "params": allocation.notes["params"], "val_auc": float(s["val_auc"]),
+                "val_logloss": float(s["val_logloss"]), "verdict": verdict}
+               for (label, allocation), s, verdict in zip(candidates, scores, verdicts)]
+    winner = candidates[best][1]
+    winner.notes.update(selected=labels[best], reference=labels[ref], candidates=records)
+    return winner, records
 
 
 def _set_dense_apart(allocation: Allocation, prices: BudgetPrices) -> None:

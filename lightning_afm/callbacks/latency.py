@@ -5,7 +5,8 @@
 median of several runs). :func:`planned_structure` builds, on a copy, the structure the stages to
 come would leave at given ranks (bare factors from their plan entries, no statistics), so the
 smallest structure's latency, and a candidate allocation's, are measured before any module of the
-model changes.
+model changes. :func:`candidate_model` builds the same structure with AFM's own factors from
+collected statistics, for a size budget's validation scoring of candidate allocations.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lightning_afm.compress.surgery import get_submodule
 from lightning_afm.compress.timing import median_ms
 from lightning_afm.callbacks.budgeting import PlannedStage
 
-__all__ = ["planned_structure", "inference_latency_ms", "random_rows"]
+__all__ = ["planned_structure", "candidate_model", "inference_latency_ms", "random_rows"]
 
 
 def random_rows(model: nn.Module, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -84,4 +85,24 @@ def planned_structure(model: nn.Module, planned: Sequence[PlannedStage], ranks: 
         for parameter in out.parameters():
             if parameter.is_floating_point():
                 parameter.copy_(0.01 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return out
+
+
+def candidate_model(model: nn.Module, planned: Sequence[PlannedStage],
+                    statistics: Mapping[str, compress.OutputStatistics], ranks: Mapping[str, int]) -> nn.Module:
+    """A copy of ``model`` with every target of ``planned`` (all auto stages) initialised by its stage's
+    method from ``statistics`` at ``ranks[name]`` (a target not in it stays dense, as the budget leaves
+    it), folded where its stage folds: the candidate as its stages would swap it, before any finetune.
+    """
+    out = copy.deepcopy(model)
+    for p in planned:
+        if not p.stage.auto_rank:
+            raise ValueError(f"candidate_model builds auto stages only; stage {p.stage.name!r} has rank {p.stage.rank}")
+        names = [name for name in p.names if name in ranks]
+        if names:
+            compress.compress_targets(out, names, {name: statistics[name] for name in names},
+                                      rank={name: int(ranks[name]) for name in names}, method=p.stage.method,
+                                      **p.stage.build_options())
+        if p.fold_width is not None:
+            compress.fold_into_first_linear(out)
     return out

@@ -7,8 +7,11 @@ of rank (``n + m + 1`` for a Linear ``n -> m``; ``s + t`` for a table of ``s`` r
 ``k_i`` keeps the share ``v_i(k_i) = sum(lambda_i[:k_i]) / sum(lambda_i)`` of its variance. The
 allocation maximises ``sum_i v_i(k_i)`` subject to ``sum_i cost_i k_i <= capacity``, every
 ``k_i`` at least its smallest allowed rank (1 for a field) and a multiple of its ``step`` (or its
-largest rank): each target weighs the same, so rank goes where the variance kept per parameter
-is highest.
+largest rank). With every ``weight_i`` 1 (the default) each target weighs the same, so rank goes
+where the variance kept per parameter is highest; a target of ``weight_i = w`` counts its kept
+share ``w`` times (``sum_i w_i v_i(k_i)``). A share of a field's variance and a share of an MLP
+layer's are not worth the same to the logit, so the callback builds allocations at a few MLP
+weights and keeps the one the validation split scores best (:mod:`lightning_afm.callbacks.budgeting`).
 
 * ``"greedy"``: start every target at its smallest rank and repeatedly take the step (``step``
   more components of one target) with the largest variance gained per parameter that still
@@ -37,9 +40,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Budget", "RankTarget", "Allocation", "InfeasibleBudgetError", "allocate_ranks", "rank_choices",
-           "ALLOCATORS", "DEFAULT_LINEAR_MULTIPLE", "DEFAULT_LATENCY_BATCH", "SIZES"]
+           "ALLOCATORS", "SELECTIONS", "DEFAULT_LINEAR_MULTIPLE", "DEFAULT_LATENCY_BATCH", "DEFAULT_SELECT_ROWS",
+           "SIZES"]
 
 ALLOCATORS = ("greedy", "exact")
+#: How a size budget's allocation is chosen: ``"val"`` scores candidate allocations on the
+#: validation split (:mod:`lightning_afm.callbacks.budgeting`), ``"variance"`` keeps the
+#: equal-weight knapsack (every target's kept share counts the same).
+SELECTIONS = ("val", "variance")
+#: Validation rows each candidate allocation is scored on (``select="val"``).
+DEFAULT_SELECT_ROWS = 100_000
 #: Rank step of MLP Linears. ``benchmarks/bench_rank_multiple.py`` times the factored pair
 #: ``n -> r -> n`` at batch 10,000 on one thread for every ``r``; see the README's "Budgeted AFM"
 #: for the figures that kept 8.
@@ -84,6 +94,12 @@ class Budget:
         multiple: MLP Linears get ranks in multiples of this (the matrix products' preferred
             widths); fields step by 1. A Linear narrower than it gets its full width at most.
         allocator: ``"greedy"`` or ``"exact"`` (see the module docstring).
+        select: ``"val"`` (a size budget's allocation is chosen among candidates scored on the
+            validation split right after AFM's initialisation, no finetune: the uniform pair unless
+            one is better beyond the noise; the equal-weight rule when there is no validation split)
+            or ``"variance"`` (the equal-weight rule). Latency and kept-variance budgets use the
+            equal-weight rule.
+        select_rows: validation rows each candidate is scored on (the first whole batches reaching it).
 
     Example:
         >>> Budget(ratio=5.0).describe()
@@ -100,6 +116,8 @@ class Budget:
     batch: int = DEFAULT_LATENCY_BATCH
     multiple: int = DEFAULT_LINEAR_MULTIPLE
     allocator: str = "greedy"
+    select: str = "val"
+    select_rows: int = DEFAULT_SELECT_ROWS
 
     def __post_init__(self) -> None:
         given = [n for n in SIZES if getattr(self, n) is not None]
@@ -118,6 +136,10 @@ class Budget:
                              f"got {self.multiple!r}")
         if self.allocator not in ALLOCATORS:
             raise ValueError(f"Budget: allocator must be one of {ALLOCATORS}, got {self.allocator!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"Budget: select must be one of {SELECTIONS} ('val': candidate allocations scored on "
+                             f"the validation split; 'variance': the equal-weight rule), got {self.select!r}")
+        _positive(self.select_rows, "select_rows (validation rows per candidate allocation)", integral=True)
 
     @classmethod
     def from_value(cls, value: "Budget | Mapping[str, Any] | None") -> "Budget | None":
@@ -125,7 +147,7 @@ class Budget:
         if value is None or isinstance(value, Budget):
             return value
         if isinstance(value, Mapping):
-            known = set(SIZES) | {"batch", "multiple", "allocator"}
+            known = set(SIZES) | {"batch", "multiple", "allocator", "select", "select_rows"}
             unknown = sorted(set(value) - known)
             if unknown:
                 raise ValueError(f"Budget: unknown settings {unknown}; the settings are {sorted(known)}")
@@ -188,6 +210,7 @@ class RankTarget:
             :func:`rank_choices` must be in it.
         choices: the allowed ranks, ascending, when not the multiples of ``step`` (the callback
             leaves out the ranks at which a factored layer would be larger than the dense one).
+        weight: how many times its kept share counts in the allocation's objective (> 0).
     """
 
     name: str
@@ -197,8 +220,11 @@ class RankTarget:
     step: int = 1
     costs: Mapping[int, float] | None = None
     choices: Sequence[int] | None = None
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"target {self.name!r}: weight must be a positive number, got {self.weight!r}")
         if self.max_rank < 1 or self.step < 1 or self.cost < 0:
             raise ValueError(f"target {self.name!r}: max_rank and step must be >= 1 and cost >= 0, got "
                              f"max_rank={self.max_rank}, step={self.step}, cost={self.cost}")
@@ -307,7 +333,7 @@ def _best_step(target: RankTarget, ranks: list[int], at: int, room: float) -> tu
     base_cost, base_kept = target.cost_at(ranks[at]), target.kept(ranks[at])
     for j in range(at + 1, len(ranks)):
         added = target.cost_at(ranks[j]) - base_cost
-        gain = target.kept(ranks[j]) - base_kept
+        gain = target.weight * (target.kept(ranks[j]) - base_kept)
         if added > room:
             continue
         ratio = math.inf if added <= 0 else gain / added
@@ -345,7 +371,7 @@ def _exact(targets: Sequence[RankTarget], capacity: float) -> dict[str, int]:
     # states: (cost, kept, ranks) on the Pareto front, ascending in cost and strictly in kept
     states: list[tuple[float, float, tuple[int, ...]]] = [(0, 0.0, ())]
     for t in targets:
-        grown = [(c + t.cost_at(k), v + t.kept(k), ranks + (k,))
+        grown = [(c + t.cost_at(k), v + t.weight * t.kept(k), ranks + (k,))
                  for c, v, ranks in states for k in rank_choices(t) if c + t.cost_at(k) <= capacity]
         grown.sort(key=lambda s: (s[0], -s[1]))
         states = []

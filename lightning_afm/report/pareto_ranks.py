@@ -24,65 +24,14 @@ the smallest structure (MLP rank ``multiple``, rank 1 per field) fits, which a b
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from lightning_afm.compress.pricing import Price
-
-#: The paper's Criteo ranks (MLP 64, embeddings 2): the proportion a uniform pair keeps where the count allows.
-PAPER_PROPORTION = 64 / 2
+# the pair's rule lives beside the budget, whose own uniform candidate uses it too
+from lightning_afm.callbacks.uniform import PAPER_PROPORTION, UniformPair, choose_pair, uniform_params  # noqa: F401
 
 __all__ = ["UniformPair", "uniform_params", "choose_pair", "main"]
-
-
-@dataclass(frozen=True)
-class UniformPair:
-    """A uniform configuration: MLP rank ``mlp``, embedding rank ``emb``, and its parameter count."""
-
-    mlp: int
-    emb: int
-    params: int
-
-
-def uniform_params(params_now: int, prices: Sequence[Price], mlp: int, emb: int) -> int:
-    """Parameters after compressing every target of ``prices`` (MLP layers at ``mlp``, tables at ``emb``).
-
-    Ranks above a target's ``max_rank`` are capped there, as the stages cap them.
-    """
-    total = params_now
-    for p in prices:
-        total += p.added(min(emb if p.is_table else mlp, p.max_rank))
-    return total
-
-
-def choose_pair(params_now: int, prices: Sequence[Price], max_params: int, multiple: int = 8,
-                slack: float = 0.01) -> UniformPair:
-    """The uniform pair nearest ``max_params`` from below (see the module docstring for the rule).
-
-    Raises ValueError naming the smallest uniform count when even ``(multiple, 1)`` is over it.
-    """
-    tables = [p for p in prices if p.is_table]
-    linears = [p for p in prices if not p.is_table]
-    if not tables or not linears:
-        raise ValueError("choose_pair needs both MLP and table targets (compression=afm_auto prices both)")
-    max_mlp = max(p.max_rank for p in linears)
-    max_emb = max(p.max_rank for p in tables)
-    largest: list[UniformPair] = []  # per embedding rank, the largest MLP rank that fits
-    for emb in range(1, max_emb + 1):
-        fitting = [UniformPair(m, emb, uniform_params(params_now, prices, m, emb))
-                   for m in range(multiple, max_mlp + multiple, multiple)]
-        fitting = [c for c in fitting if c.params <= max_params]
-        if fitting:
-            largest.append(max(fitting, key=lambda c: c.params))
-    if not largest:
-        least = uniform_params(params_now, prices, multiple, 1)
-        raise ValueError(f"no uniform rank pair fits {max_params:,} parameters: MLP rank {multiple} and embedding "
-                         f"rank 1 already leave {least:,}; choose a smaller ratio")
-    top = max(c.params for c in largest)
-    near = [c for c in largest if c.params >= top - slack * max_params]
-    return min(near, key=lambda c: (abs(math.log(c.mlp / c.emb / PAPER_PROPORTION)), -c.params))
 
 
 def _price_config(overrides: Sequence[str]) -> tuple[int, list[Price]]:
