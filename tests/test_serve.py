@@ -466,9 +466,9 @@ def test_a_raw_file_whose_columns_do_not_match_the_schema_is_named(tmp_path):
     encoder = Encoder.from_cache(result.path)
     renamed = tmp_path / "renamed.csv"  # the header (line 1) names 'cost' where the schema has 'price'
     renamed.write_text(path.read_text().replace("price", "cost", 1))
-    with pytest.raises(DataConfigError, match=r"renamed\.csv: configured columns not found: \['price'\]"):
+    with pytest.raises(DataConfigError, match=r"renamed\.csv: configured columns not found: \['price'\] \(line 1, the header row\)"):
         encoder.file_source(renamed)
     table = pa.csv.read_csv(path).drop_columns(["device"])
     pq.write_table(table, tmp_path / "rows.parquet")
-    with pytest.raises(DataConfigError, match=r"rows\.parquet: configured columns not found: \['device'\]"):
+    with pytest.raises(DataConfigError, match=r"rows\.parquet: configured columns not found: \['device'\] \(the Parquet file's schema\)"):
         encoder.file_source(tmp_path / "rows.parquet")

@@ -286,15 +286,20 @@ class TableSource:
         if self.path.stat().st_size == 0:
             raise DataConfigError(f"{self.path} is empty: there are no rows to read")
 
-    def _check_columns(self, available: Sequence[str]) -> None:
+    def _check_columns(self, available: Sequence[str], where: str = "") -> None:
+        """Raise when a configured column is not among ``available``; ``where`` says where those
+        names came from (e.g. "line 1, the header row"), so the error points at the line to fix."""
         have = set(available)
+        at = f" ({where})" if where else ""
         if self.spec.label is not None and self.spec.label not in have:
             raise DataConfigError(
-                f"{self.path}: label column {self.spec.label!r} not found; {_describe_columns(available)}"
+                f"{self.path}: label column {self.spec.label!r} not found{at}; {_describe_columns(available)}"
             )
         missing = [c for c in self.spec.categorical + self.spec.numeric if c not in have]
         if missing:
-            raise DataConfigError(f"{self.path}: configured columns not found: {missing}; {_describe_columns(available)}")
+            raise DataConfigError(
+                f"{self.path}: configured columns not found: {missing}{at}; {_describe_columns(available)}"
+            )
 
     def lines_of(self, records: np.ndarray) -> np.ndarray:
         """Where records ``int64 [k]`` (1-based record numbers) lie in the file: ``int64 [k]`` lines (or rows)."""
@@ -462,12 +467,12 @@ class CsvSource(TableSource):
                     f"{self.path}: expected {len(self.column_names)} columns separated by {self.sep!r} "
                     f"({self.column_names[0]}, ..., {self.column_names[-1]}), the first line has {found}"
                 )
-            self._check_columns(self.column_names)
+            self._check_columns(self.column_names, "data.column_names")
         else:
             if not first:
                 raise DataConfigError(f"{self.path} is empty: expected a header row and data rows")
             header = next(csv.reader(io.StringIO(first[0]), delimiter=self.sep, quotechar=self.quote_char or '"'))
-            self._check_columns(header)
+            self._check_columns(header, "line 1, the header row")
             if len(first) < 2:
                 raise DataConfigError(f"{self.path} has a header row but no data rows")
 
@@ -641,7 +646,7 @@ class ParquetSource(TableSource):
             meta = pq.ParquetFile(self.path)
         except Exception as exc:  # pyarrow raises several types for a non-Parquet file
             raise DataConfigError(f"{self.path} is not a readable Parquet file: {exc}") from exc
-        self._check_columns(meta.schema_arrow.names)
+        self._check_columns(meta.schema_arrow.names, "the Parquet file's schema")
         if meta.metadata.num_rows == 0:
             raise DataConfigError(f"{self.path} has no rows")
 
