@@ -133,7 +133,9 @@ def test_allocate_for_latency_keeps_a_measured_fit_and_falls_back_to_the_smalles
     out = allocate_for_latency(budget, prices, stats, times, smallest_ms=10.0, measure=as_predicted)
     assert sum(out.ranks.values()) == 2 + 4 and out.notes["planned_latency_ms"] == [14.0]
     assert out.notes["predicted_latency_ms"] == pytest.approx(14.0)
-    # the structures measure 4 ms over what the products say: the next try has 4 ms less room
+    # the structures measure 2 ms over what the products say for every unit of rank above the
+    # smallest (the try at 4 ms predicted measures 8 ms above it): each retry divides the room by
+    # the measured factor and is a smaller structure, down to the smallest
     seen = []
 
     def slow(ranks):
@@ -141,8 +143,20 @@ def test_allocate_for_latency_keeps_a_measured_fit_and_falls_back_to_the_smalles
         return 12.0 + sum(ranks.values())
 
     out = allocate_for_latency(budget, prices, stats, times, smallest_ms=10.0, measure=slow)
-    assert [sum(r.values()) for r in seen] == [6, 2] and out.ranks == {"a": 1, "b": 1}
-    assert out.notes["planned_latency_ms"] == [18.0, 14.0]
+    assert [sum(r.values()) for r in seen] == [6, 4, 3, 2] and out.ranks == {"a": 1, "b": 1}
+    assert out.notes["planned_latency_ms"] == [18.0, 16.0, 15.0, 14.0]
+    # the whole forward costs three times the products' sum (DeepFM measured 1.5x to 2.2x): the
+    # retry's room is divided by 3 and that structure fits, where subtracting the 10 ms overrun
+    # from the 8 ms of room would have left none (the smallest structure, 4 ms of budget unused)
+    seen.clear()
+
+    def thrice(ranks):
+        seen.append(dict(ranks))
+        return 10.0 + 3.0 * (sum(ranks.values()) - 2)
+
+    out = allocate_for_latency(Budget(latency_ms=18.0, batch=10), prices, stats, times, smallest_ms=10.0,
+                               measure=thrice)
+    assert [sum(r.values()) for r in seen] == [8, 4] and out.notes["planned_latency_ms"] == [28.0, 16.0]
     # always over: the smallest structure after the retries
     out = allocate_for_latency(budget, prices, stats, times, smallest_ms=10.0, measure=lambda ranks: 99.0)
     assert out.ranks == {"a": 1, "b": 1} and len(out.notes["planned_latency_ms"]) == LATENCY_RETRIES + 1
