@@ -135,7 +135,8 @@ def test_choose_pair_matches_brute_force(max_params):
     pair = choose_pair(NOW, PRICES, max_params)
     assert pair.params == uniform_params(NOW, PRICES, pair.mlp, pair.emb) == _reference_count(pair.mlp, pair.emb)
     assert pair.params <= max_params and pair.mlp % 8 == 0
-    every = [(m, e, _reference_count(m, e)) for m, e in itertools.product(range(8, 408, 8), range(1, 17))]
+    # MLP ranks up to the layers' break-even: 800 m - 160,400 < 0, i.e. m <= 200
+    every = [(m, e, _reference_count(m, e)) for m, e in itertools.product(range(8, 208, 8), range(1, 17))]
     fitting = [c for c in every if c[2] <= max_params]
     # the rule: among the largest MLP rank per embedding rank, those within 1 % of the best count,
     # the nearest to the paper's 32 : 1 proportion
@@ -144,6 +145,17 @@ def test_choose_pair_matches_brute_force(max_params):
     near = [c for c in per_emb.values() if c[2] >= top - 0.01 * max_params]
     want = min(near, key=lambda c: (abs(math.log(c[0] / c[1] / PAPER_PROPORTION)), -c[2]))
     assert (pair.mlp, pair.emb, pair.params) == want
+
+
+def test_choose_pair_never_takes_an_mlp_rank_past_the_break_even():
+    # a generous budget: without the cap the largest count is MLP rank 400 (a factored 400 x 400
+    # layer with twice the dense layer's parameters); with it, 200 (the largest rank that saves)
+    pair = choose_pair(NOW, PRICES, 10_000_000)
+    assert pair.mlp == 200
+    assert all(p.added(pair.mlp) < 0 for p in PRICES if not p.is_table)
+    # a layer whose break-even is lower caps every layer's uniform rank
+    narrow = [*PRICES, Price("mlp.3.linear", 500, -40_100, 100, False)]  # 100 x 400: saves up to rank 80
+    assert choose_pair(NOW, narrow, 10_000_000).mlp == 80
 
 
 def test_choose_pair_names_the_smallest_uniform_count_when_nothing_fits():

@@ -6,7 +6,8 @@ per-rank prices the budget allocator uses (:mod:`lightning_afm.compress.pricing`
     params(m, e) = params_now + sum_{MLP targets} (cost_i m + change_i) + sum_{fields} (cost_j e + change_j)
 
 For each embedding rank ``e`` (1 .. the embedding width) the largest MLP rank ``m`` (a multiple
-of ``multiple``, capped at the layer width) whose count stays at or under the budget is a
+of ``multiple``, at most every MLP layer's break-even rank, past which its factored pair would
+hold more parameters than the dense layer) whose count stays at or under the budget is a
 candidate. Many pairs then land within a hair of the budget (a high MLP rank with embedding rank
 1, or the reverse), so among the pairs within ``slack`` (1 %) of the largest count, the one whose
 ranks stand nearest the paper's proportion on Criteo (MLP 64 : embeddings 2, i.e. 32 : 1, on a
@@ -50,6 +51,13 @@ def uniform_params(params_now: int, prices: Sequence[Price], mlp: int, emb: int)
     return total
 
 
+def _largest_saving(price: Price, multiple: int) -> int:
+    """The largest multiple of ``multiple`` at which a Linear's factored pair saves parameters
+    (``multiple`` itself when none does: the smallest uniform rank is still one to price)."""
+    saving = price.saving_ranks(multiple)
+    return saving[-1] if saving else min(multiple, price.max_rank)
+
+
 def choose_pair(params_now: int, prices: Sequence[Price], max_params: int, multiple: int = 8,
                 slack: float = 0.01) -> UniformPair:
     """The uniform pair nearest ``max_params`` from below (see the module docstring for the rule).
@@ -60,7 +68,9 @@ def choose_pair(params_now: int, prices: Sequence[Price], max_params: int, multi
     linears = [p for p in prices if not p.is_table]
     if not tables or not linears:
         raise ValueError("choose_pair needs both MLP and table targets (compression=afm_auto prices both)")
-    max_mlp = max(p.max_rank for p in linears)
+    # no MLP rank past a layer's break-even: there the factored pair holds more parameters than the
+    # dense layer, and the budgeted runs never build it (their uniform candidate would differ)
+    max_mlp = min(_largest_saving(p, multiple) for p in linears)
     max_emb = max(p.max_rank for p in tables)
     largest: list[UniformPair] = []  # per embedding rank, the largest MLP rank that fits
     for emb in range(1, max_emb + 1):
