@@ -168,15 +168,12 @@ def allocate_for_budget(budget: Budget, prices: BudgetPrices,
     check_budget(budget, prices)
     targets = _rank_targets(budget, prices, statistics)
     if budget.sized:
-        weighted = [t if _is_table(prices, t.name) else dataclasses.replace(t, weight=mlp_weight) for t in targets]
+        tables = {p.name for p in prices.auto if p.is_table}
+        weighted = [t if t.name in tables else dataclasses.replace(t, weight=mlp_weight) for t in targets]
         allocation = allocate_ranks(weighted, prices.targets_capacity(budget), budget.allocator)
     else:
         allocation = allocate_ranks(targets, kept_variance=budget.kept_variance)
     return _finish(allocation, prices, budget)
-
-
-def _is_table(prices: BudgetPrices, name: str) -> bool:
-    return next(p for p in prices.auto if p.name == name).is_table
 
 
 def _finish(allocation: Allocation, prices: BudgetPrices, budget: Budget) -> Allocation:

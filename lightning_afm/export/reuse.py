@@ -1,5 +1,6 @@
 """Find an fp32 ONNX export of the same weights that already passed its check, so that serving opens
-it instead of exporting the model again at load (0.3 to 1.3 s on the zoo's models).
+it instead of exporting the model again at load (0.2 to 2.8 s for the zoo's models at the Criteo shape
+with 100,000-row tables, AMD EPYC, one thread: ``benchmarks/bench_predictor_load.py``).
 
 An export qualifies when its ``manifest.json`` (:mod:`.manifest`) says: format ``onnx``, not int8,
 the check passed within :data:`~.verify.DEFAULT_TOLERANCE`, ``model.weights_sha256`` equal to the

@@ -326,7 +326,7 @@ class FoldedFiBiNetHead(TraceAware):
         projections = extended_projections(weights, biases)
         # F and k from the weights, not the codes: in an exported graph the folded weight then
         # depends on constants only, and ONNX Runtime computes it once at load instead of per call
-        # (read from the codes' shape: 9.1 ms a call at batch 1, Criteo's shape, one thread)
+        # (read from the codes' shape: 9.1 ms a call at batch 1, Criteo's shape, AMD EPYC, one thread)
         fields, k = projections.shape[0], projections.shape[2] - 1
         left, right = self.bilinear.left, self.bilinear.right
         pairs, d = left.shape[0], projections.shape[1]

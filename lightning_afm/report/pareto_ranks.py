@@ -3,18 +3,12 @@
 The pareto recipe (``recipes/pareto.sh``) compares budgeted AFM (``compression=afm_auto``, one
 rank per MLP layer and per field) with uniform ranks (``compression=afm``: one MLP rank, one
 embedding rank) at the same parameter count. For each budget ``ratio`` (x fewer parameters than
-the model as it comes) this module prices the uniform pairs without training anything, with the
-same per-rank prices the budget allocator uses (:mod:`lightning_afm.compress.pricing`):
-
-    params(m, e) = params_now + sum_{MLP targets} (cost_i m + change_i) + sum_{fields} (cost_j e + change_j)
-
-and picks, for each embedding rank ``e`` (1 .. the embedding width), the largest MLP rank ``m``
-(a multiple of ``multiple``, capped at the layer width) whose count stays at or under the
-budget. Many pairs then land within a hair of the budget (a high MLP rank with embedding rank 1,
-or the reverse), so among the pairs within ``slack`` (1 %) of the largest count, the one whose
-ranks stand nearest the paper's proportion on Criteo (MLP 64 : embeddings 2, i.e. 32 : 1, on a
-log scale) wins. Prints one line per ratio: ``RATIO MLP_RANK EMB_RANK PARAMS``, or ``RATIO infeasible`` when not even
-the smallest structure (MLP rank ``multiple``, rank 1 per field) fits, which a budget cannot meet either.
+the model as it comes) this module prices the model of the given overrides without training
+anything, with the prices the budgeted runs use (:func:`lightning_afm.callbacks.budgeting.price_stages`),
+and picks the pair by the rule a size budget's own uniform candidate uses
+(:func:`lightning_afm.callbacks.uniform.choose_pair`, whose docstring gives it). Prints one line
+per ratio: ``RATIO MLP_RANK EMB_RANK PARAMS``, or ``RATIO infeasible`` when not even the smallest
+structure (MLP rank ``multiple``, rank 1 per field) fits, which a budget cannot meet either.
 
 ::
 
@@ -35,7 +29,8 @@ __all__ = ["UniformPair", "uniform_params", "choose_pair", "main"]
 
 
 def _price_config(overrides: Sequence[str]) -> tuple[int, list[Price]]:
-    """The model of ``overrides`` (built with its data's schema, untrained) and its auto targets' prices."""
+    """The model of ``overrides`` (built with its data's schema, untrained): its parameters after the
+    fixed-rank stages (none under ``compression=afm_auto``) and its auto targets' prices."""
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
@@ -52,7 +47,7 @@ def _price_config(overrides: Sequence[str]) -> tuple[int, list[Price]]:
     # the callback's own plan: the same targets and fold width the budgeted runs are priced with
     planned = callback.planned_stages(model)
     prices = price_stages(model, planned, 0)
-    return prices.params_now, prices.auto
+    return prices.params_now + prices.fixed, prices.auto  # as the budget's uniform candidate is priced
 
 
 def main(argv: Sequence[str] | None = None) -> None:
