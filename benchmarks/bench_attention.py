@@ -1,9 +1,10 @@
-"""AutoInt's attention kernels in the whole inference form: ``bmm`` vs ``sdpa``, the first layer on the
-codes or not, and DeepCTR-Torch's AutoInt, side by side.
+"""AutoInt's attention kernels in the whole inference form: ``native`` vs ``bmm`` vs ``sdpa``, the first
+layer on the codes or not, and DeepCTR-Torch's AutoInt, side by side.
 
 At the paper's shape (tables capped), the baseline and +AFM EMB inference forms are timed with
-every interacting layer forced to one kernel (``bmm``: per head, strided ``bmm`` + softmax +
-``baddbmm``; ``sdpa``: the flash kernel), with the default (``auto``: :func:`choose_kernel`), and
+every interacting layer forced to one kernel (``native``: :mod:`lightning_afm.inference.native`'s
+compiled kernel, where it built; ``bmm``: per head, strided ``bmm`` + softmax + ``baddbmm``;
+``sdpa``: the flash kernel), with the default (``auto``: :func:`choose_kernel`), and
 +AFM EMB also with its first layer reading the projected embeddings instead of the codes
 (``unfolded``), next to DeepCTR-Torch 0.3.0's AutoInt on the same tables. Interleaved rounds in one
 process; prints wall-clock medians and, at one thread, the median CPU time of the timing thread
@@ -11,6 +12,10 @@ process; prints wall-clock medians and, at one thread, the median CPU time of th
 loaded machine than the wall clock).
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_attention.py --dataset criteo --threads 1
+
+``--kernels`` times only one interacting layer's attention (projections in, ``relu(attention +
+residual)`` out) with each kernel on random projections at the shape (``F`` fields, 2 heads of
+``d / 2``), wall clock, best of the rounds.
 
 ``--first-layer`` times only AutoInt's first interacting layer on random rank-``k`` codes at the
 shape (``d``, ``F``, ``k``): projected to ``d`` then the layer (``unfolded``), against the layer
@@ -36,7 +41,7 @@ from lightning_afm.bench.report import cpu_name
 from lightning_afm.bench.shapes import paper_shape
 from lightning_afm.bench.throughput import make_batches
 from lightning_afm.bench.variants import build_twin, build_variant
-from lightning_afm.inference import Tensors, optimize_for_inference
+from lightning_afm.inference import Tensors, native, optimize_for_inference
 from lightning_afm.inference.attention import CodeInteracting, InferenceInteracting, build_attention
 from lightning_afm.inference.projection import BatchedProjection
 from lightning_afm.models.layers.attention import InteractingLayer
@@ -92,6 +97,33 @@ def time_first_layer(shape, batch: int, rounds: int) -> None:
         print(f"  first layer {name:<9} wall {wall * 1000:8.1f} ms   thread CPU {cpu * 1000:8.1f} ms")
 
 
+def available_kernels() -> list[str]:
+    """The kernels to time here: the native one only where it built (else the reason is printed)."""
+    if native.available():
+        return ["native", "bmm", "sdpa"]
+    print(f"  (native kernel unavailable: {native.status().reason})")
+    return ["bmm", "sdpa"]
+
+
+def time_kernels(shape, batch: int, rounds: int) -> None:
+    """Prints each kernel's best wall time for one layer's attention on random projections."""
+    d, fields = shape.embedding_dim, shape.num_fields
+    layer = InferenceInteracting(InteractingLayer(d, 2).eval(), Tensors())
+    proj = torch.randn(batch, fields, 4 * d, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for kernel in available_kernels():
+            layer.kernel = kernel
+            layer.attend(proj)
+            best = min(_timed(layer.attend, proj) for _ in range(rounds))
+            print(f"  attention {kernel:<7} {best * 1000:8.1f} ms  ({fields} fields, 2 heads of {d // 2})")
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="criteo", choices=["criteo", "avazu"])
@@ -100,6 +132,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--first-layer", action="store_true", help="time only the first layer, folded or not")
+    parser.add_argument("--kernels", action="store_true", help="time only one layer's attention with each kernel")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_memory()
@@ -108,13 +141,17 @@ def main() -> None:
         print(f"{cpu_name()}, {args.threads} torch thread(s), {args.dataset} shape, batch {args.batch:,}")
         time_first_layer(shape, args.batch, args.rounds * 2)
         return
+    if args.kernels:
+        print(f"{cpu_name()}, {args.threads} torch thread(s), {args.dataset} shape, batch {args.batch:,}")
+        time_kernels(shape, args.batch, args.rounds * 2)
+        return
     settings = BenchSettings(datasets=[args.dataset], vocab_cap=args.vocab_cap).variant_settings(shape)
     batches = make_batches(shape, args.batch, 2, seed=0)
     twin = build_twin("autoint", shape)
     base = build_variant("autoint", shape, "baseline", settings, twin)
     emb = build_variant("autoint", shape, "afm_emb", settings, twin)
     forwards = {}
-    for kernel in ("auto", "bmm", "sdpa"):
+    for kernel in ["auto"] + available_kernels():
         forwards[f"baseline {kernel}"] = with_kernel(optimize_for_inference(base, fuse=True), kernel)
         forwards[f"afm_emb {kernel}"] = with_kernel(optimize_for_inference(emb, fuse=True), kernel)
     forwards["afm_emb unfolded"] = unfolded(emb)

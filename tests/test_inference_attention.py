@@ -14,7 +14,7 @@ import torch
 
 from lightning_afm.compress import LowRankEmbedding, fold_into_first_linear, get_submodule, resolve_targets, set_submodule
 from lightning_afm.data.schema import Schema
-from lightning_afm.inference import Tensors, optimize_for_inference
+from lightning_afm.inference import Tensors, native, optimize_for_inference
 from lightning_afm.inference.attention import (
     FOLD_MIN_SAVED_MACS,
     CodeInteracting,
@@ -59,7 +59,12 @@ def _layer(d: int, heads: int, residual: bool, scaled: bool, seed: int = 0) -> I
     return layer
 
 
-@pytest.mark.parametrize("kernel", ["bmm", "sdpa", "auto"])
+#: every kernel this machine has (the native one wherever it built: tests/test_native_attention.py
+#: fails if a compiler is present and it did not)
+KERNELS_HERE = ["bmm", "sdpa", "auto"] + (["native"] if native.available() else [])
+
+
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
 @pytest.mark.parametrize("heads,residual,scaled", [(1, True, False), (2, True, True), (4, False, False), (2, False, True)])
 def test_each_kernel_equals_numpy_and_the_training_layer(kernel, heads, residual, scaled):
     layer = _layer(8, heads, residual, scaled)
@@ -77,13 +82,16 @@ def test_the_kernel_rule_and_auto_follows_the_thread_count():
     assert choose_kernel(8, 2) == "bmm"
     assert choose_kernel(25, 1) == "bmm"
     assert choose_kernel(25, 4) == "bmm"
+    assert choose_kernel(8, 1, native_ok=True) == choose_kernel(25, 4, native_ok=True) == "native"
     fast = InferenceInteracting(_layer(16, 2, True, False), Tensors())  # head size 8
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert fast.current_kernel() == "sdpa"
+        assert fast.current_kernel() == ("native" if native.available() else "sdpa")
+        assert fast.portable_kernel() == "sdpa"
         torch.set_num_threads(2)
-        assert fast.current_kernel() == "bmm"
+        assert fast.current_kernel() == ("native" if native.available() else "bmm")
+        assert fast.portable_kernel() == "bmm"
     finally:
         torch.set_num_threads(before)
     assert InferenceInteracting(_layer(16, 2, True, False), Tensors(), "bmm").current_kernel() == "bmm"
@@ -91,7 +99,7 @@ def test_the_kernel_rule_and_auto_follows_the_thread_count():
         InferenceInteracting(_layer(8, 2, True, False), Tensors(), "flash")
 
 
-@pytest.mark.parametrize("kernel", ["bmm", "sdpa"])
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
 @pytest.mark.parametrize("residual", [True, False])
 def test_first_layer_on_the_codes_equals_numpy_on_the_projected_embeddings(kernel, residual):
     d, k, fields = 8, 3, 6

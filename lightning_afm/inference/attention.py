@@ -8,10 +8,14 @@ d_h]`` heads, a transposing copy back to ``[B, F, d]``, the residual sum and a R
 - **One projection product**: the four weights stacked into one ``[d, 4 d]`` matrix (the query's
   part pre-multiplied by the logit scale), one ``mm`` for all of ``x W_q, x W_k, x W_v, x W_res``
   (``[B F, 4 d]``); every head's query, key, value and residual are strided views of it, never copied.
-- **The attention kernel**, ``"bmm"`` or ``"sdpa"`` (see :func:`choose_kernel`): per head, ``bmm``
-  for the ``[F, F]`` logits, an in-place softmax, and ``baddbmm`` for ``residual + P V`` (the sum is
-  the product's accumulator), written into the head's columns of one output; or PyTorch's fused
-  ``scaled_dot_product_attention`` (a flash-attention kernel on CPU) plus the residual add.
+- **The attention kernel**, ``"native"``, ``"bmm"`` or ``"sdpa"`` (see :func:`choose_kernel`):
+  ``native`` is :mod:`~lightning_afm.inference.native`'s compiled kernel (one sample at a time in
+  vector registers, residual and ReLU included), used wherever it built and passed its check;
+  ``bmm`` per head, ``bmm`` for the ``[F, F]`` logits, an in-place softmax, and ``baddbmm`` for
+  ``residual + P V`` (the sum is the product's accumulator), written into the head's columns of one
+  output; ``sdpa`` is PyTorch's fused ``scaled_dot_product_attention`` (a flash-attention kernel on
+  CPU) plus the residual add. TorchScript, tracing (ONNX) and ``torch.compile`` get ``bmm`` or
+  ``sdpa``, which they can read.
 - **The first layer from the codes** (:class:`CodeInteracting`): after AFM/SVD on the tables,
   ``e_i = P_i c_i + b_i``, so the first layer's projections are
   ``e_i W = c_i (P_i^T W) + b_i W``: one batched product over the ``F`` fields with ``[k, 4 d]``
@@ -36,6 +40,7 @@ from torch import nn
 
 from lightning_afm.models.layers.attention import InteractingLayer
 
+from . import native
 from .projection import _Projection, plain_projections
 from .sharing import Tensors
 
@@ -44,23 +49,42 @@ from .sharing import Tensors
 SDPA_MAX_HEAD_DIM = 16
 #: The attention kernels :class:`InferenceInteracting` can run; ``"auto"`` asks :func:`choose_kernel`
 #: on every eager call (the thread count may change between calls; a scripted layer keeps the
-#: choice made when it was built).
-KERNELS = ("auto", "bmm", "sdpa")
+#: portable choice made when it was built).
+KERNELS = ("auto", "native", "bmm", "sdpa")
 
 
-def choose_kernel(head_dim: int, threads: int, sdpa_max_head_dim: int = SDPA_MAX_HEAD_DIM) -> str:
-    """The faster attention kernel for heads of ``head_dim`` on ``threads`` intra-op threads:
-    ``"sdpa"`` (the flash kernel) only for small heads on one thread, ``"bmm"`` otherwise.
+def choose_kernel(head_dim: int, threads: int, sdpa_max_head_dim: int = SDPA_MAX_HEAD_DIM,
+                  native_ok: bool = False) -> str:
+    """The fastest attention kernel for heads of ``head_dim`` on ``threads`` intra-op threads:
+    ``"native"`` wherever it can run (``native_ok``), else ``"sdpa"`` (the flash kernel) for small
+    heads on one thread and ``"bmm"`` otherwise.
 
-    From the whole AutoInt forward (AMD EPYC, batch 10,000, tables capped at 100,000 rows): on a
-    quiet machine the flash kernel made our baseline 1.12x DeepCTR-Torch's ``bmm`` + ``softmax`` at
-    Criteo's head size 8 on one thread but 0.82x on two, and 0.99x / 0.94x at Avazu's head size 25
-    (README, 2026-11-30); ``benchmarks/bench_attention.py`` (loaded machine, thread CPU time, one
-    thread) gave Criteo 427 ms a batch with it against 461 ms with ``bmm``.
+    The native kernel, attention alone at batch 10,000 (``benchmarks/bench_attention.py --kernels``,
+    AMD EPYC, quiet machine): Criteo's 26 fields x heads of 8 in 31-34 ms against 71-74 ms (flash)
+    and 114-133 ms (``bmm``) on one thread, 16-17 ms against 67-80 ms on two; Avazu's 22-24 fields x
+    heads of 25 in 76-86 ms against 120-164 ms (flash) and 134-147 ms (``bmm``) on one thread,
+    41-57 ms against 74-78 ms (``bmm``) on two.
+
+    Without it, from the whole AutoInt forward (AMD EPYC, batch 10,000, tables capped at 100,000
+    rows): on a quiet machine the flash kernel made our baseline 1.12x DeepCTR-Torch's ``bmm`` +
+    ``softmax`` at Criteo's head size 8 on one thread but 0.82x on two, and 0.99x / 0.94x at Avazu's
+    head size 25 (README, 2026-11-30).
     """
+    if native_ok:
+        return "native"
     if threads <= 1 and head_dim <= sdpa_max_head_dim:
         return "sdpa"
     return "bmm"
+
+
+def _graph_capture() -> bool:
+    """Whether torch.compile or torch.export is capturing the running code (older torch lacks the flags)."""
+    compiler = getattr(torch, "compiler", None)
+    for flag in ("is_compiling", "is_exporting", "_is_non_strict_tracing"):
+        check = getattr(compiler, flag, None)
+        if check is not None and check():
+            return True
+    return False
 
 
 class InferenceInteracting(nn.Module):
@@ -69,13 +93,19 @@ class InferenceInteracting(nn.Module):
     Args:
         layer: the trained layer (its weights are taken through ``tensors``: shared or copied).
         tensors: how to take them.
-        kernel: ``"auto"`` (default: :func:`choose_kernel` per call), ``"bmm"`` or ``"sdpa"``.
+        kernel: ``"auto"`` (default: :func:`choose_kernel` per call), ``"native"``, ``"bmm"`` or
+            ``"sdpa"``. ``"native"`` raises ValueError where that kernel cannot be built (the
+            reason from :func:`lightning_afm.inference.native.status`); where it cannot run on a
+            call (TorchScript, tracing, ``torch.compile``, gradients, more fields than it takes),
+            that call runs the portable choice.
     """
 
     def __init__(self, layer: InteractingLayer, tensors: Tensors, kernel: str = "auto") -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {KERNELS}")
+        if kernel == "native" and not native.available():
+            raise ValueError(f"attention kernel 'native' is unavailable here: {native.status().reason}")
         self.register_buffer("query", tensors.take(layer.query.weight), persistent=False)  # [d, d] (out, in)
         self.register_buffer("key", tensors.take(layer.key.weight), persistent=False)
         self.register_buffer("value", tensors.take(layer.value.weight), persistent=False)
@@ -89,15 +119,38 @@ class InferenceInteracting(nn.Module):
         # the query's columns carry the logit scale, so no kernel scales the [F, F] logits
         self.scale = 1.0 / math.sqrt(self.head_dim) if layer.scaled else 1.0
         self.kernel = kernel
-        # TorchScript cannot ask for the thread count: a scripted layer keeps this choice
-        self.built_kernel = self.current_kernel()
+        # TorchScript cannot ask for the thread count nor call the native kernel: a scripted layer
+        # keeps the portable choice made here
+        self.built_kernel = self.portable_kernel()
+
+    @torch.jit.unused
+    def portable_kernel(self) -> str:
+        """The fixed kernel if it is a PyTorch one, else :func:`choose_kernel`'s without the native one."""
+        if self.kernel in ("bmm", "sdpa"):
+            return self.kernel
+        return choose_kernel(self.head_dim, torch.get_num_threads())
 
     @torch.jit.unused
     def current_kernel(self) -> str:
-        """The kernel to run now: the fixed one, or :func:`choose_kernel`'s for this thread count."""
+        """The kernel an eager call would run now: the fixed one, or :func:`choose_kernel`'s for this
+        thread count and whether the native kernel is available."""
         if self.kernel != "auto":
             return self.kernel
-        return choose_kernel(self.head_dim, torch.get_num_threads())
+        return choose_kernel(self.head_dim, torch.get_num_threads(), native_ok=native.available())
+
+    @torch.jit.unused
+    def _native_runs(self, proj: torch.Tensor) -> bool:
+        """Whether the native kernel can take this call (not traced or compiled, no gradient wanted,
+        a field count it takes)."""
+        if torch.jit.is_tracing() or _graph_capture() or type(proj) is not torch.Tensor:
+            return False  # a tracer or a fake tensor: the graph must hold PyTorch ops
+        if proj.requires_grad and torch.is_grad_enabled():
+            return False
+        return proj.dtype == torch.float32 and proj.device.type == "cpu" and proj.shape[1] <= native.status().max_fields
+
+    @torch.jit.unused
+    def _attend_native(self, proj: torch.Tensor) -> torch.Tensor:
+        return native.attend(proj, self.heads, self.head_dim, self.has_residual)
 
     def stacked_weight(self) -> torch.Tensor:
         """``[d, n d]``: ``[W_q * scale, W_k, W_v(, W_res)]`` as ``x @ W`` reads them (``n`` = 4, 3
@@ -116,6 +169,10 @@ class InferenceInteracting(nn.Module):
         kernel = self.built_kernel
         if not torch.jit.is_scripting():
             kernel = self.current_kernel()
+            if kernel == "native":
+                if self._native_runs(proj):
+                    return self._attend_native(proj)
+                kernel = self.portable_kernel()
         if kernel == "sdpa":
             return self._attend_sdpa(proj)
         return self._attend_bmm(proj)

@@ -1,0 +1,167 @@
+// AutoInt's interacting-layer attention for inference on CPU, one sample at a time:
+//   out[b, i, h] = relu( softmax_j(q[b, i, h] . k[b, j, h]) @ v[b, :, h] + res[b, i, h] )
+// read from one projection row per field, [q (d) | k (d) | v (d) | res (d)], d = heads * head_dim.
+//
+// Why: at AutoInt's shape (26 fields, heads of 8) each (sample, head) is a 26 x 26 x 8 problem.
+// PyTorch's flash kernel and bmm pay a per-matrix overhead several times the arithmetic; here the
+// keys are transposed into registers-wide rows (fields padded to a multiple of 8), the logits of a
+// query are NV vectors held in registers, the softmax uses a vectorised exp, and P V runs with four
+// accumulators. Built on first use by lightning_afm/inference/native.py with the machine's C++
+// compiler (GCC vector extensions: AVX2 with -march=native on x86, NEON pairs on ARM).
+//
+// NaN anywhere in a row's inputs gives NaN where PyTorch's softmax and ReLU would (no clamp or max
+// here drops a NaN). The caller splits the batch across threads; this function is single-threaded.
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+inline v8f loadu(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
+inline void storeu(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline float hsum(v8f v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+inline float hmax(v8f v) {
+  float m = v[0];
+  for (int l = 1; l < 8; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+// relu that keeps NaN (x < 0 is false for NaN)
+inline v8f vrelu(v8f x) { return x < splat(0.f) ? splat(0.f) : x; }
+
+// exp(x) for x <= 0 (NaN stays NaN): x clamped at -87 (exp(-87) is still a normal float), then
+// x = n ln2 + r with n = round(x / ln2) (ln2 split in two, Cody-Waite), exp(r) by Cephes' degree-6
+// polynomial, and 2^n put in the exponent bits. Relative error about 1e-7.
+inline v8f vexp_nonpos(v8f x) {
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  const v8f y = x * splat(1.44269504088896341f);
+  const v8i ni = -__builtin_convertvector(splat(0.5f) - y, v8i);  // round(y) for y <= 0
+  const v8f n = __builtin_convertvector(ni, v8f);
+  v8f r = x - n * splat(0.693359375f);
+  r = r + n * splat(2.12194440e-4f);
+  v8f p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  const v8i bits = (ni + 127) << 23;
+  v8f scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// Rows [0, rows) of one thread's share. NV = ceil(F / 8) vectors hold one query's logits.
+template <int NV>
+void attend_rows(const float* proj, int64_t rows, int64_t F, int64_t row_stride, int64_t field_stride,
+                 int64_t H, int64_t dh, bool has_res, float* out) {
+  const int64_t d = H * dh, fp = NV * 8;
+  // P V from 8-wide slices of the value rows (a scalar tail for d_h % 8 columns); heads under 8 wide
+  // go over the padded fields instead
+  const bool direct = dh >= 8;
+  const int64_t wide = dh - dh % 8;
+  std::vector<v8f> kt(dh * NV), vt(direct ? 0 : dh * NV);
+  std::vector<float> column(fp, 0.f);
+  v8f pad[NV], keep[NV];  // logits of the padding fields: -1e30 (exp gives ~0), then zeroed
+  for (int n = 0; n < NV; ++n)
+    for (int l = 0; l < 8; ++l) {
+      pad[n][l] = n * 8 + l < F ? 0.f : -1e30f;
+      keep[n][l] = n * 8 + l < F ? 1.f : 0.f;
+    }
+  alignas(32) float weights[NV * 8];
+  for (int64_t b = 0; b < rows; ++b) {
+    const float* row = proj + b * row_stride;
+    float* out_row = out + b * F * d;
+    for (int64_t h = 0; h < H; ++h) {
+      const float* keys = row + d + h * dh;
+      const float* values = row + 2 * d + h * dh;
+      for (int64_t t = 0; t < dh; ++t) {  // keys (and, if not direct, values) as [d_h, F padded]
+        for (int64_t j = 0; j < F; ++j) column[j] = keys[j * field_stride + t];
+        std::memcpy(&kt[t * NV], column.data(), fp * sizeof(float));
+        if (!direct) {
+          for (int64_t j = 0; j < F; ++j) column[j] = values[j * field_stride + t];
+          std::memcpy(&vt[t * NV], column.data(), fp * sizeof(float));
+        }
+      }
+      for (int64_t i = 0; i < F; ++i) {
+        const float* query = row + i * field_stride + h * dh;
+        v8f logits[NV];
+        for (int n = 0; n < NV; ++n) logits[n] = pad[n];
+        for (int64_t t = 0; t < dh; ++t) {
+          const v8f q = splat(query[t]);
+          for (int n = 0; n < NV; ++n) logits[n] += q * kt[t * NV + n];
+        }
+        v8f m = logits[0];
+        for (int n = 1; n < NV; ++n) m = vmax(m, logits[n]);
+        const v8f top = splat(hmax(m));
+        v8f total = splat(0.f);
+        for (int n = 0; n < NV; ++n) {
+          logits[n] = vexp_nonpos(logits[n] - top) * keep[n];
+          total += logits[n];
+        }
+        const float inv = 1.f / hsum(total);
+        float* o = out_row + i * d + h * dh;
+        const float* res = row + i * field_stride + 3 * d + h * dh;
+        if (direct) {
+          std::memcpy(weights, logits, sizeof weights);
+          for (int64_t t = 0; t < wide; t += 8) {
+            v8f a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;  // four chains hide the FMA latency
+            int64_t j = 0;
+            for (; j + 4 <= F; j += 4) {
+              a0 += splat(weights[j]) * loadu(values + j * field_stride + t);
+              a1 += splat(weights[j + 1]) * loadu(values + (j + 1) * field_stride + t);
+              a2 += splat(weights[j + 2]) * loadu(values + (j + 2) * field_stride + t);
+              a3 += splat(weights[j + 3]) * loadu(values + (j + 3) * field_stride + t);
+            }
+            for (; j < F; ++j) a0 += splat(weights[j]) * loadu(values + j * field_stride + t);
+            v8f acc = ((a0 + a1) + (a2 + a3)) * splat(inv);
+            if (has_res) acc += loadu(res + t);
+            storeu(o + t, vrelu(acc));
+          }
+          for (int64_t t = wide; t < dh; ++t) {
+            float a = 0.f;
+            for (int64_t j = 0; j < F; ++j) a += weights[j] * values[j * field_stride + t];
+            const float x = a * inv + (has_res ? res[t] : 0.f);
+            o[t] = x < 0.f ? 0.f : x;
+          }
+        } else {
+          for (int64_t t = 0; t < dh; ++t) {
+            v8f acc = splat(0.f);
+            for (int n = 0; n < NV; ++n) acc += logits[n] * vt[t * NV + n];
+            const float x = hsum(acc) * inv + (has_res ? res[t] : 0.f);
+            o[t] = x < 0.f ? 0.f : x;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// The largest field count (8 * the largest NV instantiated below).
+int64_t afm_attend_max_fields() { return 128; }
+
+// proj: rows x F x (3 or 4) d floats, unit stride along the last axis; out: rows x F x d, contiguous.
+// Returns 0, or 1 when F is outside [1, afm_attend_max_fields()] (nothing written).
+int afm_attend(const float* proj, int64_t rows, int64_t F, int64_t row_stride, int64_t field_stride,
+               int64_t H, int64_t dh, int64_t has_res, float* out) {
+  const bool res = has_res != 0;
+  switch ((F + 7) / 8) {
+#define AFM_CASE(NV) case NV: attend_rows<NV>(proj, rows, F, row_stride, field_stride, H, dh, res, out); return 0;
+    AFM_CASE(1) AFM_CASE(2) AFM_CASE(3) AFM_CASE(4) AFM_CASE(5) AFM_CASE(6) AFM_CASE(7) AFM_CASE(8)
+    AFM_CASE(9) AFM_CASE(10) AFM_CASE(11) AFM_CASE(12) AFM_CASE(13) AFM_CASE(14) AFM_CASE(15) AFM_CASE(16)
+#undef AFM_CASE
+    default: return 1;
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,265 @@
+"""A compiled CPU kernel for AutoInt's small-head attention, built on first use with the machine's C++ compiler.
+
+At AutoInt's Criteo shape (26 fields, heads of 8) each (sample, head) is a 26 x 26 x 8 problem, and
+PyTorch's kernels (the flash kernel, ``bmm`` + softmax) spend several times the arithmetic on
+per-matrix overhead. ``kernels/attention.cpp`` does one sample at a time in vector registers (see
+its header). It is compiled once per machine, source and compiler into a shared library under
+``$LIGHTNING_AFM_CACHE/kernels`` (else ``~/.cache/lightning_afm/kernels``), loaded with ctypes,
+checked against PyTorch's attention on random inputs, and only then used.
+
+It is an optimisation, never a requirement: without a compiler (``$CXX``, ``c++``, ``g++`` or
+``clang++``), with ``LIGHTNING_AFM_NATIVE=0``, or when the build or the check fails, :func:`status`
+says why and :class:`~lightning_afm.inference.attention.InferenceInteracting` runs PyTorch's
+kernels. TorchScript, tracing (ONNX export) and ``torch.compile`` never see it.
+
+Example:
+    >>> import torch
+    >>> from lightning_afm.inference import native
+    >>> proj = torch.randn(4, 26, 64)  # [B, F, 4 d]: q, k, v, residual for 2 heads of 8
+    >>> if native.available():
+    ...     out = native.attend(proj, heads=2, head_dim=8, has_residual=True)
+    ...     print(tuple(out.shape))
+    ... else:
+    ...     print((4, 26, 16))
+    (4, 26, 16)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["NativeStatus", "available", "status", "attend", "MIN_ROWS_PER_THREAD"]
+
+SOURCE = Path(__file__).with_name("kernels") / "attention.cpp"
+#: Tried in order; the first that builds is used (``-march=native`` vectorises for this CPU; the
+#: library is cached per CPU, see :func:`_cache_key`).
+FLAG_SETS = (
+    ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"],
+    ["-O3", "-std=c++17", "-shared", "-fPIC"],
+)
+#: Below this many rows per thread a batch is not split across threads (a pool hand-off costs tens
+#: of microseconds; a row costs about 3 microseconds at Criteo's shape).
+MIN_ROWS_PER_THREAD = 256
+_ENV_SWITCH = "LIGHTNING_AFM_NATIVE"
+
+
+@dataclass(frozen=True)
+class NativeStatus:
+    """Whether the kernel can run here; ``reason`` says why not (or where the library is)."""
+
+    available: bool
+    reason: str
+    max_fields: int = 0
+
+
+class _Library:
+    def __init__(self, path: Path) -> None:
+        lib = ctypes.CDLL(str(path))
+        self.attend = lib.afm_attend
+        self.attend.restype = ctypes.c_int
+        self.attend.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
+        lib.afm_attend_max_fields.restype = ctypes.c_int64
+        self.max_fields = int(lib.afm_attend_max_fields())
+
+
+_lock = threading.Lock()
+_state: tuple[NativeStatus, _Library | None] | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx) or (cxx if Path(cxx).is_file() else None)
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags (a library built with ``-march=native`` on one CPU
+    may not run on another that shares the cache folder)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [line for line in text.splitlines() if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(keep))
+
+
+def _cache_key(compiler: str) -> str:
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    parts = [SOURCE.read_bytes(), compiler.encode(), version.encode(), repr(FLAG_SETS).encode(),
+             platform.machine().encode(), _cpu_signature().encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LIGHTNING_AFM_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lightning_afm") / "kernels"
+
+
+def _build(compiler: str, target: Path) -> str | None:
+    """Compiles :data:`SOURCE` to ``target`` (atomically); the compiler's last error, or None."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    error = "no flags tried"
+    for flags in FLAG_SETS:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+            built = Path(tmp) / target.name
+            try:
+                run = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)],
+                                     capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as err:
+                return f"{compiler} could not run ({err})"
+            if run.returncode == 0 and built.is_file():
+                os.replace(built, target)  # atomic: a concurrent process sees the whole file or none
+                return None
+            error = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1][:300]
+    return f"{compiler} failed to build {SOURCE.name}: {error}"
+
+
+def _reference(proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool) -> torch.Tensor:
+    """PyTorch's attention on the same layout (what the kernel must equal)."""
+    b, f = proj.shape[0], proj.shape[1]
+    d = heads * head_dim
+    q, k, v = (proj[:, :, i * d:(i + 1) * d].unflatten(2, (heads, head_dim)).transpose(1, 2) for i in range(3))
+    out = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+    out = out.transpose(1, 2).reshape(b, f, d)
+    return (out + proj[:, :, 3 * d:] if has_residual else out).relu()
+
+
+def _self_check(lib: _Library) -> str | None:
+    """Runs the kernel on random shapes that cover every code path; a mismatch, or None."""
+    gen = torch.Generator().manual_seed(0)
+    for fields, heads, head_dim, residual in ((26, 2, 8, True), (5, 3, 3, False), (22, 2, 25, True), (9, 1, 16, True)):
+        d = heads * head_dim
+        proj = torch.randn(7, fields, (4 if residual else 3) * d, generator=gen) * 2
+        got = _call(lib, proj, heads, head_dim, residual, threads=1)
+        want = _reference(proj, heads, head_dim, residual)
+        if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+            err = (got - want).abs().max().item()
+            return f"self-check failed at F={fields}, heads={heads}x{head_dim}: max error {err:.3g}"
+    return None
+
+
+def _load() -> tuple[NativeStatus, _Library | None]:
+    if os.environ.get(_ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return NativeStatus(False, f"disabled by {_ENV_SWITCH}={os.environ[_ENV_SWITCH]}"), None
+    compiler = _compiler()
+    if compiler is None:
+        return NativeStatus(False, "no C++ compiler found ($CXX, c++, g++ or clang++); install one to build it"), None
+    target = _cache_dir() / f"afm_attention_{_cache_key(compiler)}{'.dll' if os.name == 'nt' else '.so'}"
+    if not target.is_file():
+        try:
+            error = _build(compiler, target)
+        except OSError as err:
+            error = f"cannot write {target.parent} ({err}); set $LIGHTNING_AFM_CACHE to a writable folder"
+        if error:
+            return NativeStatus(False, error), None
+    try:
+        lib = _Library(target)
+    except OSError as err:
+        return NativeStatus(False, f"cannot load {target} ({err}); delete it to rebuild"), None
+    mismatch = _self_check(lib)
+    if mismatch:
+        return NativeStatus(False, f"{mismatch} ({target}); PyTorch's kernels are used instead"), None
+    return NativeStatus(True, f"built at {target}", lib.max_fields), lib
+
+
+def _get() -> tuple[NativeStatus, _Library | None]:
+    global _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                _state = _load()
+    return _state
+
+
+def status() -> NativeStatus:
+    """Builds (once per process; once per machine on disk) and checks the kernel; whether it runs here."""
+    return _get()[0]
+
+
+def available() -> bool:
+    """Whether :func:`attend` can run here (see :func:`status` for why not)."""
+    return status().available
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="afm-attend")
+            _pool_size = threads
+        return _pool
+
+
+def _call(lib: _Library, proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool,
+          threads: int) -> torch.Tensor:
+    rows, fields = int(proj.shape[0]), int(proj.shape[1])
+    d = heads * head_dim
+    out = torch.empty(rows, fields, d, dtype=torch.float32)
+    if rows == 0:
+        return out
+    row_stride, field_stride = proj.stride(0), proj.stride(1)
+    item = proj.element_size()
+
+    def run(start: int, stop: int) -> int:
+        # ctypes releases the GIL for the call, so the pool's threads run in parallel
+        return lib.attend(proj.data_ptr() + start * row_stride * item, stop - start, fields, row_stride,
+                          field_stride, heads, head_dim, int(has_residual), out.data_ptr() + start * fields * d * item)
+
+    parts = max(1, min(threads, rows // MIN_ROWS_PER_THREAD))
+    if parts == 1:
+        codes = [run(0, rows)]
+    else:
+        step = math.ceil(rows / parts)
+        codes = list(_executor(parts).map(lambda s: run(s, min(rows, s + step)), range(0, rows, step)))
+    if any(codes):
+        raise ValueError(f"the native attention kernel takes 1 to {lib.max_fields} fields, got {fields}")
+    return out
+
+
+def attend(proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool, threads: int | None = None) -> torch.Tensor:
+    """``relu(softmax(q k^T) v (+ residual))`` ``[B, F, d]`` from projections ``[B, F, n d]``.
+
+    ``proj`` holds each field's ``[q | k | v (| residual)]`` (``d = heads * head_dim`` each; the
+    query already carries any logit scale), float32 on CPU, any strides with a unit last stride.
+    The batch is split over ``threads`` (default: ``torch.get_num_threads()``). Raises RuntimeError
+    when the kernel is unavailable (:func:`status` says why), ValueError on a tensor it cannot take.
+    """
+    state, lib = _get()
+    if lib is None:
+        raise RuntimeError(f"the native attention kernel is unavailable: {state.reason}")
+    width = (4 if has_residual else 3) * heads * head_dim
+    if proj.dim() != 3 or proj.shape[2] != width:
+        raise ValueError(f"attend needs projections [B, F, {width}], got {tuple(proj.shape)}")
+    if proj.dtype != torch.float32 or proj.device.type != "cpu" or proj.stride(2) != 1:
+        raise ValueError("attend needs float32 CPU projections with a unit last stride "
+                         f"(got {proj.dtype} on {proj.device}, strides {proj.stride()})")
+    if proj.requires_grad and torch.is_grad_enabled():
+        raise ValueError("the native attention kernel has no backward; call it under torch.no_grad()")
+    if not 1 <= proj.shape[1] <= lib.max_fields:
+        raise ValueError(f"the native attention kernel takes 1 to {lib.max_fields} fields, got {proj.shape[1]}")
+    return _call(lib, proj, int(heads), int(head_dim), bool(has_residual), threads or torch.get_num_threads())

@@ -1,0 +1,205 @@
+"""The compiled attention kernel (``lightning_afm.inference.native``) against float64 numpy, and its fallbacks.
+
+Shapes cover every code path of ``kernels/attention.cpp``: field counts on both sides of each
+multiple of 8 up to its limit, heads under 8 wide (the padded-field path), multiples of 8 and
+widths with a tail (the direct path), with and without the residual, strided projections (as the
+first layer folded onto the codes writes them) and a batch split over threads. Then NaN
+propagation, the errors, and the build's failure modes (no compiler, a broken source, a kernel
+that computes the wrong thing), each of which must leave PyTorch's kernels running.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_afm.inference import Tensors, native
+from lightning_afm.inference.attention import InferenceInteracting
+from lightning_afm.models.layers.attention import InteractingLayer
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernel unavailable: {native.status().reason}")
+
+
+def numpy_attend(proj: np.ndarray, heads: int, head_dim: int, residual: bool) -> np.ndarray:
+    """``relu(softmax(q k^T) v (+ res))`` in float64, head by head."""
+    d = heads * head_dim
+    out = np.empty(proj.shape[:2] + (d,))
+    for h in range(heads):
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        q, k, v = (proj[:, :, i * d:(i + 1) * d][..., cols] for i in range(3))
+        logits = np.einsum("bic,bjc->bij", q, k)
+        logits -= logits.max(-1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(-1, keepdims=True)
+        out[..., cols] = np.einsum("bij,bjc->bic", p, v)
+    if residual:
+        out += proj[:, :, 3 * d:]
+    return np.maximum(out, 0.0)
+
+
+def test_the_kernel_builds_wherever_a_compiler_is_present():
+    has_compiler = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+    state = native.status()
+    if has_compiler:
+        assert state.available, state.reason
+        assert state.max_fields == 128 and "built at" in state.reason
+    else:
+        assert not state.available and "compiler" in state.reason
+
+
+@needs_native
+@pytest.mark.parametrize("fields", [1, 7, 8, 9, 26, 64, 65, 128])
+@pytest.mark.parametrize("heads,head_dim", [(1, 1), (2, 3), (2, 8), (3, 16), (2, 25), (1, 33)])
+@pytest.mark.parametrize("residual", [True, False])
+def test_attend_equals_numpy(fields, heads, head_dim, residual):
+    g = torch.Generator().manual_seed(fields * 100 + heads * 10 + head_dim)
+    width = (4 if residual else 3) * heads * head_dim
+    proj = torch.randn(5, fields, width, generator=g) * (2.0 / head_dim**0.5)  # logits of order 1-4
+    got = native.attend(proj, heads, head_dim, residual)
+    assert got.shape == (5, fields, heads * head_dim) and got.is_contiguous()
+    np.testing.assert_allclose(got.numpy(), numpy_attend(proj.double().numpy(), heads, head_dim, residual),
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_attend_reads_strided_projections_and_splits_the_batch_over_threads():
+    rows = 4 * native.MIN_ROWS_PER_THREAD + 3  # not a multiple of the thread count
+    g = torch.Generator().manual_seed(0)
+    by_field = torch.randn(26, rows, 64, generator=g)  # [F, B, 4 d], as CodeInteracting writes it
+    proj = by_field.transpose(0, 1)
+    expected = numpy_attend(proj.double().numpy(), 2, 8, True)
+    for threads in (1, 2, 3):
+        np.testing.assert_allclose(native.attend(proj, 2, 8, True, threads=threads).numpy(), expected,
+                                   rtol=1e-5, atol=1e-5)
+    assert native.attend(proj[:0], 2, 8, True).shape == (0, 26, 16)
+
+
+@needs_native
+def test_large_logits_stay_finite_and_nan_goes_where_pytorch_puts_it():
+    g = torch.Generator().manual_seed(1)
+    proj = torch.randn(6, 26, 64, generator=g) * 30  # logits in the thousands: exp underflows, no NaN
+    exact = numpy_attend(proj.double().numpy(), 2, 8, True)
+    got = native.attend(proj, 2, 8, True)
+    assert torch.isfinite(got).all()
+    # float32 logits this large are rounded by ~1e-4, so judge against PyTorch's own float32 error
+    own_error = np.abs(native._reference(proj, 2, 8, True).numpy() - exact).max()
+    assert np.abs(got.numpy() - exact).max() <= 2 * own_error + 1e-5
+    proj = torch.randn(6, 26, 64, generator=g)
+    proj[1, 3, 2] = float("nan")  # a query of sample 1, field 3, head 0
+    proj[2, 5, 16 + 9] = float("nan")  # a key of sample 2, field 5, head 1
+    proj[3, 7, 32 + 1] = float("nan")  # a value of sample 3, field 7, head 0, column 1
+    proj[4, 0, 48 + 12] = float("nan")  # a residual of sample 4
+    got = native.attend(proj, 2, 8, True)
+    want = torch.from_numpy(numpy_attend(proj.double().numpy(), 2, 8, True)).float()
+    assert torch.equal(got.isnan(), want.isnan()) and want.isnan().any()
+    ok = ~want.isnan()
+    torch.testing.assert_close(got[ok], want[ok], rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_attend_refuses_what_it_cannot_take():
+    with pytest.raises(ValueError, match=r"projections \[B, F, 64\], got \(2, 3, 48\)"):
+        native.attend(torch.zeros(2, 3, 48), 2, 8, True)
+    with pytest.raises(ValueError, match="float32 CPU projections"):
+        native.attend(torch.zeros(2, 3, 64, dtype=torch.float64), 2, 8, True)
+    with pytest.raises(ValueError, match="1 to 128 fields, got 129"):
+        native.attend(torch.zeros(2, 129, 64), 2, 8, True)
+    with pytest.raises(ValueError, match="no backward"):
+        native.attend(torch.zeros(2, 3, 64, requires_grad=True), 2, 8, True)
+
+
+def _layer(d: int = 16, heads: int = 2) -> InteractingLayer:
+    torch.manual_seed(0)
+    layer = InteractingLayer(d, heads, True, False).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0.0, 0.5)
+    return layer
+
+
+@needs_native
+def test_the_layer_runs_native_eagerly_and_portable_kernels_where_it_cannot():
+    layer = _layer()
+    fast = InferenceInteracting(layer, Tensors())
+    x = torch.randn(11, 26, 16)
+    with torch.no_grad():
+        expected = layer(x)
+    assert fast.current_kernel() == "native"
+    calls = []
+    original = native.attend
+    try:
+        native.attend = lambda *a, **k: calls.append(1) or original(*a, **k)
+        torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-5)
+        assert calls, "the eager call did not reach the native kernel"
+        calls.clear()
+        torch.testing.assert_close(torch.jit.script(fast)(x), expected, rtol=0, atol=1e-5)
+        traced = torch.jit.trace(fast, x, check_trace=False)  # the check would re-run it eagerly
+        torch.testing.assert_close(traced(x), expected, rtol=0, atol=1e-5)
+        assert not calls, "scripting or tracing reached the native kernel"
+        wide = torch.randn(3, 130, 16)  # more fields than the kernel takes
+        with torch.no_grad():
+            torch.testing.assert_close(fast(wide), layer(wide), rtol=0, atol=1e-5)
+        assert not calls, "130 fields reached the native kernel"
+    finally:
+        native.attend = original
+    xg = x.clone().requires_grad_(True)  # a gradient is wanted: PyTorch's kernels, which have one
+    fast(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """``native`` with its cached state cleared and its build folder in ``tmp_path``; restored after."""
+    monkeypatch.setenv("LIGHTNING_AFM_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_state", None)
+    return native
+
+
+def test_disabled_or_without_a_compiler_the_layer_falls_back(fresh_native, monkeypatch):
+    monkeypatch.setenv("LIGHTNING_AFM_NATIVE", "0")
+    assert fresh_native.status() == native.NativeStatus(False, "disabled by LIGHTNING_AFM_NATIVE=0")
+    layer = _layer()
+    fast = InferenceInteracting(layer, Tensors())
+    assert fast.current_kernel() in ("sdpa", "bmm")
+    x = torch.randn(4, 26, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), layer(x), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="'native' is unavailable here: disabled by LIGHTNING_AFM_NATIVE=0"):
+        InferenceInteracting(layer, Tensors(), "native")
+    with pytest.raises(RuntimeError, match="unavailable: disabled"):
+        native.attend(torch.zeros(1, 2, 64), 2, 8, True)
+
+    monkeypatch.delenv("LIGHTNING_AFM_NATIVE")
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert "no C++ compiler found" in fresh_native.status().reason
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="needs a C++ compiler")
+@pytest.mark.parametrize("edit,message", [
+    (lambda src: src + "\nthis is not C++;\n", "failed to build attention.cpp"),
+    (lambda src: src.replace("acc += loadu(res + t);", "acc += loadu(res + t) * splat(2.f);"), "self-check failed"),
+])
+def test_a_broken_build_or_a_wrong_kernel_is_never_used(fresh_native, monkeypatch, tmp_path, edit, message):
+    source = tmp_path / "attention.cpp"
+    source.write_text(edit(native.SOURCE.read_text()))
+    monkeypatch.setattr(native, "SOURCE", source)
+    state = fresh_native.status()
+    assert not state.available and message in state.reason, state.reason
+    assert InferenceInteracting(_layer(), Tensors()).current_kernel() in ("sdpa", "bmm")
+
+
+def test_the_built_library_is_reused_from_the_cache(fresh_native, tmp_path):
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("needs a C++ compiler")
+    first = fresh_native.status()
+    assert first.available, first.reason
+    built = sorted(Path(tmp_path, "kernels").glob("afm_attention_*"))
+    assert len(built) == 1 and str(built[0]) in first.reason
+    stamp = built[0].stat().st_mtime_ns
+    native._state = None
+    assert fresh_native.status() == first and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
