@@ -98,3 +98,17 @@ def test_matmul_multiply_adds_counts_the_products_of_one_forward():
     probe = Timed(lambda x: hooks_seen.append(dict(torch.nn.modules.module._global_forward_pre_hooks)) or x @ x.T,
                   [torch.randn(3, 2)])
     assert matmul_multiply_adds(probe) == 3 * 2 * 3 and hooks_seen == [{}]
+
+
+def test_the_multiply_add_count_sees_attention_whichever_kernel_runs_it():
+    from lightning_afm.bench.throughput import Timed, matmul_multiply_adds
+    from lightning_afm.inference import Tensors
+    from lightning_afm.inference.attention import InferenceInteracting
+    from lightning_afm.models.layers.attention import InteractingLayer
+
+    layer = InteractingLayer(16, 2).eval()
+    x = torch.randn(3, 26, 16)
+    # four 16 x 16 projections per field, then per head 26 x 26 x 8 twice
+    expected = 3 * 26 * 16 * 64 + 3 * 2 * 2 * 26 * 26 * 8
+    for kernel in ("auto", "bmm", "sdpa"):  # auto: the compiled kernel where it built
+        assert matmul_multiply_adds(Timed(InferenceInteracting(layer, Tensors(), kernel), [x])) == expected

@@ -66,6 +66,31 @@ def test_attend_equals_numpy(fields, heads, head_dim, residual):
 
 
 @needs_native
+@pytest.mark.parametrize("fields,d_in,heads,head_dim,residual", [
+    (26, 16, 2, 8, True),  # Criteo's layer: 64 projection columns, one block of 8 vectors
+    (22, 50, 2, 25, False),  # Avazu's without the residual: 150 columns, 2 blocks and 3 tail vectors, padded
+    (22, 50, 2, 25, True),  # 200 columns
+    (3, 5, 1, 5, True),  # 20 columns: tail vectors only, padded
+    (130 // 2, 7, 3, 4, False),
+])
+def test_the_whole_layer_equals_numpy_projections_then_attention(fields, d_in, heads, head_dim, residual):
+    g = torch.Generator().manual_seed(fields + d_in)
+    width = (4 if residual else 3) * heads * head_dim
+    x = torch.randn(2 * native.MIN_ROWS_PER_THREAD + 1, fields, d_in, generator=g)
+    weight = torch.randn(width, d_in, generator=g).t() / d_in**0.5  # a transposed view, as layers give it
+    expected = numpy_attend(x.double().numpy() @ weight.double().numpy(), heads, head_dim, residual)
+    for threads in (1, 2):
+        got = native.interacting(x, weight, heads, head_dim, residual, threads=threads)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    strided = torch.randn(fields, x.shape[0], d_in, generator=g).transpose(0, 1)  # [B, F, d_in], field-major
+    np.testing.assert_allclose(native.interacting(strided, weight, heads, head_dim, residual).numpy(),
+                               numpy_attend(strided.double().numpy() @ weight.double().numpy(), heads, head_dim, residual),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"weight \[d_in, "):
+        native.interacting(x, weight[:, :-1], heads, head_dim, residual)
+
+
+@needs_native
 def test_attend_reads_strided_projections_and_splits_the_batch_over_threads():
     rows = 4 * native.MIN_ROWS_PER_THREAD + 3  # not a multiple of the thread count
     g = torch.Generator().manual_seed(0)
@@ -130,9 +155,10 @@ def test_the_layer_runs_native_eagerly_and_portable_kernels_where_it_cannot():
         expected = layer(x)
     assert fast.current_kernel() == "native"
     calls = []
-    original = native.attend
+    original = native.attend, native.interacting
     try:
-        native.attend = lambda *a, **k: calls.append(1) or original(*a, **k)
+        native.attend = lambda *a, **k: calls.append(1) or original[0](*a, **k)
+        native.interacting = lambda *a, **k: calls.append(1) or original[1](*a, **k)
         torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-5)
         assert calls, "the eager call did not reach the native kernel"
         calls.clear()
@@ -145,7 +171,7 @@ def test_the_layer_runs_native_eagerly_and_portable_kernels_where_it_cannot():
             torch.testing.assert_close(fast(wide), layer(wide), rtol=0, atol=1e-5)
         assert not calls, "130 fields reached the native kernel"
     finally:
-        native.attend = original
+        native.attend, native.interacting = original
     xg = x.clone().requires_grad_(True)  # a gradient is wanted: PyTorch's kernels, which have one
     fast(xg).sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()

@@ -140,9 +140,9 @@ class InferenceInteracting(nn.Module):
 
     @torch.jit.unused
     def _native_runs(self, proj: torch.Tensor) -> bool:
-        """Whether the native kernel can take this call (not traced or compiled, no gradient wanted,
-        a field count it takes)."""
-        if torch.jit.is_tracing() or _graph_capture() or type(proj) is not torch.Tensor:
+        """Whether the native kernel can take this call on ``proj`` (or the layer's input): not
+        suspended, traced or compiled, no gradient wanted, a field count it takes."""
+        if native.is_suspended() or torch.jit.is_tracing() or _graph_capture() or type(proj) is not torch.Tensor:
             return False  # a tracer or a fake tensor: the graph must hold PyTorch ops
         if proj.requires_grad and torch.is_grad_enabled():
             return False
@@ -152,6 +152,12 @@ class InferenceInteracting(nn.Module):
     def _attend_native(self, proj: torch.Tensor) -> torch.Tensor:
         return native.attend(proj, self.heads, self.head_dim, self.has_residual)
 
+    @torch.jit.unused
+    def _interacting_native(self, x: torch.Tensor) -> torch.Tensor:
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        return native.interacting(x, self.stacked_weight(), self.heads, self.head_dim, self.has_residual)
+
     def stacked_weight(self) -> torch.Tensor:
         """``[d, n d]``: ``[W_q * scale, W_k, W_v(, W_res)]`` as ``x @ W`` reads them (``n`` = 4, 3
         without the residual)."""
@@ -159,6 +165,9 @@ class InferenceInteracting(nn.Module):
         return torch.cat([query, self.key, self.value, self.residual], dim=0).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.current_kernel() == "native" and self._native_runs(x):
+                return self._interacting_native(x)
         b, f, d = x.shape
         proj = x.reshape(b * f, d).mm(self.stacked_weight()).view(b, f, -1)
         return self.attend(proj)

@@ -35,13 +35,15 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["NativeStatus", "available", "status", "attend", "MIN_ROWS_PER_THREAD"]
+__all__ = ["NativeStatus", "available", "status", "attend", "interacting", "suspended", "is_suspended", "MIN_ROWS_PER_THREAD"]
 
 SOURCE = Path(__file__).with_name("kernels") / "attention.cpp"
 #: Tried in order; the first that builds is used (``-march=native`` vectorises for this CPU; the
@@ -71,6 +73,10 @@ class _Library:
         self.attend = lib.afm_attend
         self.attend.restype = ctypes.c_int
         self.attend.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 7 + [ctypes.c_void_p]
+        self.interacting = lib.afm_interacting
+        self.interacting.restype = ctypes.c_int
+        self.interacting.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p]
+                                     + [ctypes.c_int64] * 4 + [ctypes.c_void_p])
         lib.afm_attend_max_fields.restype = ctypes.c_int64
         self.max_fields = int(lib.afm_attend_max_fields())
 
@@ -79,6 +85,27 @@ _lock = threading.Lock()
 _state: tuple[NativeStatus, _Library | None] | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_suspended = 0
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """Layers run PyTorch's kernels inside this block (nestable, process-wide): what an aten-level
+    counter or profiler sees, e.g. the bench's multiply-add count, which cannot see into the
+    compiled kernel."""
+    global _suspended
+    with _lock:
+        _suspended += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _suspended -= 1
+
+
+def is_suspended() -> bool:
+    """Whether a :func:`suspended` block is running."""
+    return _suspended > 0
 
 
 def _compiler() -> str | None:
@@ -148,16 +175,23 @@ def _reference(proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool
 
 
 def _self_check(lib: _Library) -> str | None:
-    """Runs the kernel on random shapes that cover every code path; a mismatch, or None."""
+    """Runs both entry points on random shapes that cover every code path; a mismatch, or None."""
     gen = torch.Generator().manual_seed(0)
     for fields, heads, head_dim, residual in ((26, 2, 8, True), (5, 3, 3, False), (22, 2, 25, True), (9, 1, 16, True)):
         d = heads * head_dim
-        proj = torch.randn(7, fields, (4 if residual else 3) * d, generator=gen) * 2
-        got = _call(lib, proj, heads, head_dim, residual, threads=1)
-        want = _reference(proj, heads, head_dim, residual)
-        if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
-            err = (got - want).abs().max().item()
-            return f"self-check failed at F={fields}, heads={heads}x{head_dim}: max error {err:.3g}"
+        width = (4 if residual else 3) * d
+        proj = torch.randn(7, fields, width, generator=gen) * 2
+        x = torch.randn(7, fields, d, generator=gen)
+        weight = torch.randn(d, width, generator=gen) * (2 / d**0.5)
+        checks = (
+            ("attention", _call(lib, proj, heads, head_dim, residual, threads=1), _reference(proj, heads, head_dim, residual)),
+            ("layer", _call_interacting(lib, x, weight, heads, head_dim, residual, threads=1),
+             _reference(x @ weight, heads, head_dim, residual)),
+        )
+        for name, got, want in checks:
+            if not torch.allclose(got, want, rtol=1e-5, atol=1e-5):
+                err = (got - want).abs().max().item()
+                return f"self-check failed ({name}) at F={fields}, heads={heads}x{head_dim}: max error {err:.3g}"
     return None
 
 
@@ -215,30 +249,61 @@ def _executor(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _call(lib: _Library, proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool,
-          threads: int) -> torch.Tensor:
-    rows, fields = int(proj.shape[0]), int(proj.shape[1])
-    d = heads * head_dim
-    out = torch.empty(rows, fields, d, dtype=torch.float32)
-    if rows == 0:
-        return out
-    row_stride, field_stride = proj.stride(0), proj.stride(1)
-    item = proj.element_size()
-
-    def run(start: int, stop: int) -> int:
-        # ctypes releases the GIL for the call, so the pool's threads run in parallel
-        return lib.attend(proj.data_ptr() + start * row_stride * item, stop - start, fields, row_stride,
-                          field_stride, heads, head_dim, int(has_residual), out.data_ptr() + start * fields * d * item)
-
+def _split(rows: int, threads: int, run) -> None:
+    """``run(start, stop)`` over ``[0, rows)``, split into up to ``threads`` parts on the pool
+    (ctypes releases the GIL for each call, so the parts run in parallel); raises on a nonzero code."""
     parts = max(1, min(threads, rows // MIN_ROWS_PER_THREAD))
     if parts == 1:
         codes = [run(0, rows)]
     else:
         step = math.ceil(rows / parts)
         codes = list(_executor(parts).map(lambda s: run(s, min(rows, s + step)), range(0, rows, step)))
-    if any(codes):
-        raise ValueError(f"the native attention kernel takes 1 to {lib.max_fields} fields, got {fields}")
+    if any(codes):  # the Python checks below let nothing through that the kernel refuses
+        raise RuntimeError(f"the native attention kernel refused its input (codes {codes})")
+
+
+def _call(lib: _Library, proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool,
+          threads: int) -> torch.Tensor:
+    rows, fields = int(proj.shape[0]), int(proj.shape[1])
+    d = heads * head_dim
+    out = torch.empty(rows, fields, d, dtype=torch.float32)
+    row_stride, field_stride = proj.stride(0), proj.stride(1)
+    item = proj.element_size()
+    _split(rows, threads, lambda start, stop: lib.attend(
+        proj.data_ptr() + start * row_stride * item, stop - start, fields, row_stride, field_stride,
+        heads, head_dim, int(has_residual), out.data_ptr() + start * fields * d * item))
     return out
+
+
+def _call_interacting(lib: _Library, x: torch.Tensor, weight: torch.Tensor, heads: int, head_dim: int,
+                      has_residual: bool, threads: int) -> torch.Tensor:
+    rows, fields, d_in = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
+    d = heads * head_dim
+    width = weight.shape[1]
+    padded = torch.nn.functional.pad(weight, (0, -width % 8)).contiguous()  # [d_in, wpad], zero columns
+    out = torch.empty(rows, fields, d, dtype=torch.float32)
+    row_stride, field_stride = x.stride(0), x.stride(1)
+    item = x.element_size()
+    _split(rows, threads, lambda start, stop: lib.interacting(
+        x.data_ptr() + start * row_stride * item, stop - start, fields, row_stride, field_stride, d_in,
+        padded.data_ptr(), padded.shape[1], heads, head_dim, int(has_residual),
+        out.data_ptr() + start * fields * d * item))
+    return out
+
+
+def _checked(tensor: torch.Tensor, name: str, lib: _Library, any_strides: bool = False) -> None:
+    if tensor.dtype != torch.float32 or tensor.device.type != "cpu" or (tensor.stride(-1) != 1 and not any_strides):
+        raise ValueError(f"the native attention kernel needs float32 CPU {name} with a unit last stride "
+                         f"(got {tensor.dtype} on {tensor.device}, strides {tensor.stride()})")
+    if tensor.requires_grad and torch.is_grad_enabled():
+        raise ValueError("the native attention kernel has no backward; call it under torch.no_grad()")
+
+
+def _library() -> _Library:
+    state, lib = _get()
+    if lib is None:
+        raise RuntimeError(f"the native attention kernel is unavailable: {state.reason}")
+    return lib
 
 
 def attend(proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool, threads: int | None = None) -> torch.Tensor:
@@ -249,17 +314,36 @@ def attend(proj: torch.Tensor, heads: int, head_dim: int, has_residual: bool, th
     The batch is split over ``threads`` (default: ``torch.get_num_threads()``). Raises RuntimeError
     when the kernel is unavailable (:func:`status` says why), ValueError on a tensor it cannot take.
     """
-    state, lib = _get()
-    if lib is None:
-        raise RuntimeError(f"the native attention kernel is unavailable: {state.reason}")
+    lib = _library()
     width = (4 if has_residual else 3) * heads * head_dim
     if proj.dim() != 3 or proj.shape[2] != width:
         raise ValueError(f"attend needs projections [B, F, {width}], got {tuple(proj.shape)}")
-    if proj.dtype != torch.float32 or proj.device.type != "cpu" or proj.stride(2) != 1:
-        raise ValueError("attend needs float32 CPU projections with a unit last stride "
-                         f"(got {proj.dtype} on {proj.device}, strides {proj.stride()})")
-    if proj.requires_grad and torch.is_grad_enabled():
-        raise ValueError("the native attention kernel has no backward; call it under torch.no_grad()")
-    if not 1 <= proj.shape[1] <= lib.max_fields:
-        raise ValueError(f"the native attention kernel takes 1 to {lib.max_fields} fields, got {proj.shape[1]}")
+    _checked(proj, "projections", lib)
+    _check_fields(int(proj.shape[1]), lib)
     return _call(lib, proj, int(heads), int(head_dim), bool(has_residual), threads or torch.get_num_threads())
+
+
+def interacting(x: torch.Tensor, weight: torch.Tensor, heads: int, head_dim: int, has_residual: bool,
+                threads: int | None = None) -> torch.Tensor:
+    """A whole interacting layer, ``[B, F, d_in]`` -> ``[B, F, d]``: :func:`attend` on ``x @ weight``,
+    the projections made per sample inside the kernel (never written out as ``[B, F, n d]``).
+
+    ``weight`` is ``[d_in, n d]``, columns ``[W_q (scaled) | W_k | W_v (| W_res)]``, as
+    :meth:`~lightning_afm.inference.attention.InferenceInteracting.stacked_weight` gives it.
+    Same threads, errors and tensor rules as :func:`attend`.
+    """
+    lib = _library()
+    width = (4 if has_residual else 3) * heads * head_dim
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape != (x.shape[2], width):
+        raise ValueError(f"interacting needs x [B, F, d_in] and weight [d_in, {width}], "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+    _checked(x, "inputs", lib)
+    _checked(weight, "weights", lib, any_strides=True)  # copied into the kernel's padded layout
+    _check_fields(int(x.shape[1]), lib)
+    return _call_interacting(lib, x, weight, int(heads), int(head_dim), bool(has_residual),
+                             threads or torch.get_num_threads())
+
+
+def _check_fields(fields: int, lib: _Library) -> None:
+    if not 1 <= fields <= lib.max_fields:
+        raise ValueError(f"the native attention kernel takes 1 to {lib.max_fields} fields, got {fields}")

@@ -57,27 +57,33 @@ inline v8f vexp_nonpos(v8f x) {
   return p * scale;
 }
 
-// Rows [0, rows) of one thread's share. NV = ceil(F / 8) vectors hold one query's logits.
+// One sample's attention for a thread: NV = ceil(F / 8) vectors hold one query's logits; the
+// scratch (transposed keys, padding masks) is allocated once per thread's share.
 template <int NV>
-void attend_rows(const float* proj, int64_t rows, int64_t F, int64_t row_stride, int64_t field_stride,
-                 int64_t H, int64_t dh, bool has_res, float* out) {
-  const int64_t d = H * dh, fp = NV * 8;
-  // P V from 8-wide slices of the value rows (a scalar tail for d_h % 8 columns); heads under 8 wide
-  // go over the padded fields instead
-  const bool direct = dh >= 8;
-  const int64_t wide = dh - dh % 8;
-  std::vector<v8f> kt(dh * NV), vt(direct ? 0 : dh * NV);
-  std::vector<float> column(fp, 0.f);
+struct Attender {
+  int64_t F, H, dh, d, wide;
+  bool has_res, direct;
+  std::vector<v8f> kt, vt;
+  std::vector<float> column;
   v8f pad[NV], keep[NV];  // logits of the padding fields: -1e30 (exp gives ~0), then zeroed
-  for (int n = 0; n < NV; ++n)
-    for (int l = 0; l < 8; ++l) {
-      pad[n][l] = n * 8 + l < F ? 0.f : -1e30f;
-      keep[n][l] = n * 8 + l < F ? 1.f : 0.f;
-    }
   alignas(32) float weights[NV * 8];
-  for (int64_t b = 0; b < rows; ++b) {
-    const float* row = proj + b * row_stride;
-    float* out_row = out + b * F * d;
+
+  Attender(int64_t fields, int64_t heads, int64_t head_dim, bool residual)
+      : F(fields), H(heads), dh(head_dim), d(heads * head_dim), wide(head_dim - head_dim % 8),
+        has_res(residual),
+        // P V from 8-wide slices of the value rows (a scalar tail for d_h % 8 columns); heads under
+        // 8 wide go over the padded fields instead
+        direct(head_dim >= 8), kt(head_dim * NV), vt(head_dim >= 8 ? 0 : head_dim * NV), column(NV * 8, 0.f) {
+    for (int n = 0; n < NV; ++n)
+      for (int l = 0; l < 8; ++l) {
+        pad[n][l] = n * 8 + l < F ? 0.f : -1e30f;
+        keep[n][l] = n * 8 + l < F ? 1.f : 0.f;
+      }
+  }
+
+  // row: field i's [q | k | v (| res)] at row + i * field_stride; out_row: [F, d], contiguous.
+  void sample(const float* row, int64_t field_stride, float* out_row) {
+    const int64_t fp = NV * 8;
     for (int64_t h = 0; h < H; ++h) {
       const float* keys = row + d + h * dh;
       const float* values = row + 2 * d + h * dh;
@@ -141,6 +147,56 @@ void attend_rows(const float* proj, int64_t rows, int64_t F, int64_t row_stride,
       }
     }
   }
+};
+
+// One sample's projections: proj[i, :] = x[i, :] @ W for the F fields, W [d_in, wpad] row-major with
+// wpad a multiple of 8 (zero columns past the real width). Blocks of 8 vectors (64 columns) keep their
+// accumulators in registers; the sample's x rows and W stay in L1/L2.
+inline void project_sample(const float* x, int64_t F, int64_t x_field_stride, int64_t d_in, const float* W,
+                           int64_t wpad, float* proj) {
+  for (int64_t i = 0; i < F; ++i) {
+    const float* xi = x + i * x_field_stride;
+    float* pi = proj + i * wpad;
+    int64_t c0 = 0;
+    for (; c0 + 64 <= wpad; c0 += 64) {
+      v8f a[8];
+      for (int n = 0; n < 8; ++n) a[n] = splat(0.f);
+      for (int64_t c = 0; c < d_in; ++c) {
+        const v8f xs = splat(xi[c]);
+        const float* w = W + c * wpad + c0;
+        for (int n = 0; n < 8; ++n) a[n] += xs * loadu(w + 8 * n);
+      }
+      for (int n = 0; n < 8; ++n) storeu(pi + c0 + 8 * n, a[n]);
+    }
+    for (; c0 < wpad; c0 += 8) {
+      v8f a0 = splat(0.f), a1 = a0;
+      int64_t c = 0;
+      for (; c + 2 <= d_in; c += 2) {
+        a0 += splat(xi[c]) * loadu(W + c * wpad + c0);
+        a1 += splat(xi[c + 1]) * loadu(W + (c + 1) * wpad + c0);
+      }
+      if (c < d_in) a0 += splat(xi[c]) * loadu(W + c * wpad + c0);
+      storeu(pi + c0, a0 + a1);
+    }
+  }
+}
+
+template <int NV>
+void attend_rows(const float* proj, int64_t rows, int64_t F, int64_t row_stride, int64_t field_stride,
+                 int64_t H, int64_t dh, bool has_res, float* out) {
+  Attender<NV> attender(F, H, dh, has_res);
+  for (int64_t b = 0; b < rows; ++b) attender.sample(proj + b * row_stride, field_stride, out + b * F * H * dh);
+}
+
+template <int NV>
+void interacting_rows(const float* x, int64_t rows, int64_t F, int64_t x_row_stride, int64_t x_field_stride,
+                      int64_t d_in, const float* W, int64_t wpad, int64_t H, int64_t dh, bool has_res, float* out) {
+  Attender<NV> attender(F, H, dh, has_res);
+  std::vector<float> proj(F * wpad);
+  for (int64_t b = 0; b < rows; ++b) {
+    project_sample(x + b * x_row_stride, F, x_field_stride, d_in, W, wpad, proj.data());
+    attender.sample(proj.data(), wpad, out + b * F * H * dh);
+  }
 }
 
 }  // namespace
@@ -157,6 +213,22 @@ int afm_attend(const float* proj, int64_t rows, int64_t F, int64_t row_stride, i
   const bool res = has_res != 0;
   switch ((F + 7) / 8) {
 #define AFM_CASE(NV) case NV: attend_rows<NV>(proj, rows, F, row_stride, field_stride, H, dh, res, out); return 0;
+    AFM_CASE(1) AFM_CASE(2) AFM_CASE(3) AFM_CASE(4) AFM_CASE(5) AFM_CASE(6) AFM_CASE(7) AFM_CASE(8)
+    AFM_CASE(9) AFM_CASE(10) AFM_CASE(11) AFM_CASE(12) AFM_CASE(13) AFM_CASE(14) AFM_CASE(15) AFM_CASE(16)
+#undef AFM_CASE
+    default: return 1;
+  }
+}
+
+// The whole layer: x rows x F x d_in (unit stride along the last axis) projected by W [d_in, wpad]
+// (columns [q | k | v (| res) | zeros], wpad a multiple of 8), then attention as afm_attend.
+// Returns 0, 1 when F is out of range, 2 when wpad is not a multiple of 8 or too narrow.
+int afm_interacting(const float* x, int64_t rows, int64_t F, int64_t x_row_stride, int64_t x_field_stride,
+                    int64_t d_in, const float* W, int64_t wpad, int64_t H, int64_t dh, int64_t has_res, float* out) {
+  if (wpad % 8 != 0 || wpad < (has_res ? 4 : 3) * H * dh) return 2;
+  const bool res = has_res != 0;
+  switch ((F + 7) / 8) {
+#define AFM_CASE(NV) case NV: interacting_rows<NV>(x, rows, F, x_row_stride, x_field_stride, d_in, W, wpad, H, dh, res, out); return 0;
     AFM_CASE(1) AFM_CASE(2) AFM_CASE(3) AFM_CASE(4) AFM_CASE(5) AFM_CASE(6) AFM_CASE(7) AFM_CASE(8)
     AFM_CASE(9) AFM_CASE(10) AFM_CASE(11) AFM_CASE(12) AFM_CASE(13) AFM_CASE(14) AFM_CASE(15) AFM_CASE(16)
 #undef AFM_CASE
