@@ -10,7 +10,10 @@ that computes the wrong thing), each of which must leave PyTorch's kernels runni
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +232,28 @@ def test_the_built_library_is_reused_from_the_cache(fresh_native, tmp_path):
     stamp = built[0].stat().st_mtime_ns
     native._state = None
     assert fresh_native.status() == first and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+@needs_native
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_splits_batches_over_a_fresh_pool():
+    proj = torch.randn(4 * native.MIN_ROWS_PER_THREAD, 26, 64)
+    expected = native.attend(proj, 2, 8, True, threads=2).numpy()  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: no torch op that runs OpenMP (torch's own limit after a fork), only ours
+        code = 1
+        try:
+            got = native.attend(proj, 2, 8, True, threads=2).numpy()
+            code = 0 if np.array_equal(got, expected) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the child's result differs or it failed"
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in the native kernel's pool")

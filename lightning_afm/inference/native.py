@@ -88,6 +88,18 @@ _pool_size = 0
 _suspended = 0
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (DataLoader workers, serving processes) has none of the parent's pool threads
+    and may inherit a held lock: start both afresh; the loaded library stays valid."""
+    global _lock, _pool, _pool_size
+    _lock = threading.Lock()
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextmanager
 def suspended() -> Iterator[None]:
     """Layers run PyTorch's kernels inside this block (nestable, process-wide): what an aten-level
