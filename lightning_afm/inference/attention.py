@@ -59,11 +59,11 @@ def choose_kernel(head_dim: int, threads: int, sdpa_max_head_dim: int = SDPA_MAX
     ``"native"`` wherever it can run (``native_ok``), else ``"sdpa"`` (the flash kernel) for small
     heads on one thread and ``"bmm"`` otherwise.
 
-    The native kernel, attention alone at batch 10,000 (``benchmarks/bench_attention.py --kernels``,
-    AMD EPYC, quiet machine): Criteo's 26 fields x heads of 8 in 31-34 ms against 71-74 ms (flash)
-    and 114-133 ms (``bmm``) on one thread, 16-17 ms against 67-80 ms on two; Avazu's 22-24 fields x
-    heads of 25 in 76-86 ms against 120-164 ms (flash) and 134-147 ms (``bmm``) on one thread,
-    41-57 ms against 74-78 ms (``bmm``) on two.
+    The native kernel, one layer's attention alone at batch 10,000 (``benchmarks/bench_attention.py
+    --kernels``, AMD EPYC, quiet machine): Criteo's 26 fields x heads of 8 in 31.2 ms against 69.0 ms
+    (flash) and 81.4 ms (``bmm``) on one thread, 16.2 ms against 72.7 ms and 45.8 ms on two; Avazu's
+    22 fields x heads of 25 in 70.4 ms against 102.4 ms and 99.1 ms on one thread, 38.6 ms against
+    103.4 ms and 54.7 ms on two. As the whole layer (projection inside the kernel) it is faster still.
 
     Without it, from the whole AutoInt forward (AMD EPYC, batch 10,000, tables capped at 100,000
     rows): on a quiet machine the flash kernel made our baseline 1.12x DeepCTR-Torch's ``bmm`` +
