@@ -68,3 +68,13 @@ def test_params_format_like_table_2():
     assert format_params(574_457_024) == "574.46M"
     assert format_params(1234) == "1,234"
     assert format_params(None) == "n/a"
+
+
+def test_autoint_rows_say_which_attention_kernel_ran():
+    from lightning_afm.bench.report import native_attention_words
+
+    words = native_attention_words()
+    assert words.startswith(("the compiled native kernel", "PyTorch's kernels (the native kernel is unavailable: "))
+    autoint = [dict(r, model="autoint") for r in _rows()[:3]]
+    assert f"AutoInt's attention ran on {words}" in to_markdown(autoint, {"native_attention": words})
+    assert "AutoInt's attention" not in to_markdown(_rows(), {"native_attention": words})  # no AutoInt row

@@ -175,3 +175,26 @@ def test_per_field_ranks_and_subclassed_layers_are_not_folded():
     cat, num = torch.zeros(3, 4, dtype=torch.long), torch.rand(3, 2)
     with torch.no_grad():
         torch.testing.assert_close(optimize_for_inference(model)(cat, num), model(cat, num), **TOL)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_two_part_output_equals_the_linear_over_the_concatenation(bias):
+    from lightning_afm.inference.heads import CatOutput, TwoPartOutput, two_part_output
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(7 + 5, 1, bias=bias)
+    a, b = torch.randn(9, 7), torch.randn(9, 5)
+    with torch.no_grad():
+        expected = linear(torch.cat([a, b], dim=1)).squeeze(-1)
+    out = two_part_output(linear, 7, Tensors())
+    assert isinstance(out, TwoPartOutput)
+    torch.testing.assert_close(out(a, b), expected, **TOL)
+    torch.testing.assert_close(torch.jit.script(out)(a, b), expected, **TOL)
+    with torch.no_grad():
+        linear.weight.mul_(2)  # shared, not copied: the inference form follows the weights
+    torch.testing.assert_close(out(a, b) - (linear.bias if bias else 0), 2 * (expected - (linear.bias if bias else 0)))
+    factored = torch.nn.Sequential(torch.nn.Linear(12, 3), torch.nn.Linear(3, 1))  # not a plain Linear
+    fallback = two_part_output(factored, 7, Tensors())
+    assert isinstance(fallback, CatOutput)
+    with torch.no_grad():
+        torch.testing.assert_close(fallback(a, b), factored(torch.cat([a, b], 1)).squeeze(-1), **TOL)

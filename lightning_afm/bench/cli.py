@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_afm.bench.benchmark import BenchSettings, peak_rss_gb, run_benchmark, settings_dict
-from lightning_afm.bench.report import machine_info, now, to_markdown, write_report
+from lightning_afm.bench.report import machine_info, native_attention_words, now, to_markdown, write_report
 
 __all__ = ["run", "main", "settings_from_config"]
 
@@ -78,6 +78,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         row["cpu"] = machine["cpu"]
     meta = {
         **machine,
+        "native_attention": native_attention_words(),
         "date": now(),
         "command": _command(),
         "wall_s": time.perf_counter() - started,

@@ -19,7 +19,7 @@ from typing import Any
 from lightning_afm.bench.shapes import PAPER_SHAPES, TABLE_2_PARAMS_M
 from lightning_afm.models import MODELS
 
-__all__ = ["cpu_name", "machine_info", "format_params", "to_markdown", "write_report", "VARIANT_TITLES"]
+__all__ = ["cpu_name", "machine_info", "native_attention_words", "format_params", "to_markdown", "write_report", "VARIANT_TITLES"]
 
 VARIANT_TITLES = {
     "baseline": "Baseline",
@@ -48,6 +48,16 @@ def cpu_name() -> str:
 
 def machine_info() -> dict[str, Any]:
     return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def native_attention_words() -> str:
+    """Which kernel AutoInt's attention runs eagerly here: ours, or PyTorch's and why."""
+    from lightning_afm.inference import native
+
+    state = native.status()
+    if state.available:
+        return "the compiled native kernel (lightning_afm/inference/native.py) in eager runs"
+    return f"PyTorch's kernels (the native kernel is unavailable: {state.reason})"
 
 
 def format_params(params: int | None) -> str:
@@ -258,6 +268,9 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
             "inference forms copy the tables they fuse (rank-2 codes and LR weights in one table, about 16 bytes "
             "a row; `optimize_for_inference(fuse=True)`)."
         )
+    if meta.get("native_attention") and any(r["model"] == "autoint" for r in rows):
+        lines.append(f"- AutoInt's attention ran on {meta['native_attention']}; TorchScript and ONNX Runtime "
+                     "run PyTorch's kernels.")
     noisy = [r for r in rows if r.get("iqr_pct") is not None]
     if noisy:
         worst = max(noisy, key=lambda r: r["iqr_pct"])

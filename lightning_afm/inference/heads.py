@@ -75,21 +75,64 @@ class NFMHead(_MLPHead):
         return self.output(self.mlp(mlp_in)).squeeze(-1)
 
 
+class TwoPartOutput(nn.Module):
+    """``w^T [a, b] + c`` -> ``[B]``: the output Linear over two parts, ``a w_a + b w_b + c`` by two
+    matrix-vector products, so ``[a, b]`` is never written and read back (at AutoInt's Criteo shape,
+    ``[10000, 816]``: 4.6 ms by ``cat`` + Linear against 2.4 ms, AMD EPYC, 1 and 2 threads).
+
+    Args:
+        output: the trained ``nn.Linear(width_a + width_b, 1)`` (its weight taken through ``tensors``).
+        width_a: the first part's width.
+        tensors: how to take the weights (shared or copied).
+    """
+
+    def __init__(self, output: nn.Linear, width_a: int, tensors: Tensors) -> None:
+        super().__init__()
+        weight = tensors.take(output.weight)[0]  # [width_a + width_b]
+        self.register_buffer("weight_a", weight[:width_a], persistent=False)
+        self.register_buffer("weight_b", weight[width_a:], persistent=False)
+        bias = tensors.take(output.bias) if output.bias is not None else weight.new_zeros(1)
+        self.register_buffer("bias", bias, persistent=False)  # [1]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.addmv(torch.addmv(self.bias.expand(a.shape[0]), a, self.weight_a), b, self.weight_b)
+
+
+class CatOutput(nn.Module):
+    """``output(cat([a, b], 1)).squeeze(-1)``: any output module, as trained (:class:`TwoPartOutput`'s fallback)."""
+
+    def __init__(self, output: nn.Module) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.cat([a, b], dim=1)).squeeze(-1)
+
+
+def two_part_output(output: nn.Module, width_a: int, tensors: Tensors) -> nn.Module:
+    """:class:`TwoPartOutput` for a plain ``nn.Linear(_, 1)``, else the module as a frozen copy over the concatenation."""
+    if type(output) is nn.Linear and output.out_features == 1 and 0 < width_a < output.in_features:
+        return TwoPartOutput(output, width_a, tensors)
+    return CatOutput(tensors.frozen(output))
+
+
 class AutoIntHead(_MLPHead):
     """``w^T [flatten(Att^L(e)), MLP([X, numeric])] + b``, the attention in its inference form
-    (:mod:`.attention`). On AFM/SVD-factored tables its first layer reads the codes; with the MLP
-    folded onto the codes too, the ``d``-dim embeddings are never built (``needs_embeddings`` False).
+    (:mod:`.attention`), the output as :class:`TwoPartOutput`. On AFM/SVD-factored tables its first
+    layer reads the codes; with the MLP folded onto the codes too, the ``d``-dim embeddings are
+    never built (``needs_embeddings`` False).
     """
 
     def __init__(self, model: AutoInt, tensors: Tensors) -> None:
         super().__init__(model, tensors)
         self.attention = build_attention(model.attention, model.embeddings.tables(), tensors)
         self.needs_embeddings = not (self.attention.reads_codes and self.reads_codes)
+        self.output = two_part_output(model.output, model.num_fields * model.embedding_dim, tensors)
 
     def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         attended = self.attention(codes, emb).flatten(1)
         deep = self.mlp(flat_input(codes if self.reads_codes else emb, numeric))
-        return self.output(torch.cat([attended, deep], dim=1)).squeeze(-1)
+        return self.output(attended, deep)
 
 
 class ParallelCrossHead(_MLPHead):

@@ -24,34 +24,37 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
 inline v8f loadu(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 inline void storeu(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 inline float hsum(v8f v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
 inline float hmax(v8f v) {
   float m = v[0];
   for (int l = 1; l < 8; ++l) m = v[l] > m ? v[l] : m;
   return m;
 }
-inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 // relu that keeps NaN (x < 0 is false for NaN)
 inline v8f vrelu(v8f x) { return x < splat(0.f) ? splat(0.f) : x; }
 
-// exp(x) for x <= 0 (NaN stays NaN): x clamped at -87 (exp(-87) is still a normal float), then
-// x = n ln2 + r with n = round(x / ln2) (ln2 split in two, Cody-Waite), exp(r) by Cephes' degree-6
-// polynomial, and 2^n put in the exponent bits. Relative error about 1e-7.
+// exp(x) for x <= 0 (NaN stays NaN), as 2^y with y = x log2(e): x clamped at -87 (exp(-87) is still
+// a normal float); n = round(y) by the 1.5 * 2^23 trick (y + that constant holds n in its low mantissa
+// bits, so its bit pattern shifted left by 23 after adding the exponent bias 127 is 2^n); 2^f for
+// f = y - n in [-1/2, 1/2] by its degree-6 Taylor polynomial (relative error below 2e-7). Rounding
+// y costs up to |y| * 6e-8 relative, which matters only for terms already below e^-20 of the row's
+// largest.
 inline v8f vexp_nonpos(v8f x) {
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   const v8f y = x * splat(1.44269504088896341f);
-  const v8i ni = -__builtin_convertvector(splat(0.5f) - y, v8i);  // round(y) for y <= 0
-  const v8f n = __builtin_convertvector(ni, v8f);
-  v8f r = x - n * splat(0.693359375f);
-  r = r + n * splat(2.12194440e-4f);
-  v8f p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  const v8i bits = (ni + 127) << 23;
+  const v8f shifted = y + splat(12582912.0f);  // 1.5 * 2^23
+  const v8f f = y - (shifted - splat(12582912.0f));
+  v8f p = splat(1.5403530393381606e-4f);
+  p = p * f + splat(1.3333558146428443e-3f);
+  p = p * f + splat(9.6181291076284772e-3f);
+  p = p * f + splat(5.5504108664821580e-2f);
+  p = p * f + splat(2.4022650695910071e-1f);
+  p = p * f + splat(6.9314718055994531e-1f);
+  p = p * f + splat(1.0f);
+  v8i bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  bits = (bits + 127) << 23;
   v8f scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
