@@ -60,10 +60,10 @@ def choose_kernel(head_dim: int, threads: int, sdpa_max_head_dim: int = SDPA_MAX
     heads on one thread and ``"bmm"`` otherwise.
 
     The native kernel, one layer's attention alone at batch 10,000 (``benchmarks/bench_attention.py
-    --kernels``, AMD EPYC, quiet machine): Criteo's 26 fields x heads of 8 in 31.2 ms against 69.0 ms
-    (flash) and 81.4 ms (``bmm``) on one thread, 16.2 ms against 72.7 ms and 45.8 ms on two; Avazu's
-    22 fields x heads of 25 in 70.4 ms against 102.4 ms and 99.1 ms on one thread, 38.6 ms against
-    103.4 ms and 54.7 ms on two. As the whole layer (projection inside the kernel) it is faster still.
+    --kernels``, AMD EPYC, quiet machine, 2026-12-01): Criteo's 26 fields x heads of 8 in 27.4 ms
+    against 71.4 ms (flash) and 82.5 ms (``bmm``) on one thread, 14.2 ms against 67.3 ms and 43.4 ms
+    on two; Avazu's 22 fields x heads of 25 in 67.5 ms against 102.2 ms and 98.3 ms on one thread,
+    33.3 ms against 91.2 ms and 50.2 ms on two.
 
     Without it, from the whole AutoInt forward (AMD EPYC, batch 10,000, tables capped at 100,000
     rows): on a quiet machine the flash kernel made our baseline 1.12x DeepCTR-Torch's ``bmm`` +

@@ -1,16 +1,19 @@
-// AutoInt's interacting-layer attention for inference on CPU, one sample at a time:
+// AutoInt's interacting layer for inference on CPU, one sample at a time:
 //   out[b, i, h] = relu( softmax_j(q[b, i, h] . k[b, j, h]) @ v[b, :, h] + res[b, i, h] )
-// read from one projection row per field, [q (d) | k (d) | v (d) | res (d)], d = heads * head_dim.
+// Two entry points: afm_attend reads one projection row per field, [q (d) | k (d) | v (d) | res (d)],
+// d = heads * head_dim; afm_interacting makes those rows itself, per sample, from the layer's input
+// and its stacked weight (so the [B, F, 4 d] projections are never written to memory).
 //
 // Why: at AutoInt's shape (26 fields, heads of 8) each (sample, head) is a 26 x 26 x 8 problem.
 // PyTorch's flash kernel and bmm pay a per-matrix overhead several times the arithmetic; here the
-// keys are transposed into registers-wide rows (fields padded to a multiple of 8), the logits of a
+// keys are transposed into register-wide rows (fields padded to a multiple of 8), the logits of a
 // query are NV vectors held in registers, the softmax uses a vectorised exp, and P V runs with four
 // accumulators. Built on first use by lightning_afm/inference/native.py with the machine's C++
 // compiler (GCC vector extensions: AVX2 with -march=native on x86, NEON pairs on ARM).
 //
-// NaN anywhere in a row's inputs gives NaN where PyTorch's softmax and ReLU would (no clamp or max
-// here drops a NaN). The caller splits the batch across threads; this function is single-threaded.
+// NaN anywhere in a row's inputs gives NaN where PyTorch's softmax and ReLU would (the clamp and
+// the ReLU keep NaN; a NaN the row's max skips still reaches the row's sum). The caller splits the
+// batch across threads; these functions are single-threaded.
 
 #include <cstdint>
 #include <cstring>
