@@ -472,3 +472,30 @@ def test_a_raw_file_whose_columns_do_not_match_the_schema_is_named(tmp_path):
     pq.write_table(table, tmp_path / "rows.parquet")
     with pytest.raises(DataConfigError, match=r"rows\.parquet: configured columns not found: \['device'\] \(the Parquet file's schema\)"):
         encoder.file_source(tmp_path / "rows.parquet")
+
+
+def test_auto_serves_large_requests_eagerly_where_the_inference_form_runs_a_native_kernel(monkeypatch):
+    from lightning_afm.data.schema import Schema
+    from lightning_afm.inference import native
+    from lightning_afm.models import AutoInt
+    from lightning_afm.serve.runtime import runs_native_kernels
+
+    torch.manual_seed(0)
+    model = AutoInt(Schema.from_vocab_sizes([9, 7, 5, 11], numeric=2), embedding_dim=8, mlp_hidden=[8]).eval()
+    g = torch.Generator().manual_seed(1)
+    categorical = np.stack([torch.randint(0, v, (300,), generator=g).numpy() for v in (9, 7, 5, 11)], axis=1)
+    numeric = torch.rand(300, 2, generator=g).numpy()
+    scripted = Predictor(model, runtime="torchscript")
+    expected = scripted.predict_encoded(categorical, numeric)
+    auto = Predictor(model, runtime="auto")
+    if native.available():
+        assert not isinstance(auto.runner, torch.jit.ScriptModule) and runs_native_kernels(auto.runner)
+    else:
+        assert isinstance(auto.runner, torch.jit.ScriptModule)
+    auto._onnx_max_rows = 0  # every pass through the large-request runner
+    np.testing.assert_allclose(auto.predict_encoded(categorical, numeric), expected, rtol=0, atol=1e-5)
+    # without the native kernel: TorchScript, as for every other model
+    monkeypatch.setenv("LIGHTNING_AFM_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", None)
+    assert isinstance(Predictor(model, runtime="auto").runner, torch.jit.ScriptModule)
+    assert not runs_native_kernels(scripted.model)  # a training model has no inference layers

@@ -20,7 +20,7 @@ from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, EncodedRows, E
 from lightning_afm.data.readers import BadRows
 
 from .onnx_runtime import OnnxRunner, optional_onnx_runner
-from .runtime import AUTO_ONNX_MAX_ROWS, RUNTIMES, ServeError, inference_module, load_model
+from .runtime import AUTO_ONNX_MAX_ROWS, RUNTIMES, ServeError, inference_module, large_request_module, load_model
 
 OUTPUT_FORMATS = ("csv", "parquet")
 
@@ -96,8 +96,9 @@ class Predictor:
         device: where the model runs.
         runtime: ``"auto"`` (default: per call, ONNX Runtime for requests of up to
             :data:`~.runtime.AUTO_ONNX_MAX_ROWS` rows and TorchScript above, the faster of each in
-            ``benchmarks/bench_serving.py``; TorchScript alone without the ``serve`` extra, on a
-            GPU, or for a model ONNX cannot take), ``"torchscript"`` (the inference layer compiled),
+            ``benchmarks/bench_serving.py``, or eager PyTorch above where the inference form runs a
+            compiled kernel of ours (:func:`~.runtime.large_request_module`: AutoInt); that alone
+            without the ``serve`` extra, on a GPU, or for a model ONNX cannot take), ``"torchscript"`` (the inference layer compiled),
             ``"eager"`` (see :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked
             at load, run by ONNX Runtime on the CPU; :class:`~.onnx_runtime.OnnxRunner`).
         onnx_artifact: for ``"onnx"`` and ``"auto"``, a verified ONNX export of these weights to open
@@ -125,7 +126,7 @@ class Predictor:
             self.onnx_runner, self._onnx_max_rows = OnnxRunner(self.model, artifact=onnx_artifact), sys.maxsize
             self.runner = self.onnx_runner
         else:  # after the move: it shares the model's weights
-            self.runner = inference_module(self.model, "torchscript" if runtime == "auto" else runtime)
+            self.runner = large_request_module(self.model) if runtime == "auto" else inference_module(self.model, runtime)
         if runtime == "auto" and self.device.type == "cpu":
             self.onnx_runner = optional_onnx_runner(self.model, onnx_artifact)
             self._onnx_max_rows = AUTO_ONNX_MAX_ROWS if self.onnx_runner is not None else 0

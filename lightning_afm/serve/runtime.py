@@ -23,7 +23,8 @@ class ServeError(ValueError):
 
 
 #: How serving runs a zoo model: ``auto`` (the default: ``onnx`` for requests of up to
-#: :data:`AUTO_ONNX_MAX_ROWS` rows, ``torchscript`` above; ``torchscript`` alone without the ``serve``
+#: :data:`AUTO_ONNX_MAX_ROWS` rows, ``torchscript`` above, or ``eager`` above where the inference form
+#: runs a native kernel (:func:`large_request_module`); ``torchscript`` alone without the ``serve``
 #: extra), ``torchscript`` (the inference layer compiled by ``torch.jit.script``: fastest in
 #: ``benchmarks/bench_serving.py`` from batch 1,024 and about 3x faster than ``eager`` at batch 1),
 #: ``eager`` (the inference layer in eager PyTorch) or ``onnx`` (the inference form exported and
@@ -37,6 +38,27 @@ RUNTIMES = ("auto", "torchscript", "eager", "onnx")
 #: two within the machine's noise at 256 (each ahead in one of two runs), TorchScript 1.1x to 1.4x
 #: faster at 1,024. README, "Serving latency".
 AUTO_ONNX_MAX_ROWS = 256
+
+
+def runs_native_kernels(module: nn.Module) -> bool:
+    """Whether ``module`` (an eager inference form) runs a compiled kernel of
+    :mod:`lightning_afm.inference.native` (AutoInt's attention, where it built), which TorchScript
+    and ONNX cannot carry: eager PyTorch then serves large requests faster than TorchScript."""
+    from lightning_afm.inference.attention import InferenceInteracting
+
+    return any(isinstance(m, InferenceInteracting) and m.query.device.type == "cpu" and m.current_kernel() == "native"
+               for m in module.modules())
+
+
+def large_request_module(model: nn.Module) -> nn.Module:
+    """What ``runtime="auto"`` runs for requests above :data:`AUTO_ONNX_MAX_ROWS` rows: the eager
+    inference form where it runs a native kernel (:func:`runs_native_kernels`; AutoInt at the Criteo
+    shape, 1 thread: 14.9 ms at 1,024 rows against 29.1 ms in TorchScript, README "Serving
+    latency"), else :func:`inference_module`'s TorchScript module."""
+    fast = inference_module(model, "eager")
+    if fast is not model and runs_native_kernels(fast):
+        return fast
+    return inference_module(model, "torchscript")
 
 
 def inference_module(model: nn.Module, runtime: str = "torchscript") -> nn.Module:
