@@ -257,3 +257,60 @@ def test_a_forked_child_splits_batches_over_a_fresh_pool():
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung in the native kernel's pool")
+
+
+@needs_native
+def test_concurrent_calls_of_different_sizes_share_the_pool_safely():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(rows, 26, 64, generator=g) for rows in (300, 600, 1200, 2400) for _ in range(3)]
+    expected = [numpy_attend(p.double().numpy(), 2, 8, True) for p in inputs]
+
+    def call(i):  # each caller asks for more threads than the last, so the pool keeps being replaced
+        return native.attend(inputs[i], 2, 8, True, threads=1 + i % 4 + i // 4)
+
+    with ThreadPoolExecutor(6) as callers:
+        results = list(callers.map(call, range(len(inputs))))
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_underflowing_and_infinite_logits_match_pytorch():
+    proj = torch.zeros(3, 5, 64)
+    proj[..., 32:48] = 1.0  # values
+    proj[0, :, 0] = 1.0  # sample 0: query . key = -200 for every key but field 2's
+    proj[0, :, 16] = -200.0
+    proj[0, 2, 16] = 0.0
+    proj[0, 4, 32] = 1e38  # a huge value behind a weight PyTorch underflows to 0
+    proj[1, :, 16] = float("-inf")  # sample 1: every logit of head 0 is -inf -> NaN, as in PyTorch
+    proj[1, :, 0] = 1.0
+    proj[2, :, 0] = 1.0  # sample 2: logits of -1e35 but one: the max is that one, not the padding
+    proj[2, :, 16] = -1e35
+    proj[2, 3, 16] = -1e34
+    proj[2, 3, 33] = 5.0
+    got = native.attend(proj, 2, 8, True)
+    want = native._reference(proj, 2, 8, True)
+    assert torch.equal(got.isnan(), want.isnan()) and got[1].isnan().any()
+    ok = ~want.isnan()
+    torch.testing.assert_close(got[ok], want[ok], rtol=1e-5, atol=1e-5)
+
+
+def test_a_vmap_wrapped_input_runs_pytorchs_kernels():
+    layer = _layer()
+    fast = InferenceInteracting(layer, Tensors())
+    with torch.no_grad():
+        x = torch.randn(3, 4, 5, 16)
+        torch.testing.assert_close(torch.vmap(fast)(x), torch.stack([layer(xi) for xi in x]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_kernel_folder_others_can_write_is_refused(fresh_native, tmp_path):
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("needs a C++ compiler")
+    folder = tmp_path / "kernels"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    state = fresh_native.status()
+    assert not state.available and "not a private folder" in state.reason and "LIGHTNING_AFM_CACHE" in state.reason

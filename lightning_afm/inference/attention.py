@@ -87,6 +87,12 @@ def _graph_capture() -> bool:
     return False
 
 
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a vmap/grad transform's wrapper (a plain Tensor to Python, no storage of its own)."""
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(check(t)) if check is not None else False
+
+
 class InferenceInteracting(nn.Module):
     """One interacting layer, ``[B, F, d]`` -> ``[B, F, d]``, equal to the training layer's eval output.
 
@@ -140,13 +146,18 @@ class InferenceInteracting(nn.Module):
 
     @torch.jit.unused
     def _native_runs(self, proj: torch.Tensor) -> bool:
-        """Whether the native kernel can take this call on ``proj`` (or the layer's input): not
-        suspended, traced or compiled, no gradient wanted, a field count it takes."""
+        """Whether this call runs the native kernel on ``proj`` (or the layer's input): the kernel is
+        chosen (:meth:`current_kernel`) and the call can take it: not suspended, traced or compiled,
+        a plain float32 CPU tensor (not a fake or vmap-wrapped one), no gradient wanted, 1 to
+        ``max_fields`` fields. The cheap checks come first, so that a tracer or counter never
+        triggers the kernel's first build and self-check."""
         if native.is_suspended() or torch.jit.is_tracing() or _graph_capture() or type(proj) is not torch.Tensor:
-            return False  # a tracer or a fake tensor: the graph must hold PyTorch ops
-        if proj.requires_grad and torch.is_grad_enabled():
+            return False  # a tracer, a counter or a fake tensor: the graph must hold PyTorch ops
+        if _functorch_wrapped(proj) or (proj.requires_grad and torch.is_grad_enabled()):
             return False
-        return proj.dtype == torch.float32 and proj.device.type == "cpu" and proj.shape[1] <= native.status().max_fields
+        if proj.dtype != torch.float32 or proj.device.type != "cpu" or proj.shape[1] < 1:
+            return False
+        return self.current_kernel() == "native" and proj.shape[1] <= native.status().max_fields
 
     @torch.jit.unused
     def _attend_native(self, proj: torch.Tensor) -> torch.Tensor:
@@ -166,7 +177,7 @@ class InferenceInteracting(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if self.current_kernel() == "native" and self._native_runs(x):
+            if self._native_runs(x):
                 return self._interacting_native(x)
         b, f, d = x.shape
         proj = x.reshape(b * f, d).mm(self.stacked_weight()).view(b, f, -1)
@@ -177,10 +188,10 @@ class InferenceInteracting(nn.Module):
         residual)`` ``[B, F, d]``, a fresh contiguous tensor."""
         kernel = self.built_kernel
         if not torch.jit.is_scripting():
+            if self._native_runs(proj):
+                return self._attend_native(proj)
             kernel = self.current_kernel()
-            if kernel == "native":
-                if self._native_runs(proj):
-                    return self._attend_native(proj)
+            if kernel == "native":  # but not on this call
                 kernel = self.portable_kernel()
         if kernel == "sdpa":
             return self._attend_sdpa(proj)

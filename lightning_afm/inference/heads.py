@@ -95,7 +95,8 @@ class TwoPartOutput(nn.Module):
         self.register_buffer("bias", bias, persistent=False)  # [1]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.addmv(torch.addmv(self.bias.expand(a.shape[0]), a, self.weight_a), b, self.weight_b)
+        # matmul, not addmv: the TorchScript-based ONNX exporter has no addmv
+        return torch.matmul(a, self.weight_a) + torch.matmul(b, self.weight_b) + self.bias
 
 
 class CatOutput(nn.Module):

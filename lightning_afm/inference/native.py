@@ -49,6 +49,8 @@ SOURCE = Path(__file__).with_name("kernels") / "attention.cpp"
 #: Tried in order; the first that builds is used (``-march=native`` vectorises for this CPU; the
 #: library is cached per CPU, see :func:`_cache_key`).
 FLAG_SETS = (
+    # the C++ runtime linked in, so an older libstdc++ already in the process (conda) cannot refuse it
+    ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-static-libstdc++", "-static-libgcc"],
     ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"],
     ["-O3", "-std=c++17", "-shared", "-fPIC"],
 )
@@ -157,9 +159,19 @@ def _cache_dir() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "lightning_afm") / "kernels"
 
 
+def _unsafe_folder(folder: Path) -> str | None:
+    """Why a library in ``folder`` must not be loaded (another user could have written it), or None."""
+    if not hasattr(os, "getuid"):
+        return None
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return (f"{folder} is not a private folder of this user (owner uid {info.st_uid}, mode "
+                f"{info.st_mode & 0o777:o}); set $LIGHTNING_AFM_CACHE to one")
+    return None
+
+
 def _build(compiler: str, target: Path) -> str | None:
     """Compiles :data:`SOURCE` to ``target`` (atomically); the compiler's last error, or None."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     error = "no flags tried"
     for flags in FLAG_SETS:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
@@ -213,7 +225,15 @@ def _load() -> tuple[NativeStatus, _Library | None]:
     compiler = _compiler()
     if compiler is None:
         return NativeStatus(False, "no C++ compiler found ($CXX, c++, g++ or clang++); install one to build it"), None
-    target = _cache_dir() / f"afm_attention_{_cache_key(compiler)}{'.dll' if os.name == 'nt' else '.so'}"
+    folder = _cache_dir()
+    target = folder / f"afm_attention_{_cache_key(compiler)}{'.dll' if os.name == 'nt' else '.so'}"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        unsafe = _unsafe_folder(folder)
+    except OSError as err:
+        unsafe = f"cannot create {folder} ({err}); set $LIGHTNING_AFM_CACHE to a writable folder"
+    if unsafe:
+        return NativeStatus(False, unsafe), None
     if not target.is_file():
         try:
             error = _build(compiler, target)
@@ -251,13 +271,14 @@ def available() -> bool:
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
+    """A pool of at least ``threads`` workers, shared by every caller. A larger request replaces it
+    without shutting the old one down: a caller that already holds it (another request, in another
+    thread) still finishes on it, and its idle workers go when it is collected."""
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size < threads:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="afm-attend")
-            _pool_size = threads
+            _pool_size = max(threads, os.cpu_count() or 1)
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="afm-attend")
         return _pool
 
 

@@ -22,7 +22,7 @@
 namespace {
 
 typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
 
 inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
 inline v8f loadu(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
@@ -37,15 +37,16 @@ inline float hmax(v8f v) {
 // relu that keeps NaN (x < 0 is false for NaN)
 inline v8f vrelu(v8f x) { return x < splat(0.f) ? splat(0.f) : x; }
 
-// exp(x) for x <= 0 (NaN stays NaN), as 2^y with y = x log2(e): x clamped at -87 (exp(-87) is still
-// a normal float); n = round(y) by the 1.5 * 2^23 trick (y + that constant holds n in its low mantissa
+// exp(x) for x <= 0 (NaN stays NaN), as 2^y with y = x log2(e): 0 below -87 (exp(-87) is the
+// smallest normal float's order); n = round(y) by the 1.5 * 2^23 trick (y + that constant holds n in its low mantissa
 // bits, so its bit pattern shifted left by 23 after adding the exponent bias 127 is 2^n); 2^f for
 // f = y - n in [-1/2, 1/2] by its degree-6 Taylor polynomial (relative error below 2e-7). Rounding
 // y costs up to |y| * 6e-8 relative, which matters only for terms already below e^-20 of the row's
 // largest.
 inline v8f vexp_nonpos(v8f x) {
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  const v8f y = x * splat(1.44269504088896341f);
+  const v8f low = splat(-87.0f);
+  const v8f c = x < low ? low : x;
+  const v8f y = c * splat(1.44269504088896341f);
   const v8f shifted = y + splat(12582912.0f);  // 1.5 * 2^23
   const v8f f = y - (shifted - splat(12582912.0f));
   v8f p = splat(1.5403530393381606e-4f);
@@ -55,12 +56,13 @@ inline v8f vexp_nonpos(v8f x) {
   p = p * f + splat(2.4022650695910071e-1f);
   p = p * f + splat(6.9314718055994531e-1f);
   p = p * f + splat(1.0f);
-  v8i bits;
+  v8u bits;  // unsigned: the shift drops the constant's high bits without overflow
   std::memcpy(&bits, &shifted, sizeof bits);
-  bits = (bits + 127) << 23;
+  bits = (bits + 127u) << 23;
   v8f scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  const v8f e = p * scale;
+  return x < low ? splat(0.f) : e;  // below e^-87 a weight is 0, as PyTorch's float exp nearly gives
 }
 
 // One sample's attention for a thread: NV = ceil(F / 8) vectors hold one query's logits; the
@@ -71,7 +73,8 @@ struct Attender {
   bool has_res, direct;
   std::vector<v8f> kt, vt;
   std::vector<float> column;
-  v8f pad[NV], keep[NV];  // logits of the padding fields: -1e30 (exp gives ~0), then zeroed
+  v8f pad[NV];  // logits of the padding fields: -inf (never the row's max unless every field is -inf)
+  v8u keep[NV];  // all ones on the real fields' lanes: the padding's weights are set to 0
   alignas(32) float weights[NV * 8];
 
   Attender(int64_t fields, int64_t heads, int64_t head_dim, bool residual)
@@ -82,8 +85,8 @@ struct Attender {
         direct(head_dim >= 8), kt(head_dim * NV), vt(head_dim >= 8 ? 0 : head_dim * NV), column(NV * 8, 0.f) {
     for (int n = 0; n < NV; ++n)
       for (int l = 0; l < 8; ++l) {
-        pad[n][l] = n * 8 + l < F ? 0.f : -1e30f;
-        keep[n][l] = n * 8 + l < F ? 1.f : 0.f;
+        pad[n][l] = n * 8 + l < F ? 0.f : -__builtin_inff();
+        keep[n][l] = n * 8 + l < F ? ~0u : 0u;
       }
   }
 
@@ -114,7 +117,7 @@ struct Attender {
         const v8f top = splat(hmax(m));
         v8f total = splat(0.f);
         for (int n = 0; n < NV; ++n) {
-          logits[n] = vexp_nonpos(logits[n] - top) * keep[n];
+          logits[n] = keep[n] ? vexp_nonpos(logits[n] - top) : splat(0.f);
           total += logits[n];
         }
         const float inv = 1.f / hsum(total);
