@@ -53,7 +53,7 @@ def runs_native_kernels(module: nn.Module) -> bool:
 def large_request_module(model: nn.Module) -> nn.Module:
     """What ``runtime="auto"`` runs for requests above :data:`AUTO_ONNX_MAX_ROWS` rows: the eager
     inference form where it runs a native kernel (:func:`runs_native_kernels`; AutoInt at the Criteo
-    shape, 1 thread: 14.9 ms at 1,024 rows against 29.1 ms in TorchScript, README "Serving
+    shape, 1 thread: 14.3 ms at 1,024 rows against 27.9 ms in TorchScript, README "Serving
     latency"), else :func:`inference_module`'s TorchScript module."""
     fast = inference_module(model, "eager")
     if fast is not model and runs_native_kernels(fast):
