@@ -267,6 +267,8 @@ class CodeInteracting(nn.Module):
 #: Measured per first layer (``benchmarks/bench_attention.py --first-layer``, 1 thread, thread CPU time, AMD EPYC,
 #: batch 10,000, loaded machine): Criteo (``d = 16``, ``k = 2``, saving 928) 143 ms folded against
 #: 127 ms unfolded, so not folded; Avazu (``d = 50``, ``k = 8``, saving 8,800) 203 ms against 264 ms.
+#: With the native kernel (quiet machine, 2026-12-01) the same verdicts: Criteo 74.1 ms folded
+#: against 36.9 ms unfolded (the unfolded layer projects inside the kernel), Avazu 88.3 ms against 141.5 ms.
 FOLD_MIN_SAVED_MACS = 4096
 
 
