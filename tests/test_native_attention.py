@@ -314,3 +314,17 @@ def test_a_kernel_folder_others_can_write_is_refused(fresh_native, tmp_path):
     folder.chmod(0o777)
     state = fresh_native.status()
     assert not state.available and "not a private folder" in state.reason and "LIGHTNING_AFM_CACHE" in state.reason
+
+
+def test_a_trace_or_a_count_never_builds_the_kernel(fresh_native, monkeypatch):
+    from lightning_afm.bench.throughput import Timed, matmul_multiply_adds
+
+    builds = []
+    monkeypatch.setattr(native, "_load", lambda: builds.append(1) or (native.NativeStatus(False, "test"), None))
+    fast = InferenceInteracting(_layer(), Tensors())  # "auto": asks nothing yet
+    x = torch.randn(2, 26, 16)
+    assert matmul_multiply_adds(Timed(fast, [x])) > 0
+    torch.jit.trace(fast, x, check_trace=False)
+    assert builds == []
+    fast(x)  # the first eager call asks
+    assert builds == [1]

@@ -190,9 +190,7 @@ class InferenceInteracting(nn.Module):
         if not torch.jit.is_scripting():
             if self._native_runs(proj):
                 return self._attend_native(proj)
-            kernel = self.current_kernel()
-            if kernel == "native":  # but not on this call
-                kernel = self.portable_kernel()
+            kernel = self.portable_kernel()  # (never builds the native kernel: this may be a trace)
         if kernel == "sdpa":
             return self._attend_sdpa(proj)
         return self._attend_bmm(proj)

@@ -207,7 +207,7 @@ def _self_check(lib: _Library) -> str | None:
         proj = torch.randn(7, fields, width, generator=gen) * 2
         x = torch.randn(7, fields, d, generator=gen)
         weight = torch.randn(d, width, generator=gen) * (2 / d**0.5)
-        checks = (
+        checks = (  # threads=1: no pool, whose creation takes the lock that _get holds while this runs
             ("attention", _call(lib, proj, heads, head_dim, residual, threads=1), _reference(proj, heads, head_dim, residual)),
             ("layer", _call_interacting(lib, x, weight, heads, head_dim, residual, threads=1),
              _reference(x @ weight, heads, head_dim, residual)),
