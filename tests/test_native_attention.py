@@ -11,8 +11,10 @@ that computes the wrong thing), each of which must leave PyTorch's kernels runni
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -328,3 +330,31 @@ def test_a_trace_or_a_count_never_builds_the_kernel(fresh_native, monkeypatch):
     assert builds == []
     fast(x)  # the first eager call asks
     assert builds == [1]
+
+
+needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="needs a C++ compiler")
+
+
+@needs_compiler
+def test_a_compiler_that_refuses_the_native_flags_builds_the_portable_kernel(fresh_native, monkeypatch):
+    # e.g. a compiler that does not know this CPU: the next flag set, without -march, must build and pass
+    portable = native.FLAG_SETS[-1]
+    assert not any(flag.startswith("-march") for flag in portable)
+    monkeypatch.setattr(native, "FLAG_SETS", (["-march=no-such-cpu", *portable], portable))
+    state = fresh_native.status()
+    assert state.available, state.reason
+    proj = torch.randn(300, 26, 64, dtype=torch.float32)
+    got = native.attend(proj, 2, 8, True, threads=1).numpy()
+    np.testing.assert_allclose(got, numpy_attend(proj.double().numpy(), 2, 8, True), rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 targets")
+@pytest.mark.parametrize("march", ["cascadelake", "x86-64"])
+def test_the_source_compiles_for_the_papers_xeon_and_for_any_x86_64(march, tmp_path):
+    # The paper timed an Intel Xeon Gold 5220R (Cascade Lake, AVX-512; line 597); x86-64 has no AVX
+    # at all. Only compiled: this machine may lack the instructions, which the native build picks.
+    flags = [f if not f.startswith("-march") else f"-march={march}" for f in native.FLAG_SETS[1]]
+    run = subprocess.run([native._compiler(), *flags, str(native.SOURCE), "-o", str(tmp_path / "k.so")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
