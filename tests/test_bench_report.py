@@ -78,3 +78,16 @@ def test_autoint_rows_say_which_attention_kernel_ran():
     autoint = [dict(r, model="autoint") for r in _rows()[:3]]
     assert f"AutoInt's attention ran on {words}" in to_markdown(autoint, {"native_attention": words})
     assert "AutoInt's attention" not in to_markdown(_rows(), {"native_attention": words})  # no AutoInt row
+
+
+def test_products_speed_splits_a_gain_into_fewer_multiply_adds_and_their_rate():
+    rows = _rows()
+    rows[0] = dict(rows[0], macs_per_row=220_000.0, macs_bound_gain_pct=0.0)  # the baseline: 10,000 rows/s
+    lines = to_markdown(rows, {}).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Products' speed"))
+    header, deepfm = lines[start + 2], lines[start + 4]
+    assert header == "| Model | Baseline | +AFM EMB | +AFM EMB rate / baseline rate |"
+    # 220,000 x 10,000 = 2.2 G/s; 120,000 x 17,000 = 2.04 G/s; 2.04 / 2.2 = 0.93 = 1.70 / (1 + 0.8333)
+    assert deepfm == "| DeepFM | 2.2 | 2.0 | 0.93 |"
+    assert lines[start + 5] == "| GDCN | n/a | n/a | n/a |"  # no counts: nothing made up
+    assert "Products' speed" not in to_markdown(_rows(), {})  # no baseline count, no table

@@ -114,6 +114,42 @@ def _runtime_table(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[str]
     return lines
 
 
+def product_rate(row: Mapping[str, Any] | None) -> float | None:
+    """Multiply-adds per second in the row's matrix products (``macs_per_row`` x samples/s), or None."""
+    row = row or {}
+    macs, sps = row.get("macs_per_row"), row.get("samples_per_s")
+    return None if not macs or not sps else float(macs) * float(sps)
+
+
+def _product_rate_table(rows: Sequence[Mapping[str, Any]], dataset: str) -> list[str]:
+    """Per model, how fast each variant's products ran, and the +AFM EMB rate over the baseline's.
+
+    ``1 + gain = (rate of the variant / rate of the baseline) x (1 + multiply-add bound)``, so the
+    last column splits a gain into its two causes: fewer multiply-adds, and how fast they ran. A
+    ratio well under 1 says the variant spends its time outside the products (gathers, small ops):
+    on a CPU whose products run fast that is what holds a compressed model back.
+    """
+    by_key = {(r["model"], r["variant"]): r for r in rows if r["dataset"] == dataset}
+    variants = [v for v in ("baseline", "afm_mlp", "afm_emb", "deepctr_torch")
+                if any(product_rate(by_key.get((m, v))) for m, _ in by_key)]
+    if "baseline" not in variants or len(variants) < 2:
+        return []
+    ratio_col = "afm_emb" in variants
+    lines = ["", "Products' speed (G multiply-adds per second in matrix products: `macs_per_row` x samples/s; "
+             "1 + gain = rate ratio x (1 + bound)):", "",
+             "| Model | " + " | ".join(VARIANT_TITLES[v] for v in variants)
+             + (" | +AFM EMB rate / baseline rate |" if ratio_col else " |"),
+             "|---|" + "---:|" * (len(variants) + ratio_col)]
+    for model in dict.fromkeys(m for m, _ in by_key):
+        rates = {v: product_rate(by_key.get((model, v))) for v in variants}
+        cells = ["n/a" if rates[v] is None else f"{rates[v] / 1e9:.1f}" for v in variants]
+        if ratio_col:
+            base, emb = rates["baseline"], rates["afm_emb"]
+            cells.append("n/a" if not base or emb is None else f"{emb / base:.2f}")
+        lines.append(f"| {_MODEL_TITLES.get(model, model)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _sps(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
@@ -218,6 +254,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         if others:
             lines += ["", "Other structures and DeepCTR-Torch 0.3.0:", ""]
             lines += _table(rows, dataset, others, full_shape)
+        lines += _product_rate_table(rows, dataset)
         lines += _runtime_table(rows, dataset)
 
     ranks: dict[str, dict[str, int]] = {}
