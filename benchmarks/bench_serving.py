@@ -11,7 +11,8 @@ rounds, interleaved, so that the machine's noise falls on all of them alike. Run
   projections, aligned cross nets);
 - ``torchscript``: the inference form compiled by ``torch.jit.script``, sharing the model's weights:
   what ``Predictor(runtime="auto")`` (the default) runs for requests above 256 rows (``serve.runtime.inference_module``),
-  except where the inference form runs a native kernel (AutoInt), which it runs as ``inference``;
+  except where the inference form runs a native kernel (AutoInt), which it runs as ``inference``
+  (on one thread above 48 rows already: ``serve.runtime.AUTO_NATIVE_ONNX_MAX_ROWS``);
 - ``onnx``: the export's form (``lightning_afm.export.artifact.serving_forms``: the inference
   layer with every table fused, for the baseline too) in ONNX Runtime, as ``Predictor(runtime="onnx")``
   runs it (``serve.onnx_runtime.OnnxRunner``: checked against eager PyTorch when built);

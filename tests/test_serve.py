@@ -492,6 +492,25 @@ def test_auto_serves_large_requests_eagerly_where_the_inference_form_runs_a_nati
         assert not isinstance(auto.runner, torch.jit.ScriptModule) and runs_native_kernels(auto.runner)
     else:
         assert isinstance(auto.runner, torch.jit.ScriptModule)
+    if native.available() and auto.onnx_runner is not None:
+        # on one thread the native kernel takes over from ONNX Runtime above 48 rows, on two above 256
+        from lightning_afm.serve.runtime import AUTO_NATIVE_ONNX_MAX_ROWS, AUTO_ONNX_MAX_ROWS
+
+        calls = []
+        onnx_runner, runner = auto.onnx_runner, auto.runner
+        auto.onnx_runner = lambda c, n: calls.append(("onnx", len(c))) or onnx_runner(c, n)
+        auto.runner = lambda c, n: calls.append(("native", len(c))) or runner(c, n)
+        threads = torch.get_num_threads()
+        try:
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                for rows in (AUTO_NATIVE_ONNX_MAX_ROWS, AUTO_NATIVE_ONNX_MAX_ROWS + 1, AUTO_ONNX_MAX_ROWS + 1):
+                    got = auto.predict_encoded(categorical[:rows], numeric[:rows])
+                    np.testing.assert_allclose(got, expected[:rows], rtol=0, atol=1e-5)
+        finally:
+            torch.set_num_threads(threads)
+        assert calls == [("onnx", 48), ("native", 49), ("native", 257), ("onnx", 48), ("onnx", 49), ("native", 257)]
+        auto.onnx_runner, auto.runner = onnx_runner, runner
     auto._onnx_max_rows = 0  # every pass through the large-request runner
     np.testing.assert_allclose(auto.predict_encoded(categorical, numeric), expected, rtol=0, atol=1e-5)
     # without the native kernel: TorchScript, as for every other model

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="auto (default): ONNX Runtime for forward passes of up to 256 rows, TorchScript above "
-                             "(TorchScript alone without the serve extra); torchscript: the inference layer compiled "
+                             "(AutoInt: its eager form with our compiled attention, above 48 rows on one thread; "
+                             "TorchScript alone without the serve extra); torchscript: the inference layer compiled "
                              "(the faster from batch 1,024); eager; onnx: exported to ONNX at load and run by ONNX "
                              "Runtime (the faster for small batches; needs the serve extra)")
     parser.add_argument("--export", default=None,

@@ -20,7 +20,8 @@ from lightning_afm.data.encoder import ENCODER_DIR, ENCODER_FILE, EncodedRows, E
 from lightning_afm.data.readers import BadRows
 
 from .onnx_runtime import OnnxRunner, optional_onnx_runner
-from .runtime import AUTO_ONNX_MAX_ROWS, RUNTIMES, ServeError, inference_module, large_request_module, load_model
+from .runtime import (AUTO_ONNX_MAX_ROWS, RUNTIMES, ServeError, auto_onnx_max_rows, inference_module,
+                      large_request_module, load_model, runs_native_kernels)
 
 OUTPUT_FORMATS = ("csv", "parquet")
 
@@ -97,7 +98,8 @@ class Predictor:
         runtime: ``"auto"`` (default: per call, ONNX Runtime for requests of up to
             :data:`~.runtime.AUTO_ONNX_MAX_ROWS` rows and TorchScript above, the faster of each in
             ``benchmarks/bench_serving.py``, or eager PyTorch above where the inference form runs a
-            compiled kernel of ours (:func:`~.runtime.large_request_module`: AutoInt); that alone
+            compiled kernel of ours (:func:`~.runtime.large_request_module`: AutoInt), there above
+            :data:`~.runtime.AUTO_NATIVE_ONNX_MAX_ROWS` rows on one thread; that alone
             without the ``serve`` extra, on a GPU, or for a model ONNX cannot take), ``"torchscript"`` (the inference layer compiled),
             ``"eager"`` (see :func:`~.runtime.inference_module`) or ``"onnx"`` (exported and checked
             at load, run by ONNX Runtime on the CPU; :class:`~.onnx_runtime.OnnxRunner`).
@@ -130,6 +132,8 @@ class Predictor:
         if runtime == "auto" and self.device.type == "cpu":
             self.onnx_runner = optional_onnx_runner(self.model, onnx_artifact)
             self._onnx_max_rows = AUTO_ONNX_MAX_ROWS if self.onnx_runner is not None else 0
+        #: whether large requests run a native kernel, which lowers auto's ONNX threshold on one thread
+        self._native_large = runtime == "auto" and self._onnx_max_rows > 0 and runs_native_kernels(self.runner)
         self.runtime = runtime
         self.encoder = encoder
         self.batch_size = int(batch_size)
@@ -204,7 +208,8 @@ class Predictor:
         memory (no copy when they are already contiguous int64 / float32); nothing moves on the CPU."""
         categorical = np.ascontiguousarray(categorical, dtype=np.int64)
         numeric = np.ascontiguousarray(numeric, dtype=np.float32)
-        if len(categorical) <= self._onnx_max_rows:  # runtime="onnx", or "auto" on a small request
+        limit = min(self._onnx_max_rows, auto_onnx_max_rows(True)) if self._native_large else self._onnx_max_rows
+        if len(categorical) <= limit:  # runtime="onnx", or "auto" on a small request
             return self.onnx_runner(categorical, numeric)
         cat, num = torch.from_numpy(categorical), torch.from_numpy(numeric)
         if self._moves:

@@ -39,6 +39,25 @@ RUNTIMES = ("auto", "torchscript", "eager", "onnx")
 #: faster at 1,024. README, "Serving latency".
 AUTO_ONNX_MAX_ROWS = 256
 
+#: Where large requests run a native kernel (:func:`large_request_module`: AutoInt) on one torch
+#: thread, eager PyTorch overtakes ONNX Runtime much sooner, so ``runtime="auto"`` sends ONNX Runtime
+#: only up to this many rows (:func:`auto_onnx_max_rows`). ``benchmarks/bench_serving.py --model
+#: autoint --threads 1 --batches 1 4 16 32 64 128 256 --runtimes inference onnx`` (Criteo shape,
+#: +AFM EMB, p50; AMD EPYC, quiet, 2026-12-01): 0.80 against 0.59 ms at 16 rows, 1.02 against 1.01
+#: at 32, 1.46 against 1.86 at 64, 2.33 against 3.58 at 128, 4.03 against 6.99 at 256 (eager
+#: first; the baseline alike, p99 alike). On two threads eager's p99 was the worse from 64 to 256
+#: rows (5.0 against 2.1 ms at 64), so the default threshold stays there.
+AUTO_NATIVE_ONNX_MAX_ROWS = 48
+
+
+def auto_onnx_max_rows(native_large_requests: bool) -> int:
+    """The most rows of one forward pass that ``runtime="auto"`` sends to ONNX Runtime, read per call
+    (the thread count may change): :data:`AUTO_NATIVE_ONNX_MAX_ROWS` where large requests run a native
+    kernel and torch runs one thread, else :data:`AUTO_ONNX_MAX_ROWS`."""
+    if native_large_requests and torch.get_num_threads() == 1:
+        return AUTO_NATIVE_ONNX_MAX_ROWS
+    return AUTO_ONNX_MAX_ROWS
+
 
 def runs_native_kernels(module: nn.Module) -> bool:
     """Whether ``module`` (an eager inference form) runs a compiled kernel of
