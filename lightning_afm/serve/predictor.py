@@ -208,7 +208,9 @@ class Predictor:
         memory (no copy when they are already contiguous int64 / float32); nothing moves on the CPU."""
         categorical = np.ascontiguousarray(categorical, dtype=np.int64)
         numeric = np.ascontiguousarray(numeric, dtype=np.float32)
-        limit = min(self._onnx_max_rows, auto_onnx_max_rows(True)) if self._native_large else self._onnx_max_rows
+        limit = self._onnx_max_rows
+        if self._native_large:  # "auto" with AutoInt's compiled attention: read the thread count now
+            limit = min(limit, auto_onnx_max_rows(native_large_requests=True))
         if len(categorical) <= limit:  # runtime="onnx", or "auto" on a small request
             return self.onnx_runner(categorical, numeric)
         cat, num = torch.from_numpy(categorical), torch.from_numpy(numeric)
