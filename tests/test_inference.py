@@ -96,6 +96,9 @@ def test_every_model_and_structure_gives_the_plain_outputs_eager_and_scripted(na
     # code space: DeepFM and DCN folded and NFM on factored tables never build the d-dim embeddings (AutoInt
     # only where its first layer folds too, not at d = 4: tests/test_inference_attention.py)
     assert fast.build_embeddings is not (structure == "afm_emb" and name in ("deepfm", "nfm", "dcn"))
+    # DCNv2's and GDCN's first cross product reads the codes (from 4 rows on here: 33 and 17 below, not 1)
+    if name in ("dcnv2", "gdcn"):
+        assert fast.deep.cross_reads_codes is (structure == "afm_emb")
     scripted = torch.jit.script(fast)
     for rows, dtype in ((33, torch.int64), (1, torch.int64), (17, torch.int32)):  # batch size is dynamic
         cat, num = _batch(rows=rows, dtype=dtype)
@@ -359,6 +362,10 @@ def test_code_space_interaction_equals_numpy_on_the_embeddings(widths):
     if len(set(widths)) == 1:  # stacked [B, F, k] codes read the same
         stacked = flat.view(batch, len(widths), widths[0])
         np.testing.assert_allclose(CodeSpaceInteraction(tw, tb, True)(stacked).numpy(), expect.sum(1), rtol=1e-10)
+    # the export forms (one product; the FM's with the fields' Gram blocks), as a trace records them
+    for reduce, expected in ((False, expect), (True, expect.sum(1))):
+        traced = torch.jit.trace(CodeSpaceInteraction(tw, tb, reduce=reduce), flat[:3])
+        np.testing.assert_allclose(traced(flat).numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_inference_block_relu_in_place_only_on_fresh_outputs():

@@ -11,6 +11,7 @@ from torch import nn
 
 from lightning_afm.inference import Tensors
 from lightning_afm.inference.cross import AlignedCross, GatedCrossStep, build_cross
+from lightning_afm.inference.projection import CodeColumns
 from lightning_afm.inference.fibinet import left_blocks, write_bilinear
 from lightning_afm.models.layers import (
     MLP,
@@ -151,6 +152,39 @@ def test_aligned_cross_networks_match_the_plain_loop(rng, make, d):
         torch.testing.assert_close(out, _layer_by_layer(net, x0).detach(), rtol=1e-12, atol=1e-12)
     scripted = torch.jit.script(aligned)
     torch.testing.assert_close(scripted(x0), out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda d: CrossNetworkV2(d, num_layers=3), lambda d: GatedCrossNetwork(d, num_layers=3)])
+@pytest.mark.parametrize("ranks", [[2, 2, 2], [2, 1, 3]])
+def test_the_first_cross_product_read_off_the_codes_equals_the_plain_loop_on_x0(rng, make, ranks):
+    d, numeric = 4, 2
+    width = len(ranks) * d + numeric  # 14: padded to 16
+    net = make(width).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(t64(rng.normal(scale=0.5, size=tuple(p.shape))))
+    projections = [t64(rng.normal(size=(d, k))) for k in ranks]
+    biases = [t64(rng.normal(size=d)) for _ in ranks]
+    aligned = build_cross(net, Tensors(), CodeColumns(projections, biases))
+    assert isinstance(aligned, AlignedCross) and aligned.reads_codes
+    # rebuilding the [6 + 2, W] weight costs 6 x 4 multiply-adds a column; each row saves 14 - 8 = 6
+    assert aligned.fold_min_rows == 4
+    scripted = torch.jit.script(aligned)
+    for rows in (4, 9, 3, 1):
+        codes = [t64(rng.normal(size=(rows, k))) for k in ranks]
+        num = t64(rng.normal(size=(rows, numeric)))
+        # x_0 by numpy: each field's P_i c_i + p_i, then the numeric fields
+        x0 = t64(np.concatenate([c.numpy() @ p.numpy().T + b.numpy() for c, p, b in zip(codes, projections, biases)]
+                                + [num.numpy()], axis=1))
+        code_input = torch.cat(codes + [num], dim=1)
+        expected = _layer_by_layer(net, x0).detach()
+        out = aligned(x0, code_input)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(scripted(x0, code_input), expected, rtol=1e-12, atol=1e-12)
+        # from fold_min_rows on the first product reads the codes (wrong codes change the output); below, x_0
+        misled = aligned(x0, torch.zeros_like(code_input))
+        assert torch.allclose(misled, expected) is (rows < aligned.fold_min_rows)
+    torch.testing.assert_close(aligned(x0), expected, rtol=1e-12, atol=1e-12)  # no codes: x_0 alone
 
 
 def test_aligned_cross_networks_follow_the_shared_weights_and_not_a_copy(rng):

@@ -87,6 +87,9 @@ class CodeSpaceInteraction(TraceAware):
         # pair features off the same product as S (exact: each column sums one code and zeros)
         eye = torch.eye(sum(widths), dtype=weights[0].dtype)
         self.register_buffer("pick_pairs", torch.cat([eye[:, left], eye[:, right]], dim=1), persistent=False)
+        # [sum k, sum k]: 1 where two code columns belong to one field (the blocks of the FM's Gram matrix)
+        owner = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
+        self.register_buffer("same_field", (owner[:, None] == owner[None, :]).to(weights[0].dtype), persistent=False)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         flat = codes.flatten(1)  # [B, sum k] (one Flatten node when exported: reshape by the batch size takes five)
@@ -119,14 +122,24 @@ class CodeSpaceInteraction(TraceAware):
         """The same interaction for an exported graph, whose runtime pays per node at small batches:
         ``S``, ``L^T c + K`` and both sides of the pair features from ONE product with a bias
         (``[B, sum k] x [sum k, d + c + 2 P]``, its weight a constant after the export's folding),
-        one Split, and ``Q`` by a second product: 9 nodes where :meth:`forward`'s ops export as 13."""
+        one Split, and ``Q`` by a second product: 9 nodes where :meth:`forward`'s ops export as 13.
+
+        The FM (``reduce``) needs only ``sum_j Q_j = sum_i c_i^T G_i c_i + l^T c + K`` (``G_i = P_i^T P_i``,
+        ``l = [2 P_i^T b_i]``), so its product carries the block-diagonal Gram matrix instead of the
+        pair pickers: ``sum k`` columns instead of ``2 sum_i k_i (k_i + 1) / 2`` and no second product
+        (Avazu's shape, ``k = 8``: 227 output columns instead of 1,636; Criteo's: 69 instead of 173)."""
+        if self.reduce:
+            gram = torch.mm(a, a.t()) * self.same_field  # [sum k, sum k]
+            weight = torch.cat([a, linear, gram], dim=1)
+            bias = torch.cat([b.sum(0), constant, constant.new_zeros(gram.shape[1])])
+            total, linear_c, quadratic = torch.addmm(bias, flat, weight).split([self.dim, 1, gram.shape[1]], dim=1)
+            squares = linear_c.squeeze(1) + (quadratic * flat).sum(1)  # sum_j Q_j
+            return 0.5 * ((total * total).sum(1) - squares)
         c, pairs = linear.shape[1], self.left.shape[0]
         weight = torch.cat([a, linear, self.pick_pairs], dim=1)
         bias = torch.cat([b.sum(0), constant, constant.new_zeros(2 * pairs)])
         total, linear_c, left, right = torch.addmm(bias, flat, weight).split([self.dim, c, pairs, pairs], dim=1)
-        squares = torch.addmm(linear_c, left * right, square)  # Q (summed over j with reduce)
-        if self.reduce:
-            return 0.5 * ((total * total).sum(1) - squares.squeeze(1))
+        squares = torch.addmm(linear_c, left * right, square)  # Q
         return 0.5 * (total * total - squares)
 
 

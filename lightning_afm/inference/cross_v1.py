@@ -36,9 +36,6 @@ from the training model is kept between calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,7 +44,7 @@ from lightning_afm.models.dcn import DCN
 from lightning_afm.models.layers.cross import CrossNetwork
 
 from .heads import ParallelCrossHead, _MLPHead, flat_input
-from .projection import _Projection, plain_projections
+from .projection import CodeColumns, X0Columns, build_code_columns
 from .sharing import Tensors
 
 
@@ -76,50 +73,6 @@ def cross_logit(z: torch.Tensor, constants: torch.Tensor) -> torch.Tensor:
     for layer in range(layers):
         scale = scale + (scale * by_column[layer] + constants[layer])
     return scale * by_column[layers] + constants[layers]
-
-
-class X0Columns(nn.Module):
-    """The cross network reads ``x_0`` itself: ``C`` ``[D, L+1]`` -> ``(C, 0)`` (weight, offset)."""
-
-    def forward(self, columns: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return columns, columns.new_zeros(columns.shape[1])
-
-
-class CodeColumns(nn.Module):
-    """The cross network reads ``[c_1, ..., c_F, numeric]`` (``[B, sum_i k_i + N]``) instead of ``x_0``:
-    ``C`` ``[F d + N, L+1]`` -> ``([P_1^T C_1; ...; P_F^T C_F; C_N], sum_i p_i^T C_i)``.
-
-    Built from each field's projection weight ``P_i`` ``[d, k_i]`` and bias ``p_i`` ``[d]``
-    (shared, read on every call); ranks may differ between fields.
-    """
-
-    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
-        super().__init__()
-        if not weights or len(weights) != len(biases):
-            raise ValueError(f"one bias per projection weight needed, got {len(weights)} weights, {len(biases)} biases")
-        dims = {int(w.shape[0]) for w in weights}
-        if len(dims) != 1:
-            raise ValueError(f"every field must project to one width d, got widths {sorted(dims)}")
-        self.fields = nn.ModuleList(_Projection(w, b) for w, b in zip(weights, biases))
-        widths = [int(w.shape[1]) for w in weights]
-        # the field of every code column, to pick its rows C_i of C for P_i^T C_i
-        owner = [i for i, k in enumerate(widths) for _ in range(k)]
-        self.register_buffer("owner", torch.tensor(owner, dtype=torch.long), persistent=False)
-        self.dim = dims.pop()
-        self.num_fields = len(weights)
-
-    def forward(self, columns: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        weights: list[torch.Tensor] = []
-        biases: list[torch.Tensor] = []
-        for field in self.fields:
-            weights.append(field.weight.t())
-            biases.append(field.bias)
-        codes_t = torch.cat(weights)  # [sum k, d]: P_i^T stacked
-        embedded = self.num_fields * self.dim
-        by_field = columns[:embedded].reshape(self.num_fields, self.dim, columns.shape[1])  # C_i, [F, d, L+1]
-        code_rows = torch.bmm(codes_t.unsqueeze(1), by_field.index_select(0, self.owner)).squeeze(1)  # [sum k, L+1]
-        offset = torch.bmm(torch.stack(biases).unsqueeze(1), by_field).sum(0).squeeze(0)  # sum_i p_i^T C_i
-        return torch.cat([code_rows, columns[embedded:]]), offset
 
 
 class VectorCrossLogit(nn.Module):
@@ -184,15 +137,6 @@ class DCNHead(_MLPHead):
             mlp_in = flat_input(codes, numeric) if self.reads_codes else x0
         deep = F.linear(self.mlp(mlp_in), self.output.weight[:, self.cross_width :], self.output.bias)
         return cross + deep.squeeze(-1)
-
-
-def build_code_columns(tables: Sequence[nn.Module], embedding_dim: int, tensors: Tensors) -> CodeColumns | None:
-    """:class:`CodeColumns` when every table is a factored table whose projection is a plain Linear
-    into ``embedding_dim`` (AFM/SVD's; per-field ranks allowed), else None (read ``x_0``)."""
-    projections = plain_projections(tables, tensors)
-    if projections is None or projections[0][0].shape[0] != embedding_dim:
-        return None
-    return CodeColumns(*projections)
 
 
 def build_dcn_head(model: DCN, tensors: Tensors) -> nn.Module:

@@ -7,6 +7,8 @@ logit is done by :class:`~.model.InferenceModel`. FiBiNet's heads live in :mod:`
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -18,8 +20,9 @@ from lightning_afm.models.parallel_cross import ParallelCrossModel
 
 from .attention import build_attention
 from .code_space import build_code_space
-from .cross import build_cross
+from .cross import AlignedCross, build_cross
 from .dense import build_mlp
+from .projection import build_code_columns
 from .sharing import Tensors
 
 
@@ -136,16 +139,38 @@ class AutoIntHead(_MLPHead):
         return self.output(attended, deep)
 
 
+class _ReadsX0(nn.Module):
+    """A cross network that reads only ``x_0`` (a frozen copy), called as :class:`~.cross.AlignedCross` is."""
+
+    def __init__(self, cross: nn.Module) -> None:
+        super().__init__()
+        self.cross = cross
+
+    def forward(self, x0: torch.Tensor, codes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.cross(x0)
+
+
 class ParallelCrossHead(_MLPHead):
     """DCNv2, GDCN (and DCN with a swapped-in cross network; DCN's own is :mod:`.cross_v1`):
     ``w^T [Cross(x_0), MLP(x_0 or the codes)] + b``, the cross network in its inference form
-    (:func:`~.cross.build_cross`: aligned for DCNv2's and GDCN's square layers)."""
+    (:func:`~.cross.build_cross`: aligned for DCNv2's and GDCN's square layers, its first product
+    read off the codes on AFM/SVD-factored tables: ``cross_reads_codes``)."""
 
     def __init__(self, model: ParallelCrossModel, tensors: Tensors) -> None:
         super().__init__(model, tensors)
-        self.cross = build_cross(model.cross, tensors)
+        columns = build_code_columns(model.embeddings.tables(), model.embedding_dim, tensors)
+        cross = build_cross(model.cross, tensors, columns)
+        self.cross_reads_codes = isinstance(cross, AlignedCross) and cross.reads_codes
+        self.cross = cross if isinstance(cross, AlignedCross) else _ReadsX0(cross)
+        self.reads_any_codes = self.reads_codes or self.cross_reads_codes
 
     def forward(self, codes: torch.Tensor, emb: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         x0 = flat_input(emb, numeric)
-        mlp_in = flat_input(codes, numeric) if self.reads_codes else x0
-        return self.output(torch.cat([self.cross(x0), self.mlp(mlp_in)], dim=1)).squeeze(-1)
+        if not self.reads_any_codes:
+            return self._logit(self.cross(x0, None), self.mlp(x0))
+        code_input = flat_input(codes, numeric)  # [B, sum_i k_i + N]
+        cross = self.cross(x0, code_input if self.cross_reads_codes else None)
+        return self._logit(cross, self.mlp(code_input if self.reads_codes else x0))
+
+    def _logit(self, cross: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.cat([cross, deep], dim=1)).squeeze(-1)

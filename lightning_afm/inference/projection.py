@@ -11,6 +11,7 @@ field, each a parallel region that stalls whenever another process holds a core.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -146,3 +147,66 @@ def build_projection(tables: Sequence[nn.Module], tensors: Tensors) -> nn.Module
         )
     projections = [FactoredPart(tensors.frozen(t), "project") if hasattr(t, "project") else nn.Identity() for t in tables]
     return CalledFields(projections, field_dim=1, code_widths=None if uniform else widths)
+
+
+class X0Columns(nn.Module):
+    """A Linear map on ``x_0`` read off ``x_0`` itself: ``C`` ``[D, O]`` -> ``(C, 0)`` (weight, offset)."""
+
+    def forward(self, columns: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return columns, columns.new_zeros(columns.shape[1])
+
+
+class CodeColumns(nn.Module):
+    """A Linear map on ``x_0 = [e_1, ..., e_F, numeric]`` read off ``[c_1, ..., c_F, numeric]``
+    (``[B, sum_i k_i + N]``) instead: ``C`` ``[F d + N, O]`` -> ``([P_1^T C_1; ...; P_F^T C_F; C_N],
+    sum_i p_i^T C_i)`` (weight ``[sum_i k_i + N, O]``, offset ``[O]``), so that
+    ``x_0 C = codes_and_numeric @ weight + offset`` exactly, since ``e_i = P_i c_i + p_i``.
+
+    Built from each field's projection weight ``P_i`` ``[d, k_i]`` and bias ``p_i`` ``[d]``
+    (shared, read on every call: ``sum_i k_i d O`` multiply-adds); ranks may differ between fields.
+    What DCN's cross logit (:mod:`.cross_v1`) and the first cross layer of DCNv2 and GDCN
+    (:mod:`.cross`) are computed from.
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        if not weights or len(weights) != len(biases):
+            raise ValueError(f"one bias per projection weight needed, got {len(weights)} weights, {len(biases)} biases")
+        dims = {int(w.shape[0]) for w in weights}
+        if len(dims) != 1:
+            raise ValueError(f"every field must project to one width d, got widths {sorted(dims)}")
+        self.fields = nn.ModuleList(_Projection(w, b) for w, b in zip(weights, biases))
+        widths = [int(w.shape[1]) for w in weights]
+        # the field of every code column, to pick its rows C_i of C for P_i^T C_i (fields of mixed ranks)
+        owner = [i for i, k in enumerate(widths) for _ in range(k)]
+        self.register_buffer("owner", torch.tensor(owner, dtype=torch.long), persistent=False)
+        self.dim = dims.pop()
+        self.num_fields = len(weights)
+        self.code_width = sum(widths)
+        # one rank: P_i^T C_i for all fields as one [F, k, d] x [F, d, O] product, with no copy of C_i per code
+        self.uniform = len(set(widths)) == 1
+
+    def forward(self, columns: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        weights: list[torch.Tensor] = []
+        biases: list[torch.Tensor] = []
+        for field in self.fields:
+            weights.append(field.weight.t())
+            biases.append(field.bias)
+        embedded = self.num_fields * self.dim
+        by_field = columns[:embedded].reshape(self.num_fields, self.dim, columns.shape[1])  # C_i, [F, d, O]
+        if self.uniform:
+            code_rows = torch.bmm(torch.stack(weights), by_field).reshape(self.code_width, columns.shape[1])
+        else:
+            codes_t = torch.cat(weights)  # [sum k, d]: P_i^T stacked
+            code_rows = torch.bmm(codes_t.unsqueeze(1), by_field.index_select(0, self.owner)).squeeze(1)  # [sum k, O]
+        offset = torch.bmm(torch.stack(biases).unsqueeze(1), by_field).sum(0).squeeze(0)  # sum_i p_i^T C_i
+        return torch.cat([code_rows, columns[embedded:]]), offset
+
+
+def build_code_columns(tables: Sequence[nn.Module], embedding_dim: int, tensors: Tensors) -> CodeColumns | None:
+    """:class:`CodeColumns` when every table is a factored table whose projection is a plain Linear
+    into ``embedding_dim`` (AFM/SVD's; per-field ranks allowed), else None (read ``x_0``)."""
+    projections = plain_projections(tables, tensors)
+    if projections is None or projections[0][0].shape[0] != embedding_dim:
+        return None
+    return CodeColumns(*projections)
