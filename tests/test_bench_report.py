@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lightning_afm.bench.report import format_params, to_markdown, write_report
 
 COMMON = {"dataset": "criteo", "batch": 10000, "threads": 2, "vocab_cap": None, "zipf_exponent": 1.0,
@@ -91,3 +93,15 @@ def test_products_speed_splits_a_gain_into_fewer_multiply_adds_and_their_rate():
     assert deepfm == "| DeepFM | 2.2 | 2.0 | 0.93 |"
     assert lines[start + 5] == "| GDCN | n/a | n/a | n/a |"  # no counts: nothing made up
     assert "Products' speed" not in to_markdown(_rows(), {})  # no baseline count, no table
+
+
+def test_the_cpu_is_described_by_generation_and_vector_width_not_only_its_marketing_name():
+    from lightning_afm.bench.report import describe_cpu
+
+    zen5 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu avx avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: another\n")
+    assert describe_cpu(zen5) == "AMD EPYC (family 26, model 2, AVX-512)"
+    assert describe_cpu("cpu family : 6\nmodel name : Xeon\nflags : sse avx avx2\n") == "Xeon (family 6, AVX2)"
+    assert describe_cpu("model name : ARMv8 Processor\nFeatures : neon\n") == "ARMv8 Processor"
+    with pytest.raises(ValueError, match="model name"):
+        describe_cpu("processor : 0\nflags : avx\n")

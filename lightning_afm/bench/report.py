@@ -36,14 +36,36 @@ _MODEL_TITLES = {name: cls.__name__ for name, cls in MODELS.items()}
 
 
 def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    """The CPU model from ``/proc/cpuinfo`` (Linux), with its family, model and widest vector
+    instructions where it says them (a virtual machine may name only "AMD EPYC", and how fast its
+    matrix products run depends on the generation: see README, "Products' speed"), else what
+    ``platform`` knows. E.g. ``"AMD EPYC (family 26, model 2, AVX-512)"``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return describe_cpu(Path("/proc/cpuinfo").read_text())
+    except (OSError, ValueError):
+        return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    """The first processor's ``model name`` in a ``/proc/cpuinfo`` text, with ``cpu family``,
+    ``model`` and the widest of AVX-512 / AVX2 / AVX in its flags; ValueError without a model name."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        raise ValueError("no model name in /proc/cpuinfo")
+    flags = set(fields.get("flags", "").split())
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), None)
+    details = [f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key)]
+    details += [vector] if vector else []
+    details = [d.replace("cpu family", "family") for d in details]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def machine_info() -> dict[str, Any]:
