@@ -263,10 +263,12 @@ def test_compressed_deepfm_and_nfm_export_to_onnx_in_the_fused_code_space_form(n
     manifest = export_model(model, tmp_path / "o", "onnx", categorical, numeric, source="random ids")
     assert manifest["exporter"]["form"].startswith("inference layer") and "forms_that_failed" not in manifest["exporter"]
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-5
-    import onnx  # the code-space interaction's export form: pair features off the product, no Gather of codes
+    import onnx  # the code-space interaction's export form
 
     graph = onnx.load(str(tmp_path / "o" / manifest["file"])).graph
-    assert [n.op_type for n in graph.node].count("Gather") == 2  # the fused table's rows and their LR column
+    # the fused table's rows and their LR column; NFM's pair features: two Gathers of rows of the transposed codes
+    # (DeepFM's FM needs none: its product carries the fields' Gram blocks)
+    assert [n.op_type for n in graph.node].count("Gather") == (4 if name == "nfm" else 2)
 
 
 def test_the_cli_exits_1_and_writes_nothing_when_the_check_fails_or_an_extra_is_missing(criteo_afm_run, tmp_path,

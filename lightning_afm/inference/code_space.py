@@ -83,10 +83,6 @@ class CodeSpaceInteraction(TraceAware):
         self.register_buffer("scale", torch.tensor(scale, dtype=weights[0].dtype), persistent=False)
         self.register_buffer("repeats", torch.tensor(widths), persistent=False)
         self.dim = int(weights[0].shape[0])
-        # [sum k, 2 P] one-hot columns picking each pair's two codes: an exported graph reads the
-        # pair features off the same product as S (exact: each column sums one code and zeros)
-        eye = torch.eye(sum(widths), dtype=weights[0].dtype)
-        self.register_buffer("pick_pairs", torch.cat([eye[:, left], eye[:, right]], dim=1), persistent=False)
         # [sum k, sum k]: 1 where two code columns belong to one field (the blocks of the FM's Gram matrix)
         owner = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
         self.register_buffer("same_field", (owner[:, None] == owner[None, :]).to(weights[0].dtype), persistent=False)
@@ -120,14 +116,16 @@ class CodeSpaceInteraction(TraceAware):
     def _one_product(self, flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, linear: torch.Tensor,
                      square: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
         """The same interaction for an exported graph, whose runtime pays per node at small batches:
-        ``S``, ``L^T c + K`` and both sides of the pair features from ONE product with a bias
-        (``[B, sum k] x [sum k, d + c + 2 P]``, its weight a constant after the export's folding),
-        one Split, and ``Q`` by a second product: 9 nodes where :meth:`forward`'s ops export as 13.
+        ``S`` and ``L^T c + K`` from ONE product with a bias (``[B, sum k] x [sum k, d + c]``, its
+        weight a constant after the export's folding) and one Split.
 
         The FM (``reduce``) needs only ``sum_j Q_j = sum_i c_i^T G_i c_i + l^T c + K`` (``G_i = P_i^T P_i``,
-        ``l = [2 P_i^T b_i]``), so its product carries the block-diagonal Gram matrix instead of the
-        pair pickers: ``sum k`` columns instead of ``2 sum_i k_i (k_i + 1) / 2`` and no second product
-        (Avazu's shape, ``k = 8``: 227 output columns instead of 1,636; Criteo's: 69 instead of 173)."""
+        ``l = [2 P_i^T b_i]``), so the same product also carries the block-diagonal Gram matrix
+        (``sum k`` more columns) and no pair features are built. NFM's bi-interaction needs each
+        ``Q_j``: the pair features are gathered as rows of the transposed codes (``[P, B]``; ONNX
+        Runtime gathers whole rows fast and single columns slowly) and ``Q`` is a second product.
+        Both replace one-hot pair pickers in the first product (``2 P`` more output columns: 1,584
+        at Avazu's shape, ``k = 8``), which made that product the costliest node after the MLP's."""
         if self.reduce:
             gram = torch.mm(a, a.t()) * self.same_field  # [sum k, sum k]
             weight = torch.cat([a, linear, gram], dim=1)
@@ -135,11 +133,11 @@ class CodeSpaceInteraction(TraceAware):
             total, linear_c, quadratic = torch.addmm(bias, flat, weight).split([self.dim, 1, gram.shape[1]], dim=1)
             squares = linear_c.squeeze(1) + (quadratic * flat).sum(1)  # sum_j Q_j
             return 0.5 * ((total * total).sum(1) - squares)
-        c, pairs = linear.shape[1], self.left.shape[0]
-        weight = torch.cat([a, linear, self.pick_pairs], dim=1)
-        bias = torch.cat([b.sum(0), constant, constant.new_zeros(2 * pairs)])
-        total, linear_c, left, right = torch.addmm(bias, flat, weight).split([self.dim, c, pairs, pairs], dim=1)
-        squares = torch.addmm(linear_c, left * right, square)  # Q
+        total, linear_c = torch.addmm(torch.cat([b.sum(0), constant]), flat, torch.cat([a, linear], dim=1)).split(
+            [self.dim, self.dim], dim=1)
+        by_code = flat.t()  # [sum k, B]
+        pairs = by_code.index_select(0, self.left) * by_code.index_select(0, self.right)  # q^T: [P, B]
+        squares = linear_c + torch.mm(square.t(), pairs).t()  # Q
         return 0.5 * (total * total - squares)
 
 
