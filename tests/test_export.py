@@ -141,9 +141,11 @@ def test_the_cli_exports_a_compressed_run_checked_on_its_test_rows(criteo_afm_ru
     # raw rows -> the exported encoder -> the ONNX artifact == the Predictor on the run
     lines = data.read_text().splitlines()[:50]
     encoded = Encoder.load(tmp_path / "onnx" / "encoder").encode(lines)
-    runner = load_runner("onnx", tmp_path / "onnx" / manifest["file"])
-    np.testing.assert_allclose(runner(encoded.categorical.astype(np.int64), encoded.numeric.astype(np.float32)),
-                               Predictor.load(run_dir).predict(lines), atol=1e-5)
+    expected = Predictor.load(run_dir).predict(lines)
+    for spinning in (True, False):  # the bench's sessions run without spinning workers, to the same outputs
+        runner = load_runner("onnx", tmp_path / "onnx" / manifest["file"], threads=2, spinning=spinning)
+        np.testing.assert_allclose(runner(encoded.categorical.astype(np.int64), encoded.numeric.astype(np.float32)),
+                                   expected, atol=1e-5)
 
     # a checkpoint away from its run: checked on random ids, and the manifest says so
     alone = tmp_path / "alone.ckpt"

@@ -99,7 +99,9 @@ def _exported(module: nn.Module, fmt: str, example: InferenceBatch):
     with tempfile.TemporaryDirectory(prefix=f"afm-bench-{fmt}-") as tmp:
         # the runner reads the whole file when it is loaded, so the folder can go afterwards
         path, _ = formats.write(module.eval(), fmt, Path(tmp), categorical, numeric)
-        return formats.load_runner(fmt, path, threads=torch.get_num_threads())
+        # no spinning: the bench runs several sessions and PyTorch in turn in one process, and on few
+        # cores an idle session's spinning worker would slow whichever variant runs next
+        return formats.load_runner(fmt, path, threads=torch.get_num_threads(), spinning=False)
 
 
 def _build(module: nn.Module, runtime: str, batches: list[InferenceBatch]) -> Timed:
