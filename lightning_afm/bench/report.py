@@ -62,9 +62,8 @@ def describe_cpu(cpuinfo: str) -> str:
         raise ValueError("no model name in /proc/cpuinfo")
     flags = set(fields.get("flags", "").split())
     vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), None)
-    details = [f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key)]
+    details = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if fields.get(key)]
     details += [vector] if vector else []
-    details = [d.replace("cpu family", "family") for d in details]
     return f"{name} ({', '.join(details)})" if details else name
 
 

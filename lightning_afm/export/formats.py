@@ -161,8 +161,8 @@ def load_runner(fmt: str, path: Path, threads: int | None = None, spinning: bool
 
     ``spinning=False`` (ONNX only): the session's worker threads sleep as soon as a run ends instead
     of spinning for the next one. A process that runs several sessions, or a session and PyTorch,
-    in turn on few cores wants that: on 2 cores an idle session's spinning worker slowed the
-    others' runs by more than 2x (`benchmarks/bench_onnx_spinning.py`).
+    in turn on few cores wants that: on 2 cores (AMD EPYC family 26, 2 threads) an idle session's
+    spinning worker slowed the others' runs by more than 2x (`benchmarks/bench_onnx_spinning.py`).
     """
     if fmt == "onnx":
         ort = require("onnxruntime", fmt)
